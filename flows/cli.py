@@ -1,0 +1,216 @@
+"""The ``magic141`` command line: generate videos and read the catalog."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+# Prefect settings this command relies on; set before prefect is imported, overridable by the caller.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import click  # noqa: E402
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from tasks.catalog import CatalogError, open_catalog, resolve_catalog_url  # noqa: E402
+from tasks.request import GenerateRequest, validate_request  # noqa: E402
+
+DEFAULT_OUT_DIR = Path("out")
+
+app = typer.Typer(help="Magic 1-For-1 video generation pipeline.", no_args_is_help=True, add_completion=False)
+catalog_app = typer.Typer(help="Read the provenance catalog.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: reported as one line, exit status 2."""
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
+    return slug or "video"
+
+
+def default_output(prompt: str, seed: int) -> Path:
+    """``out/<prompt-slug>-s<seed>.mp4``, numbered if taken; creates ``out/``."""
+    DEFAULT_OUT_DIR.mkdir(exist_ok=True)
+    stem = f"{_slug(prompt)}-s{seed}"
+    candidate = DEFAULT_OUT_DIR / f"{stem}.mp4"
+    number = 1
+    while candidate.exists() or candidate.with_suffix(".prior.png").exists():
+        candidate = DEFAULT_OUT_DIR / f"{stem}-{number}.mp4"
+        number += 1
+    return candidate
+
+
+def _checked(request: GenerateRequest) -> GenerateRequest:
+    try:
+        request = validate_request(request)
+        open_catalog(request.catalog_url).close()
+    except (ValueError, CatalogError) as exc:
+        raise UserError(str(exc)) from None
+    return request
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Option(help="What the video shows.")],
+    image: Annotated[Path | None, typer.Option(help="First frame; without it the text-to-image prior makes one.")] = None,
+    seconds: Annotated[float, typer.Option(help="Video length in seconds (at most 600).")] = 5.0,
+    fps: Annotated[int, typer.Option(help="Frames per second (1-120).")] = 24,
+    seed: Annotated[int | None, typer.Option(help="Random seed; random if omitted, always recorded.")] = None,
+    steps: Annotated[int, typer.Option(help="Sampler steps per window (4 for the distilled model).")] = 4,
+    guidance: Annotated[float | None, typer.Option(help="Embedded guidance scale w (preset default).")] = None,
+    true_cfg: Annotated[float, typer.Option(help="True CFG scale for non-distilled weights (needs --negative-prompt).")] = 1.0,
+    negative_prompt: Annotated[str | None, typer.Option(help="What the video should not show.")] = None,
+    preset: Annotated[str, typer.Option(help="Model preset.")] = "tiny",
+    out: Annotated[Path | None, typer.Option(help="Output .mp4 (default: out/<prompt>-s<seed>.mp4).")] = None,
+    catalog: Annotated[str | None, typer.Option(help="Catalog URL (default: $MAGIC141_CATALOG_URL or sqlite in the output folder).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Generate one video from a prompt (and optionally a first-frame image), and catalogue it."""
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    if not prompt.strip():
+        raise UserError("prompt is empty; give a text describing the video")
+    out_path = out if out is not None else default_output(prompt, seed)
+    request = _checked(
+        GenerateRequest(
+            prompt=prompt,
+            out=str(out_path),
+            catalog_url=resolve_catalog_url(catalog, out_path.absolute().parent),
+            image=None if image is None else str(image),
+            seconds=seconds,
+            fps=fps,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            true_cfg=true_cfg,
+            negative_prompt=negative_prompt,
+            preset=preset,
+        )
+    )
+    from flows.generate import generate as generate_flow
+    from tasks.progress import listening
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        bars: dict[str, Any] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                bars[stage] = progress.add_task(stage, total=total)
+            progress.update(bars[stage], completed=done, total=total)
+
+        with listening(on_progress):
+            result = generate_flow(request)
+    summary = {
+        "id": result.video_id,
+        "video": result.path,
+        "sha256": result.sha256,
+        "frames": result.frames,
+        "fps": result.fps,
+        "size": f"{result.width}x{result.height}",
+        "seed": request.seed,
+        "catalog": result.catalog_url,
+    }
+    if as_json:
+        stdout.print_json(json.dumps(summary))
+        return
+    for key, value in summary.items():
+        stdout.print(f"{key:>8}: {value}", highlight=False, soft_wrap=True)
+
+
+def _open(catalog: str | None) -> Any:
+    try:
+        return open_catalog(resolve_catalog_url(catalog, DEFAULT_OUT_DIR.absolute()))
+    except CatalogError as exc:
+        raise UserError(str(exc)) from None
+
+
+CatalogOption = Annotated[
+    str | None, typer.Option("--catalog", help="Catalog URL (default: $MAGIC141_CATALOG_URL or out/catalog.db).")
+]
+
+
+@catalog_app.command("list")
+def catalog_list(
+    catalog: CatalogOption = None,
+    limit: Annotated[int, typer.Option(help="Newest N videos.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array of rows.")] = False,
+) -> None:
+    """List catalogued videos, newest first."""
+    with _open(catalog) as store:
+        rows = store.list_videos(limit=limit)
+    if as_json:
+        stdout.print_json(json.dumps(rows))
+        return
+    table = Table("id", "created", "prompt", "frames", "fps", "size", "prior", "output")
+    for row in rows:
+        table.add_row(
+            row["id"][:12],
+            row["created_at"][:19],
+            row["prompt"][:40],
+            str(row["frames"]),
+            str(row["fps"]),
+            f"{row['width']}x{row['height']}",
+            row["prior_source"],
+            row["output_path"],
+        )
+    stdout.print(table)
+
+
+@catalog_app.command("show")
+def catalog_show(
+    video_id: Annotated[str, typer.Argument(metavar="ID", help="Video id or a unique prefix of it.")],
+    catalog: CatalogOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The row as JSON.")] = False,
+) -> None:
+    """Show every recorded field of one video."""
+    with _open(catalog) as store:
+        try:
+            row = store.get_video(video_id)
+        except CatalogError as exc:
+            raise UserError(str(exc)) from None
+    if as_json:
+        stdout.print_json(json.dumps(row))
+        return
+    for key, value in row.items():
+        shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+        stdout.print(f"{key:>20}: {shown}", highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line on stderr and a non-zero status for every user error, no traceback."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="magic141", standalone_mode=False)
+    except UserError as exc:
+        stderr.print(f"magic141: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        stderr.print(f"magic141: error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        stderr.print("magic141: aborted", highlight=False)
+        return 130
+    except Exception as exc:  # the flow run already logged the traceback
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        stderr.print(f"magic141: error: {message}", highlight=False, markup=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Build every model component of a preset with random weights, tokenizers made in code.
+
+Weights are drawn from a generator seeded by ``preset.init_seed``, so the same preset always builds
+the same model (and the same weights fingerprint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLHunyuanVideo,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoTransformer3DModel,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+)
+
+from magic141.conditioning import prompt_template_for
+from magic141.presets import Preset, PriorConfig, TextEncoderConfig, TransformerConfig, VAEConfig
+from magic141.tokenizers import build_clip_tokenizer, build_llama_tokenizer
+
+
+@dataclass
+class I2VComponents:
+    """Everything the image-to-video sampler needs, in the roles of diffusers' HunyuanVideo I2V pipeline."""
+
+    transformer: HunyuanVideoTransformer3DModel
+    vae: AutoencoderKLHunyuanVideo
+    text_encoder: LlavaForConditionalGeneration
+    tokenizer: PreTrainedTokenizerFast
+    text_encoder_2: CLIPTextModel
+    tokenizer_2: CLIPTokenizer
+    image_processor: CLIPImageProcessor
+    scheduler: FlowMatchEulerDiscreteScheduler
+    prompt_template: dict[str, Any]
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {
+            "transformer": self.transformer,
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "text_encoder_2": self.text_encoder_2,
+        }
+
+
+def build_transformer(config: TransformerConfig, text: TextEncoderConfig) -> HunyuanVideoTransformer3DModel:
+    return HunyuanVideoTransformer3DModel(
+        in_channels=config.in_channels,
+        out_channels=config.latent_channels,
+        num_attention_heads=config.num_attention_heads,
+        attention_head_dim=config.attention_head_dim,
+        num_layers=config.num_layers,
+        num_single_layers=config.num_single_layers,
+        num_refiner_layers=config.num_refiner_layers,
+        mlp_ratio=config.mlp_ratio,
+        patch_size=config.patch_size,
+        patch_size_t=config.patch_size_t,
+        guidance_embeds=config.guidance_embeds,
+        text_embed_dim=text.llm_hidden_size,
+        pooled_projection_dim=text.clip_hidden_size,
+        rope_axes_dim=config.rope_axes_dim,
+        image_condition_type="latent_concat",
+    )
+
+
+def build_vae(config: VAEConfig) -> AutoencoderKLHunyuanVideo:
+    blocks = len(config.block_out_channels)
+    return AutoencoderKLHunyuanVideo(
+        latent_channels=config.latent_channels,
+        down_block_types=("HunyuanVideoDownBlock3D",) * blocks,
+        up_block_types=("HunyuanVideoUpBlock3D",) * blocks,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+        scaling_factor=config.scaling_factor,
+        spatial_compression_ratio=config.spatial_compression_ratio,
+        temporal_compression_ratio=config.temporal_compression_ratio,
+    )
+
+
+def build_vlm(config: TextEncoderConfig, tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
+    """A LLaVA model: Llama language model with a CLIP vision tower whose tokens replace ``<image>``."""
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.llm_hidden_size,
+        intermediate_size=config.llm_intermediate_size,
+        num_hidden_layers=config.llm_layers,
+        num_attention_heads=config.llm_heads,
+        num_key_value_heads=config.llm_heads,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    vision_config = CLIPVisionConfig(
+        hidden_size=config.vision_hidden_size,
+        intermediate_size=4 * config.vision_hidden_size,
+        num_hidden_layers=config.vision_layers,
+        num_attention_heads=config.vision_heads,
+        image_size=config.vision_image_size,
+        patch_size=config.vision_patch_size,
+        projection_dim=config.vision_hidden_size,
+    )
+    llava_config = LlavaConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        image_seq_length=config.image_tokens,
+    )
+    # diffusers' prompt encoder reads pad_token_id from the top-level config, which LlavaConfig lacks.
+    llava_config.pad_token_id = tokenizer.pad_token_id
+    return LlavaForConditionalGeneration(llava_config)
+
+
+def build_clip_text(hidden: int, layers: int, heads: int, vocab_size: int, projection: bool = False) -> torch.nn.Module:
+    config = CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=77,
+        projection_dim=hidden,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def build_image_processor(image_size: int) -> CLIPImageProcessor:
+    return CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        do_center_crop=True,
+        do_resize=True,
+    )
+
+
+def build_i2v_components(preset: Preset) -> I2VComponents:
+    """The image-to-video components of ``preset`` with seeded random weights, in float32 on the CPU."""
+    tokenizer = build_llama_tokenizer()
+    tokenizer_2 = build_clip_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(preset.init_seed)
+        transformer = build_transformer(preset.transformer, preset.text)
+        vae = build_vae(preset.vae)
+        text_encoder = build_vlm(preset.text, tokenizer)
+        text_encoder_2 = build_clip_text(
+            preset.text.clip_hidden_size, preset.text.clip_layers, preset.text.clip_heads, len(tokenizer_2)
+        )
+    components = I2VComponents(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        image_processor=build_image_processor(preset.text.vision_image_size),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=preset.flow_shift),
+        prompt_template=prompt_template_for(tokenizer, preset.text.image_tokens),
+    )
+    for module in components.modules().values():
+        module.eval().requires_grad_(False)
+    return components
+
+
+def _build_prior_unet(config: PriorConfig, cross_attention_dim: int) -> UNet2DConditionModel:
+    levels = len(config.unet_block_out_channels)
+    down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1)
+    up = ("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",)
+    time_embed_dim = 8
+    return UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=config.unet_block_out_channels,
+        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        attention_head_dim=config.unet_attention_head_dim,
+        transformer_layers_per_block=config.unet_transformer_layers_per_block,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        # SDXL's added condition: pooled text (projection) + 6 size/crop numbers, each time-embedded.
+        projection_class_embeddings_input_dim=cross_attention_dim + 6 * time_embed_dim,
+        cross_attention_dim=2 * cross_attention_dim,
+        norm_num_groups=min(8, config.unet_block_out_channels[0]),
+    )
+
+
+def build_prior_pipeline(preset: Preset) -> StableDiffusionXLPipeline:
+    """The text-to-image prior: an SDXL pipeline with seeded random weights."""
+    config = preset.prior
+    tokenizer = build_clip_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(preset.init_seed + 1)
+        unet = _build_prior_unet(config, config.text_hidden_size)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(config.vae_block_out_channels),
+            up_block_types=("UpDecoderBlock2D",) * len(config.vae_block_out_channels),
+            block_out_channels=config.vae_block_out_channels,
+            latent_channels=4,
+            norm_num_groups=min(8, config.vae_block_out_channels[0]),
+            sample_size=preset.height,
+        )
+        text_encoder = build_clip_text(config.text_hidden_size, config.text_layers, config.text_heads, len(tokenizer))
+        text_encoder_2 = build_clip_text(
+            config.text_hidden_size, config.text_layers, config.text_heads, len(tokenizer), projection=True
+        )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(timestep_spacing="trailing"),
+        add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def fingerprint_modules(modules: dict[str, torch.nn.Module]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of every tensor of the given modules."""
+    digest = hashlib.sha256()
+    for name in sorted(modules):
+        for key, tensor in sorted(modules[name].state_dict().items()):
+            data = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}.{key}:{data.dtype}:{tuple(data.shape)}".encode())
+            digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

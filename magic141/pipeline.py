@@ -1,0 +1,206 @@
+"""The Magic 1-For-1 image-to-video pipeline: prompt + first frame -> stream of decoded windows.
+
+Prompt encoding reuses diffusers' HunyuanVideo I2V encoder (VLM image tokens in front of the text
+tokens, pooled CLIP vector); sampling is the few-step sampler of :mod:`magic141.sampler`; windows are
+decoded one at a time and yielded, so memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import HunyuanVideoImageToVideoPipeline
+from diffusers.video_processor import VideoProcessor
+
+from magic141.components import I2VComponents, build_i2v_components, fingerprint_modules
+from magic141.presets import Preset, get_preset
+from magic141.sampler import PromptEmbeddings, SamplerConfig, sample_window
+from magic141.windows import Window, plan_chained
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RenderedWindow:
+    """A decoded window: its plan entry and the frames it contributes, (keep, H, W, 3) uint8."""
+
+    window: Window
+    frames: np.ndarray
+
+
+def window_seed(seed: int, index: int) -> int:
+    """An independent, reproducible noise seed for window ``index`` of a video seeded ``seed``."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def fit_image(image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:
+    """Resize to cover ``width`` x ``height`` and centre-crop, in RGB."""
+    image = image.convert("RGB")
+    scale = max(width / image.width, height / image.height)
+    resized = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), PIL.Image.Resampling.BICUBIC
+    )
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+class Magic141Pipeline:
+    """Image-to-video generation with the Magic 1-For-1 recipe on top of diffusers' HunyuanVideo models."""
+
+    def __init__(self, components: I2VComponents, preset: Preset, device: str | torch.device = "cpu") -> None:
+        self.components = components
+        self.preset = preset
+        self.device = torch.device(device)
+        for module in components.modules().values():
+            module.to(self.device)
+        self._encoder = HunyuanVideoImageToVideoPipeline(
+            transformer=components.transformer,
+            vae=components.vae,
+            text_encoder=components.text_encoder,
+            tokenizer=components.tokenizer,
+            text_encoder_2=components.text_encoder_2,
+            tokenizer_2=components.tokenizer_2,
+            image_processor=components.image_processor,
+            scheduler=components.scheduler,
+        )
+        self._video_processor = VideoProcessor(vae_scale_factor=preset.vae.spatial_compression_ratio)
+
+    @classmethod
+    def from_preset(cls, preset: str | Preset, device: str | torch.device = "cpu") -> Magic141Pipeline:
+        """Build the pipeline of a preset with seeded random weights."""
+        preset = get_preset(preset) if isinstance(preset, str) else preset
+        return cls(build_i2v_components(preset), preset, device)
+
+    @cached_property
+    def weights_fingerprint(self) -> str:
+        return fingerprint_modules(self.components.modules())
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        return self.components.vae.config.scaling_factor
+
+    # 1. Inputs
+    def check_inputs(self, prompt: str, num_frames: int, sampler: SamplerConfig, negative_prompt: str | None) -> None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt is empty; give a text describing the video")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if sampler.true_cfg_scale > 1.0 and negative_prompt is None:
+            raise ValueError("true CFG (true_cfg_scale > 1) needs a negative prompt")
+        if self.preset.width % 16 or self.preset.height % 16:
+            raise ValueError(f"width and height must be multiples of 16, got {self.preset.width}x{self.preset.height}")
+
+    # 2. Prompt: VLM tokens of the reference image in front of the text tokens, plus pooled CLIP
+    @torch.no_grad()
+    def encode_prompt(
+        self, image: PIL.Image.Image, prompt: str, negative_prompt: str | None = None
+    ) -> tuple[PromptEmbeddings, PromptEmbeddings | None]:
+        text = self.preset.text
+
+        def encode(img: PIL.Image.Image, text_prompt: str) -> PromptEmbeddings:
+            embeds, pooled, mask = self._encoder.encode_prompt(
+                image=img,
+                prompt=text_prompt,
+                prompt_template=self.components.prompt_template,
+                device=self.device,
+                max_sequence_length=text.max_sequence_length,
+            )
+            return PromptEmbeddings(embeds, mask, pooled)
+
+        positive = encode(image, prompt)
+        negative = None
+        if negative_prompt is not None:
+            negative = encode(PIL.Image.new("RGB", image.size, 0), negative_prompt)
+        return positive, negative
+
+    # 3. First-frame latent
+    @torch.no_grad()
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, C, 1, h, w), float32."""
+        vae = self.components.vae
+        posterior = vae.encode(pixels.unsqueeze(2).to(self.device, vae.dtype)).latent_dist
+        return posterior.mode().float() * self.vae_scaling_factor
+
+    def image_pixels(self, image: PIL.Image.Image) -> torch.Tensor:
+        """A PIL image, already at the preset's size, as (1, 3, H, W) in [-1, 1]."""
+        return self._video_processor.preprocess(image, self.preset.height, self.preset.width)
+
+    # 4. Decode
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (1, C, T, h, w) -> video (1, 3, F, H, W) in [-1, 1], float32."""
+        vae = self.components.vae
+        return vae.decode(latents.to(vae.dtype) / self.vae_scaling_factor, return_dict=False)[0].float()
+
+    @staticmethod
+    def to_uint8(video: torch.Tensor) -> np.ndarray:
+        """(1, 3, F, H, W) in [-1, 1] -> (F, H, W, 3) uint8."""
+        frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+    def plan(self, num_frames: int) -> list[Window]:
+        return plan_chained(num_frames, self.preset.window_latent_frames, self.preset.vae.temporal_compression_ratio)
+
+    def noise(self, seed: int, window: Window) -> torch.Tensor:
+        preset = self.preset
+        shape = (
+            1,
+            preset.transformer.latent_channels,
+            window.latent_frames,
+            preset.height // preset.vae.spatial_compression_ratio,
+            preset.width // preset.vae.spatial_compression_ratio,
+        )
+        generator = torch.Generator("cpu").manual_seed(window_seed(seed, window.index))
+        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+
+    def __call__(
+        self,
+        image: PIL.Image.Image,
+        prompt: str,
+        *,
+        num_frames: int,
+        seed: int,
+        sampler: SamplerConfig,
+        negative_prompt: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Iterator[RenderedWindow]:
+        """Generate ``num_frames`` frames starting at ``image``, yielding each window once decoded.
+
+        Chained windows: each window after the first starts from the previous window's last decoded
+        frame, re-encoded through the VAE; the VLM keeps seeing the reference image.
+        """
+        self.check_inputs(prompt, num_frames, sampler, negative_prompt)
+        image = fit_image(image, self.preset.width, self.preset.height)
+        windows = self.plan(num_frames)
+        total_steps = len(windows) * sampler.steps
+        logger.info("sampling %d frames in %d window(s) of %d steps", num_frames, len(windows), sampler.steps)
+        positive, negative = self.encode_prompt(image, prompt, negative_prompt)
+        first_frame = self.image_pixels(image)
+        for window in windows:
+            image_latents = self.encode_image(first_frame)
+
+            def on_step(step: int, steps: int, index: int = window.index) -> None:
+                if on_progress is not None:
+                    on_progress(index * steps + step, total_steps)
+
+            latents = sample_window(
+                self.components.transformer,
+                self.noise(seed, window),
+                image_latents,
+                positive,
+                sampler,
+                negative,
+                on_step,
+            )
+            video = self.decode(latents)
+            first_frame = video[:, :, -1]
+            frames = self.to_uint8(video)[window.offset : window.offset + window.keep]
+            yield RenderedWindow(window, frames)

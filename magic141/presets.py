@@ -1,0 +1,210 @@
+"""Named model presets: typed, frozen configurations of every component.
+
+A preset fully describes the architecture of the image prior, the I2V transformer, the VAE and the
+text encoders, plus the video geometry one sampler window covers. ``tiny`` builds in a second on a
+CPU with random weights (tests and the demo); ``full-540p`` is the paper's HunyuanVideo-13B geometry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The I2V DiT (diffusers ``HunyuanVideoTransformer3DModel``, ``latent_concat`` conditioning)."""
+
+    num_attention_heads: int
+    attention_head_dim: int
+    num_layers: int
+    num_single_layers: int
+    num_refiner_layers: int
+    rope_axes_dim: tuple[int, int, int]
+    latent_channels: int = 16
+    patch_size: int = 2
+    patch_size_t: int = 1
+    mlp_ratio: float = 4.0
+    guidance_embeds: bool = True
+
+    @property
+    def in_channels(self) -> int:
+        """2C+1: noisy latent, zero-padded first-frame image latent, binary mask."""
+        return 2 * self.latent_channels + 1
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """The causal 3D VAE (diffusers ``AutoencoderKLHunyuanVideo``)."""
+
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    norm_num_groups: int
+    latent_channels: int = 16
+    spatial_compression_ratio: int = 8
+    temporal_compression_ratio: int = 4
+    scaling_factor: float = 0.476986
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """The LLaVA-style VLM (Llama + CLIP vision tower) and the CLIP text encoder for the pooled vector."""
+
+    llm_hidden_size: int
+    llm_layers: int
+    llm_heads: int
+    llm_intermediate_size: int
+    vision_hidden_size: int
+    vision_layers: int
+    vision_heads: int
+    vision_image_size: int
+    vision_patch_size: int
+    clip_hidden_size: int
+    clip_layers: int
+    clip_heads: int
+    max_sequence_length: int = 256
+    clip_max_length: int = 77
+    hidden_layers_to_skip: int = 2
+
+    @property
+    def image_tokens(self) -> int:
+        """Vision tokens the VLM puts in front of the text (CLS dropped)."""
+        return (self.vision_image_size // self.vision_patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """The text-to-image prior: an SDXL-family diffusers pipeline."""
+
+    unet_block_out_channels: tuple[int, ...]
+    unet_attention_head_dim: tuple[int, ...]
+    unet_transformer_layers_per_block: tuple[int, ...]
+    vae_block_out_channels: tuple[int, ...]
+    text_hidden_size: int
+    text_layers: int
+    text_heads: int
+    steps: int = 4
+    guidance_scale: float = 5.0
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model configuration and the window geometry it samples."""
+
+    name: str
+    width: int
+    height: int
+    fps: int
+    window_latent_frames: int
+    transformer: TransformerConfig
+    vae: VAEConfig
+    text: TextEncoderConfig
+    prior: PriorConfig
+    steps: int = 4
+    guidance_scale: float = 6.0
+    flow_shift: float = 7.0
+    init_seed: int = 0
+
+    @property
+    def window_frames(self) -> int:
+        """Pixel frames decoded from one window: the causal VAE maps T latents to 4(T-1)+1 frames."""
+        return self.vae.temporal_compression_ratio * (self.window_latent_frames - 1) + 1
+
+    def replace(self, **changes: object) -> Preset:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        width=64,
+        height=48,
+        fps=24,
+        window_latent_frames=9,
+        transformer=TransformerConfig(
+            num_attention_heads=2,
+            attention_head_dim=8,
+            num_layers=1,
+            num_single_layers=1,
+            num_refiner_layers=1,
+            rope_axes_dim=(2, 2, 4),
+        ),
+        vae=VAEConfig(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4),
+        text=TextEncoderConfig(
+            llm_hidden_size=32,
+            llm_layers=3,
+            llm_heads=2,
+            llm_intermediate_size=64,
+            vision_hidden_size=16,
+            vision_layers=1,
+            vision_heads=2,
+            vision_image_size=32,
+            vision_patch_size=8,
+            clip_hidden_size=16,
+            clip_layers=1,
+            clip_heads=2,
+            max_sequence_length=64,
+        ),
+        prior=PriorConfig(
+            unet_block_out_channels=(16, 32),
+            unet_attention_head_dim=(2, 4),
+            unet_transformer_layers_per_block=(1, 1),
+            vae_block_out_channels=(8, 16),
+            text_hidden_size=16,
+            text_layers=1,
+            text_heads=2,
+        ),
+    ),
+    "full-540p": Preset(
+        name="full-540p",
+        width=960,
+        height=544,
+        fps=24,
+        window_latent_frames=21,
+        transformer=TransformerConfig(
+            num_attention_heads=24,
+            attention_head_dim=128,
+            num_layers=20,
+            num_single_layers=40,
+            num_refiner_layers=2,
+            rope_axes_dim=(16, 56, 56),
+        ),
+        vae=VAEConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32),
+        text=TextEncoderConfig(
+            llm_hidden_size=4096,
+            llm_layers=32,
+            llm_heads=32,
+            llm_intermediate_size=14336,
+            vision_hidden_size=1024,
+            vision_layers=24,
+            vision_heads=16,
+            vision_image_size=336,
+            vision_patch_size=14,
+            clip_hidden_size=768,
+            clip_layers=12,
+            clip_heads=12,
+        ),
+        prior=PriorConfig(
+            unet_block_out_channels=(320, 640, 1280),
+            unet_attention_head_dim=(5, 10, 20),
+            unet_transformer_layers_per_block=(1, 2, 10),
+            vae_block_out_channels=(128, 256, 512, 512),
+            text_hidden_size=768,
+            text_layers=12,
+            text_heads=12,
+            steps=28,
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Look a preset up by name; unknown names raise ``ValueError`` listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

@@ -1,0 +1,129 @@
+"""Few-step flow-matching Euler sampling of one I2V window.
+
+Magic 1-For-1 distils the model twice: DMD2 step distillation (4 steps) and CFG distillation (the
+guidance scale w is an input of the transformer, embedded as ``w * 1000``), so each step costs one
+forward pass. Non-distilled weights can instead use true classifier-free guidance: two passes per
+step, conditional and negative, mixed as ``neg + s * (cond - neg)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+
+from magic141.conditioning import image_condition, model_input
+
+# diffusers' HunyuanVideo I2V starts from noise with a trace of the image latent mixed in (t = 0.999).
+NOISE_LEVEL = 0.999
+
+
+@dataclass(frozen=True)
+class PromptEmbeddings:
+    """Encoded prompt: VLM tokens (image tokens first) with their mask, and the pooled CLIP vector."""
+
+    embeds: torch.Tensor  # (B, L, D_text)
+    attention_mask: torch.Tensor  # (B, L)
+    pooled: torch.Tensor  # (B, D_pooled)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> PromptEmbeddings:
+        return PromptEmbeddings(
+            self.embeds.to(device, dtype), self.attention_mask.to(device, dtype), self.pooled.to(device, dtype)
+        )
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Sampling hyper-parameters of one window."""
+
+    steps: int = 4
+    guidance_scale: float = 6.0
+    true_cfg_scale: float = 1.0
+    flow_shift: float = 7.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.true_cfg_scale < 1.0:
+            raise ValueError(f"true_cfg_scale must be >= 1 (1 disables true CFG), got {self.true_cfg_scale}")
+
+
+def flow_sigmas(steps: int) -> np.ndarray:
+    """Unshifted sigmas 1 -> 1/steps; the scheduler applies the flow shift."""
+    return np.linspace(1.0, 0.0, steps + 1)[:-1]
+
+
+def denoise(
+    transformer: HunyuanVideoTransformer3DModel,
+    latents: torch.Tensor,
+    image_latents: torch.Tensor,
+    timestep: torch.Tensor,
+    prompt: PromptEmbeddings,
+    guidance_scale: float,
+    true_cfg_scale: float = 1.0,
+    negative: PromptEmbeddings | None = None,
+) -> torch.Tensor:
+    """One velocity prediction for ``latents`` (B, C, T, h, w) conditioned on the first-frame latent."""
+    dtype = transformer.dtype
+    image, mask = image_condition(image_latents, latents.shape[2])
+    hidden = model_input(latents, image, mask).to(dtype)  # (B, 2C+1, T, h, w)
+    batch = latents.shape[0]
+    guidance = None
+    if transformer.config.guidance_embeds:
+        guidance = torch.full((batch,), guidance_scale * 1000.0, dtype=dtype, device=latents.device)
+    t = timestep.expand(batch).to(latents.dtype)
+
+    def predict(embeddings: PromptEmbeddings) -> torch.Tensor:
+        embeddings = embeddings.to(latents.device, dtype)
+        return transformer(
+            hidden_states=hidden,
+            timestep=t,
+            encoder_hidden_states=embeddings.embeds,
+            encoder_attention_mask=embeddings.attention_mask,
+            pooled_projections=embeddings.pooled,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+
+    velocity = predict(prompt)
+    if true_cfg_scale > 1.0 and negative is not None:
+        negative_velocity = predict(negative)
+        velocity = negative_velocity + true_cfg_scale * (velocity - negative_velocity)
+    return velocity
+
+
+@torch.no_grad()
+def sample_window(
+    transformer: HunyuanVideoTransformer3DModel,
+    noise: torch.Tensor,
+    image_latents: torch.Tensor,
+    prompt: PromptEmbeddings,
+    config: SamplerConfig,
+    negative: PromptEmbeddings | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Sample one window's latents from ``noise`` (B, C, T, h, w), float32, with ``config.steps`` Euler steps.
+
+    ``image_latents`` (B, C, 1, h, w) is the scaled VAE latent of the first frame.
+    """
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=config.flow_shift)
+    scheduler.set_timesteps(sigmas=flow_sigmas(config.steps), device=noise.device)
+    latents = noise * NOISE_LEVEL + image_latents.to(noise.dtype) * (1 - NOISE_LEVEL)
+    for index, timestep in enumerate(scheduler.timesteps):
+        velocity = denoise(
+            transformer,
+            latents,
+            image_latents,
+            timestep,
+            prompt,
+            config.guidance_scale,
+            config.true_cfg_scale,
+            negative,
+        )
+        latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
+        if on_step is not None:
+            on_step(index + 1, config.steps)
+    return latents

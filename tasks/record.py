@@ -1,0 +1,18 @@
+"""Record stage: one catalog row describing a finished video and how it was made."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from tasks.catalog import open_catalog
+
+
+@task(name="record")
+def record_video(catalog_url: str, fields: dict[str, Any]) -> str:
+    """Insert the video's provenance row and return its id."""
+    with open_catalog(catalog_url) as catalog:
+        video_id = catalog.add_video(**fields)
+    get_run_logger().info("catalogued video %s", video_id)
+    return video_id

@@ -1,0 +1,114 @@
+"""A generation request and its validation: every bad input becomes one precise ``ValueError`` line."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import PIL.Image
+
+from magic141.presets import get_preset
+
+MAX_SECONDS = 600.0
+MAX_STEPS = 100
+FPS_RANGE = (1, 120)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One video to generate. Paths are absolute after :func:`validate_request`."""
+
+    prompt: str
+    out: str
+    catalog_url: str
+    image: str | None = None
+    seconds: float = 5.0
+    fps: int = 24
+    seed: int = 0
+    steps: int = 4
+    guidance: float | None = None
+    true_cfg: float = 1.0
+    negative_prompt: str | None = None
+    preset: str = "tiny"
+
+    @property
+    def num_frames(self) -> int:
+        return round(self.seconds * self.fps)
+
+
+def check_image(path: str) -> None:
+    """Raise ``ValueError`` unless ``path`` is a readable, decodable image file."""
+    file = Path(path)
+    if not file.exists():
+        raise ValueError(f"image {path!r} does not exist; give the path of a PNG/JPEG/WebP file")
+    if not file.is_file():
+        raise ValueError(f"image {path!r} is not a file; give the path of a PNG/JPEG/WebP file")
+    try:
+        with PIL.Image.open(file) as image:
+            image.load()
+    except PermissionError:
+        raise ValueError(f"image {path!r} is not readable (permission denied); check its permissions") from None
+    except (PIL.UnidentifiedImageError, OSError, SyntaxError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"image {path!r} is not a readable image ({reason}); give a PNG/JPEG/WebP file") from None
+
+
+def prior_image_path(out: Path) -> Path:
+    """Where a generated first frame is kept, beside its video."""
+    return out.with_suffix(".prior.png")
+
+
+def check_output(path: str) -> None:
+    """Raise ``ValueError`` unless an mp4 (and its prior image) can be created at ``path`` without replacing anything."""
+    out = Path(path)
+    if out.suffix.lower() != ".mp4":
+        raise ValueError(f"output {path!r} must end in .mp4")
+    for existing in (out, prior_image_path(out)):
+        if existing.exists():
+            raise ValueError(f"output {str(existing)!r} already exists; choose another --out or remove the file")
+    folder = out.parent
+    if not folder.exists():
+        raise ValueError(f"output folder {str(folder)!r} does not exist; create it first")
+    if not folder.is_dir():
+        raise ValueError(f"output folder {str(folder)!r} is not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".magic141-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"output folder {str(folder)!r} is not writable ({exc.strerror}); choose another --out") from None
+
+
+def validate_request(request: GenerateRequest) -> GenerateRequest:
+    """Check every field; return the request with absolute paths and the preset's default guidance."""
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise ValueError("prompt is empty; give a text describing the video")
+    preset = get_preset(request.preset)
+    if not math.isfinite(request.seconds) or request.seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {request.seconds}")
+    if request.seconds > MAX_SECONDS:
+        raise ValueError(f"seconds must be at most {MAX_SECONDS:g}, got {request.seconds}; split longer videos")
+    low, high = FPS_RANGE
+    if not low <= request.fps <= high:
+        raise ValueError(f"fps must be between {low} and {high}, got {request.fps}")
+    if request.num_frames < 1:
+        raise ValueError(f"{request.seconds} s at {request.fps} fps is less than one frame; raise seconds or fps")
+    if not 1 <= request.steps <= MAX_STEPS:
+        raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {request.steps}")
+    guidance = preset.guidance_scale if request.guidance is None else request.guidance
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance must be a number >= 0, got {guidance}")
+    if not math.isfinite(request.true_cfg) or request.true_cfg < 1:
+        raise ValueError(f"true CFG scale must be >= 1 (1 disables it), got {request.true_cfg}")
+    if request.true_cfg > 1 and not request.negative_prompt:
+        raise ValueError("true CFG needs a negative prompt; pass --negative-prompt")
+    if request.seed < 0 or request.seed >= 2**63:
+        raise ValueError(f"seed must be between 0 and 2**63-1, got {request.seed}")
+    image = None
+    if request.image is not None:
+        check_image(request.image)
+        image = os.path.abspath(request.image)
+    check_output(request.out)
+    return replace(request, image=image, out=os.path.abspath(request.out), guidance=guidance)
