@@ -13,7 +13,6 @@ from typing import Annotated, Any
 # Prefect settings this command relies on; set before prefect is imported, overridable by the caller.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-import click  # noqa: E402
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
@@ -197,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         stderr.print(f"magic141: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except typer.TyperException as exc:  # usage errors: unknown option, value of the wrong type, ...
         stderr.print(f"magic141: error: {exc.format_message()}", highlight=False, markup=False, soft_wrap=True)
-        return exc.exit_code
-    except click.exceptions.Abort:
+        return 2
+    except typer.Abort:
         stderr.print("magic141: aborted", highlight=False)
         return 130
     except Exception as exc:  # the flow run already logged the traceback

@@ -1,0 +1,35 @@
+# Two entry points: `make demo` runs the main job on the tiny preset, `make test` runs the test suite.
+# Both bootstrap themselves: uv into .uv/, then the locked dependencies into .venv/.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := .uv/bin/uv
+VENV := .venv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: demo test bench lock clean
+
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+demo: $(VENV)/.synced
+	$(VENV)/bin/magic141 generate --prompt "A paper boat drifting down a rainy street, cinematic" --seconds 5 --fps 24 --seed 42
+
+test: $(VENV)/.synced
+	$(VENV)/bin/python -m pytest
+
+bench: $(VENV)/.synced
+	$(VENV)/bin/python bench/generate_overhead.py
+
+lock: $(UV)
+	$(UV) lock
+
+clean:
+	rm -rf $(VENV) .uv out .pytest_cache

@@ -1,0 +1,23 @@
+"""SQL provenance catalog of generated videos (SQLite or PostgreSQL)."""
+
+from tasks.catalog.models import Video
+from tasks.catalog.store import (
+    CATALOG_URL_ENV,
+    Catalog,
+    CatalogError,
+    default_catalog_url,
+    open_catalog,
+    redact,
+    resolve_catalog_url,
+)
+
+__all__ = [
+    "CATALOG_URL_ENV",
+    "Catalog",
+    "CatalogError",
+    "Video",
+    "default_catalog_url",
+    "open_catalog",
+    "redact",
+    "resolve_catalog_url",
+]

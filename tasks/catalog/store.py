@@ -1,0 +1,367 @@
+"""Open, migrate and query the provenance catalog."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from tasks.catalog.models import PRIOR_SOURCES, Video
+
+logger = logging.getLogger(__name__)
+
+CATALOG_URL_ENV = "MAGIC141_CATALOG_URL"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+PG_CONNECT_TIMEOUT_S = 5
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_URL_EXAMPLES = "sqlite:///out/catalog.db or postgresql+psycopg://user@127.0.0.1:5432/db"
+_PG_MIGRATION_LOCK_KEY = int.from_bytes(
+    hashlib.blake2b(b"tasks.catalog migrations", digest_size=8).digest(), "big", signed=True
+)
+# Alembic's context/op proxies are process-global, so one upgrade runs at a time per process.
+_ALEMBIC_LOCK = threading.Lock()
+_WRITE_OPTION = "catalog_write"
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^/\s]*@")
+_ID_PREFIX = re.compile(r"[0-9a-f]{1,32}")
+_AMBIGUOUS_SHOWN = 5
+_COLUMNS = tuple(Video.__table__.columns.keys())
+_SETTABLE = frozenset(_COLUMNS) - {"id", "created_at"}
+_REQUIRED = frozenset(
+    column.key for column in Video.__table__.columns if not column.nullable
+) & _SETTABLE
+
+
+class CatalogError(Exception):
+    """A catalog problem, told in one line that names it and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(message))
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def _short_reason(exc: BaseException) -> str:
+    """First line of the driver's message, without SQLAlchemy's SQL echo."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else None
+    lines = [line.strip() for line in str(orig or exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def redact(url: str | URL) -> str:
+    """Return the URL with any password replaced by ***."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+def default_catalog_url(out_dir: Path) -> str:
+    """SQLite catalog inside the output folder."""
+    return f"sqlite:///{(Path(out_dir).resolve() / 'catalog.db').as_posix()}"
+
+
+def resolve_catalog_url(explicit: str | None, out_dir: Path) -> str:
+    """Pick the catalog URL: explicit, else $MAGIC141_CATALOG_URL, else the default."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get(CATALOG_URL_ENV)
+    if from_env:
+        return from_env
+    return default_catalog_url(out_dir)
+
+
+def _parse_url(url: str) -> URL:
+    shown = redact(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        reason = "expected backend[+driver]://[user[:password]@][host[:port]]/database"
+        raise CatalogError(
+            f"catalog URL {shown!r} is malformed: {reason}; use e.g. {_URL_EXAMPLES}"
+        ) from None
+    except ValueError as exc:
+        raise CatalogError(
+            f"catalog URL {shown!r} is malformed: {exc}; use e.g. {_URL_EXAMPLES}"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite":
+        if driver not in ("", "pysqlite"):
+            raise CatalogError(
+                f"catalog URL {shown!r} uses SQLite driver {driver!r}, which the catalog "
+                f"does not support; use sqlite:///path/to/catalog.db"
+            )
+        if parsed.database in (None, "", ":memory:"):
+            raise CatalogError(
+                f"catalog URL {shown!r} names no database file and an in-memory catalog "
+                f"would be lost on exit; use e.g. sqlite:///out/catalog.db"
+            )
+        return parsed
+    if backend == "postgresql":
+        if driver not in ("", "psycopg"):
+            raise CatalogError(
+                f"catalog URL {shown!r} uses PostgreSQL driver {driver!r}, which the catalog "
+                f"does not support; use postgresql+psycopg:// (psycopg 3)"
+            )
+        return parsed.set(drivername="postgresql+psycopg")
+    raise CatalogError(
+        f"catalog URL {shown!r} uses unsupported database {backend!r}; "
+        f"use SQLite or PostgreSQL, e.g. {_URL_EXAMPLES}"
+    )
+
+
+def _check_sqlite_path(url: URL, shown: str) -> None:
+    path = Path(url.database or "")
+    folder = path.parent.absolute()
+    if not folder.is_dir():
+        raise CatalogError(
+            f"folder {str(folder)!r} for SQLite catalog {shown!r} does not exist; "
+            f"create it first or choose another catalog URL"
+        )
+    if path.exists() and not path.is_file():
+        raise CatalogError(
+            f"SQLite catalog path {str(path.absolute())!r} exists but is not a file; "
+            f"choose another catalog URL"
+        )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _connection_record: Any) -> None:
+    # Let SQLAlchemy's "begin" hook emit BEGIN so DDL stays inside transactions.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    # Writers take the write lock up front so they queue on busy_timeout instead of failing.
+    write = connection.get_execution_options().get(_WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _create_engine(url: URL) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+
+
+def _migrate(connection: Connection) -> tuple[str | None, str | None]:
+    """Upgrade to head under a cross-process lock; return (revision before, after)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    with _ALEMBIC_LOCK, connection.begin():
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY}
+            )
+        before = MigrationContext.configure(connection).get_current_revision()
+        command.upgrade(config, "head")
+        after = MigrationContext.configure(connection).get_current_revision()
+    return before, after
+
+
+def open_catalog(url: str) -> Catalog:
+    """Open the catalog at url, creating or upgrading its tables on first use."""
+    shown = redact(url)
+    parsed = _parse_url(url)
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite:
+        _check_sqlite_path(parsed, shown)
+    engine = _create_engine(parsed)
+    try:
+        try:
+            connection = engine.connect().execution_options(**{_WRITE_OPTION: True})
+        except DBAPIError as exc:
+            if is_sqlite:
+                raise CatalogError(
+                    f"cannot open SQLite catalog {shown}: {_short_reason(exc)}; "
+                    f"check the file is a readable and writable SQLite database"
+                ) from exc
+            raise CatalogError(
+                f"cannot reach catalog at {shown}: {_short_reason(exc)}; "
+                f"check the server is running and the URL"
+            ) from exc
+        with connection:
+            try:
+                before, after = _migrate(connection)
+            except SQLAlchemyError as exc:
+                raise CatalogError(
+                    f"cannot create or upgrade the catalog tables at {shown}: "
+                    f"{_short_reason(exc)}; check the account may create tables there"
+                ) from exc
+    except BaseException:
+        engine.dispose()
+        raise
+    if before != after:
+        logger.info("catalog %s migrated from %s to %s", shown, before or "empty", after)
+    logger.debug("opened catalog %s", shown)
+    return Catalog(engine, shown)
+
+
+def _video_values(fields: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(fields) - _SETTABLE)
+    if unknown:
+        raise CatalogError(
+            f"cannot add video: unknown or read-only field(s) {', '.join(unknown)}; "
+            f"pass only {', '.join(sorted(_SETTABLE))}"
+        )
+    missing = sorted(name for name in _REQUIRED if fields.get(name) is None)
+    if missing:
+        raise CatalogError(
+            f"cannot add video: required field(s) {', '.join(missing)} missing or None; "
+            f"pass a value for each"
+        )
+    if fields["prior_source"] not in PRIOR_SOURCES:
+        raise CatalogError(
+            f"cannot add video: prior_source {fields['prior_source']!r} is invalid; "
+            f"pass one of {', '.join(PRIOR_SOURCES)}"
+        )
+    return {
+        name: os.fspath(value) if isinstance(value, os.PathLike) else value
+        for name, value in fields.items()
+    }
+
+
+def _video_dict(video: Video) -> dict[str, Any]:
+    row = {name: getattr(video, name) for name in _COLUMNS}
+    row["created_at"] = video.created_at.isoformat()
+    return row
+
+
+class Catalog:
+    """Handle on one catalog database; safe to share between threads."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self._engine: Engine | None = engine
+        self._writer = engine.execution_options(**{_WRITE_OPTION: True})
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"Catalog({self.url!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the catalog's database connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @contextmanager
+    def _session(self, action: str, *, write: bool = False) -> Iterator[Session]:
+        if self._engine is None:
+            raise CatalogError(f"catalog {self.url} is closed; open it again with open_catalog()")
+        try:
+            with Session(self._writer if write else self._engine) as session, session.begin():
+                yield session
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise CatalogError(
+                f"cannot {action} in catalog {self.url}: {_short_reason(exc)}; "
+                f"check the database is reachable and the values are valid"
+            ) from exc
+
+    def add_video(self, **fields: Any) -> str:
+        """Insert one video row in one transaction and return its new id."""
+        values = _video_values(fields)
+        try:
+            with self._session("add a video", write=True) as session:
+                video = Video(**values)
+                session.add(video)
+                session.flush()
+                video_id = video.id
+        except IntegrityError as exc:
+            raise self._integrity_error(values, exc) from exc
+        logger.info("catalogued video %s at %s", video_id, values["output_path"])
+        return video_id
+
+    def _integrity_error(self, values: dict[str, Any], exc: IntegrityError) -> CatalogError:
+        with self._session("look up a video") as session:
+            existing = session.scalar(
+                select(Video.id).where(Video.output_path == values["output_path"])
+            )
+        if existing is not None:
+            return CatalogError(
+                f"output path {values['output_path']!r} is already catalogued as video "
+                f"{existing}; write the new video to another path"
+            )
+        return CatalogError(
+            f"cannot add video to catalog {self.url}: {_short_reason(exc)}; check the field values"
+        )
+
+    def get_video(self, id_or_prefix: str) -> dict[str, Any]:
+        """Return the video whose id is, or uniquely starts with, id_or_prefix."""
+        prefix = id_or_prefix.strip().lower()
+        if not _ID_PREFIX.fullmatch(prefix):
+            raise CatalogError(
+                f"no video with id {id_or_prefix!r}: ids are 1 to 32 hex characters; "
+                f"list the catalog to find the id"
+            )
+        with self._session("look up a video") as session:
+            matches = session.scalars(
+                select(Video)
+                .where(Video.id.startswith(prefix, autoescape=True))
+                .order_by(Video.id)
+                .limit(_AMBIGUOUS_SHOWN)
+            ).all()
+            rows = [_video_dict(video) for video in matches]
+        if not rows:
+            raise CatalogError(
+                f"no video with id {id_or_prefix!r} in catalog {self.url}; "
+                f"list the catalog to find the id"
+            )
+        if len(rows) > 1:
+            shown = ", ".join(row["id"] for row in rows)
+            more = ", ..." if len(rows) == _AMBIGUOUS_SHOWN else ""
+            raise CatalogError(
+                f"ambiguous id prefix {prefix!r} matches {shown}{more}; "
+                f"give more characters of the id"
+            )
+        return rows[0]
+
+    def list_videos(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return videos newest first, at most limit of them."""
+        if limit is not None and limit < 0:
+            raise CatalogError(f"list limit must be 0 or more, got {limit}; pass None for all videos")
+        with self._session("list videos") as session:
+            videos = session.scalars(
+                select(Video).order_by(Video.created_at.desc(), Video.id.desc()).limit(limit)
+            ).all()
+            return [_video_dict(video) for video in videos]

@@ -1,0 +1,499 @@
+"""Tests of the SQL provenance catalog on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, text
+
+from tasks.catalog import (
+    CATALOG_URL_ENV,
+    Catalog,
+    CatalogError,
+    default_catalog_url,
+    open_catalog,
+    redact,
+    resolve_catalog_url,
+)
+from tasks.catalog.models import Base
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+PG_CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test"
+UNREACHABLE_PG_URL = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test"
+HEAD = "0001"
+
+
+def video_fields(n: int = 0, **overrides: Any) -> dict[str, Any]:
+    """A complete, realistic set of video fields; n makes paths and hashes unique."""
+    fields: dict[str, Any] = {
+        "prompt": f"a red fox running through fresh snow, take {n}",
+        "negative_prompt": "blurry, low quality",
+        "seed": 2**40 + n,
+        "prior_source": "generate",
+        "prior_image_path": f"/data/out/prior_{n}.png",
+        "prior_image_sha256": f"{n:064x}"[::-1],
+        "preset": "h100-fast",
+        "weights_fingerprint": "f" * 64,
+        "steps": 4,
+        "guidance": 3.5,
+        "true_cfg": None,
+        "seconds": 5.0,
+        "window_layout": [
+            {"start": 0, "frames": 21, "overlap": 0},
+            {"start": 17, "frames": 21, "overlap": 4, "anchor": None},
+        ],
+        "output_path": f"/data/out/video_{n}.mp4",
+        "output_sha256": f"{n:064x}",
+        "output_bytes": 3 * 2**31 + n,
+        "frames": 121,
+        "fps": 24,
+        "width": 1280,
+        "height": 720,
+        "stage_timings": {"encode_prompt": 0.42, "denoise": 12.5, "decode": 3.25},
+        "flow_run_id": "0b6f6c2e-3d1f-4a51-9f55-6a8c1d2e3f40",
+        "library_versions": {"torch": "2.13.0", "diffusers": "0.42.1"},
+    }
+    fields.update(overrides)
+    return fields
+
+
+def assert_one_line(exc: CatalogError) -> str:
+    message = str(exc)
+    assert message and "\n" not in message
+    return message
+
+
+@pytest.fixture(scope="session")
+def postgres_problem() -> str | None:
+    """None when the test PostgreSQL server answers, else why it does not."""
+    try:
+        with psycopg.connect(PG_CONNINFO, connect_timeout=2):
+            return None
+    except psycopg.Error as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"no PostgreSQL server answers at {PG_URL}: {first_line}"
+
+
+@pytest.fixture
+def pg_url(postgres_problem: str | None) -> Iterator[str]:
+    """URL of a fresh PostgreSQL schema, dropped again after the test."""
+    if postgres_problem is not None:
+        pytest.skip(postgres_problem)
+    schema = f"catalog_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_CONNINFO, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Catalog URL of an empty database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def catalog(catalog_url: str) -> Iterator[Catalog]:
+    with open_catalog(catalog_url) as opened:
+        yield opened
+
+
+def test_row_round_trips_every_field(catalog: Catalog) -> None:
+    fields = video_fields()
+    before = datetime.now(UTC)
+    video_id = catalog.add_video(**fields)
+    after = datetime.now(UTC)
+
+    row = catalog.get_video(video_id)
+
+    assert len(video_id) == 32 and int(video_id, 16) >= 0
+    created_at = datetime.fromisoformat(row.pop("created_at"))
+    assert created_at.tzinfo is not None and created_at.utcoffset().total_seconds() == 0
+    assert before <= created_at <= after
+    assert row == {"id": video_id, **fields}
+    json.dumps(row)
+
+
+def test_nullable_fields_may_be_left_out(catalog: Catalog) -> None:
+    fields = video_fields()
+    for name in ("negative_prompt", "guidance", "true_cfg", "flow_run_id"):
+        del fields[name]
+
+    row = catalog.get_video(catalog.add_video(**fields))
+
+    assert row["negative_prompt"] is row["guidance"] is row["true_cfg"] is row["flow_run_id"] is None
+
+
+def test_paths_are_stored_as_strings(catalog: Catalog) -> None:
+    fields = video_fields(output_path=Path("/data/out/a.mp4"), prior_image_path=Path("p.png"))
+
+    row = catalog.get_video(catalog.add_video(**fields))
+
+    assert row["output_path"] == "/data/out/a.mp4" and row["prior_image_path"] == "p.png"
+
+
+def test_list_is_newest_first(catalog: Catalog) -> None:
+    ids = [catalog.add_video(**video_fields(n)) for n in range(4)]
+
+    listed = catalog.list_videos()
+
+    assert [row["id"] for row in listed] == ids[::-1]
+    stamps = [datetime.fromisoformat(row["created_at"]) for row in listed]
+    assert stamps == sorted(stamps, reverse=True)
+    assert [row["id"] for row in catalog.list_videos(limit=2)] == ids[:1:-1]
+    assert catalog.list_videos(limit=0) == []
+    json.dumps(listed)
+
+
+def test_list_rejects_negative_limit(catalog: Catalog) -> None:
+    with pytest.raises(CatalogError, match="limit") as info:
+        catalog.list_videos(limit=-1)
+    assert_one_line(info.value)
+
+
+def test_lookup_by_unique_prefix(catalog: Catalog) -> None:
+    ids = [catalog.add_video(**video_fields(n)) for n in range(40)]
+    target = ids[7]
+    shortest = next(
+        target[:k] for k in range(1, 33) if sum(i.startswith(target[:k]) for i in ids) == 1
+    )
+
+    assert catalog.get_video(target)["id"] == target
+    assert catalog.get_video(shortest)["id"] == target
+    assert catalog.get_video(f"  {shortest.upper()} ")["id"] == target
+
+
+def test_ambiguous_prefix_is_an_error(catalog: Catalog) -> None:
+    ids = [catalog.add_video(**video_fields(n)) for n in range(40)]
+    # 40 ids over 16 leading hex digits: some first digit is shared.
+    shared = next(c for c in "0123456789abcdef" if sum(i.startswith(c) for i in ids) > 1)
+
+    with pytest.raises(CatalogError, match="ambiguous id prefix") as info:
+        catalog.get_video(shared)
+    message = assert_one_line(info.value)
+    assert "more characters" in message
+
+
+@pytest.mark.parametrize("missing", ["0" * 32, "nothex", "0" * 33, ""])
+def test_missing_id_is_an_error(catalog: Catalog, missing: str) -> None:
+    catalog.add_video(**video_fields(1, output_path="/x.mp4"))
+    if missing == "0" * 32:
+        assert not catalog.list_videos()[0]["id"].startswith("0" * 32)
+
+    with pytest.raises(CatalogError, match="no video with id") as info:
+        catalog.get_video(missing)
+    assert_one_line(info.value)
+
+
+def test_empty_catalog_lists_nothing(catalog: Catalog) -> None:
+    assert catalog.list_videos() == []
+    with pytest.raises(CatalogError, match="no video with id"):
+        catalog.get_video("abc")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"id": "0" * 32}, "unknown or read-only field"),
+        ({"created_at": datetime.now(UTC)}, "unknown or read-only field"),
+        ({"colour": "red"}, "unknown or read-only field"),
+        ({"prompt": None}, "required field"),
+        ({"prior_source": "camera"}, "prior_source 'camera' is invalid"),
+    ],
+)
+def test_bad_fields_are_rejected(catalog: Catalog, overrides: dict[str, Any], match: str) -> None:
+    with pytest.raises(CatalogError, match=match) as info:
+        catalog.add_video(**video_fields(**overrides))
+    assert_one_line(info.value)
+    assert catalog.list_videos() == []
+
+
+def test_missing_required_field_is_rejected(catalog: Catalog) -> None:
+    fields = video_fields()
+    del fields["output_sha256"]
+
+    with pytest.raises(CatalogError, match="required field.*output_sha256") as info:
+        catalog.add_video(**fields)
+    assert_one_line(info.value)
+
+
+def test_duplicate_output_path_is_rejected(catalog: Catalog) -> None:
+    first = catalog.add_video(**video_fields(1))
+
+    with pytest.raises(CatalogError, match="already catalogued") as info:
+        catalog.add_video(**video_fields(2, output_path=video_fields(1)["output_path"]))
+    assert first in assert_one_line(info.value)
+    assert [row["id"] for row in catalog.list_videos()] == [first]
+
+
+def test_closed_catalog_refuses_work(catalog_url: str) -> None:
+    catalog = open_catalog(catalog_url)
+    catalog.close()
+    catalog.close()
+
+    with pytest.raises(CatalogError, match="is closed") as info:
+        catalog.list_videos()
+    assert_one_line(info.value)
+
+
+def test_fresh_database_is_migrated_once(catalog_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="tasks.catalog")
+    with open_catalog(catalog_url) as catalog:
+        video_id = catalog.add_video(**video_fields())
+    assert "migrated from empty to 0001" in caplog.text
+    caplog.clear()
+
+    with open_catalog(catalog_url) as catalog:
+        assert [row["id"] for row in catalog.list_videos()] == [video_id]
+    assert "migrated" not in caplog.text
+
+    engine = create_engine(catalog_url)
+    try:
+        with engine.connect() as conn:
+            assert set(inspect(conn).get_table_names()) == {"videos", "alembic_version"}
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
+            indexes = {ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("videos")}
+            assert indexes["ix_videos_created_at"] == ["created_at"]
+            assert indexes["ix_videos_output_sha256"] == ["output_sha256"]
+    finally:
+        engine.dispose()
+
+
+def test_migrated_schema_matches_models(catalog_url: str) -> None:
+    open_catalog(catalog_url).close()
+
+    engine = create_engine(catalog_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            diffs = compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+    assert diffs == []
+
+
+def test_concurrent_thread_adds_lose_no_rows(catalog: Catalog) -> None:
+    threads, per_thread = 8, 20
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def add(t: int) -> None:
+        try:
+            start.wait()
+            for i in range(per_thread):
+                catalog.add_video(**video_fields(t * 1000 + i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=add, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert errors == []
+    rows = catalog.list_videos()
+    assert len(rows) == len({row["id"] for row in rows}) == threads * per_thread
+
+
+def test_concurrent_first_open_from_threads(catalog_url: str) -> None:
+    threads, per_thread = 6, 5
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def open_and_add(t: int) -> None:
+        try:
+            start.wait()
+            with open_catalog(catalog_url) as catalog:
+                for i in range(per_thread):
+                    catalog.add_video(**video_fields(t * 1000 + i))
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=open_and_add, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert errors == []
+    with open_catalog(catalog_url) as catalog:
+        assert len(catalog.list_videos()) == threads * per_thread
+
+
+def _open_and_add_in_process(url: str, start: Any, worker: int, count: int) -> None:
+    start.wait()
+    with open_catalog(url) as catalog:
+        for i in range(count):
+            catalog.add_video(**video_fields(worker * 1000 + i))
+
+
+def test_concurrent_first_open_from_processes(catalog_url: str) -> None:
+    processes, per_process = 3, 25
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes)
+    workers = [
+        context.Process(target=_open_and_add_in_process, args=(catalog_url, start, p, per_process))
+        for p in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+
+    assert [worker.exitcode for worker in workers] == [0] * processes
+    with open_catalog(catalog_url) as catalog:
+        rows = catalog.list_videos()
+    assert len({row["output_path"] for row in rows}) == len(rows) == processes * per_process
+
+
+@pytest.mark.parametrize("url", ["foo", "", "postgresql://postgres:hunter2@h:notaport/db"])
+def test_malformed_url_is_an_error(url: str) -> None:
+    with pytest.raises(CatalogError, match="is malformed") as info:
+        open_catalog(url)
+    message = assert_one_line(info.value)
+    assert "sqlite:///out/catalog.db" in message and "postgresql+psycopg://" in message
+    assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://root@localhost/db", "postgresql+psycopg2://u@h/db", "sqlite://", "sqlite:///:memory:"]
+)
+def test_unsupported_url_is_an_error(url: str) -> None:
+    with pytest.raises(CatalogError, match="use") as info:
+        open_catalog(url)
+    assert_one_line(info.value)
+
+
+def test_unreachable_server_is_a_short_error() -> None:
+    began = time.monotonic()
+    with pytest.raises(CatalogError) as info:
+        open_catalog(UNREACHABLE_PG_URL)
+    message = assert_one_line(info.value)
+
+    assert time.monotonic() - began < 10
+    assert message.startswith("cannot reach catalog at postgresql+psycopg://postgres:***@127.0.0.1:1/test: ")
+    assert message.endswith("check the server is running and the URL")
+    assert "hunter2" not in message
+
+
+def test_url_without_driver_uses_psycopg(pg_url: str) -> None:
+    with open_catalog(pg_url.replace("postgresql+psycopg://", "postgresql://")) as catalog:
+        video_id = catalog.add_video(**video_fields())
+        assert catalog._engine is not None and catalog._engine.dialect.driver == "psycopg"
+        assert catalog.get_video(video_id)["id"] == video_id
+
+
+def test_missing_sqlite_folder_is_an_error_and_creates_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing' / 'deeper' / 'catalog.db'}"
+
+    with pytest.raises(CatalogError, match="does not exist") as info:
+        open_catalog(url)
+
+    assert str(tmp_path / "missing" / "deeper") in assert_one_line(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sqlite_file_that_is_not_a_database_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+
+    with pytest.raises(CatalogError, match="cannot open SQLite catalog") as info:
+        open_catalog(f"sqlite:///{path}")
+    assert_one_line(info.value)
+
+
+def test_sqlite_relative_url_and_wal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+
+    with open_catalog("sqlite:///out/catalog.db") as catalog:
+        catalog.add_video(**video_fields())
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'out' / 'catalog.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        engine.dispose()
+
+
+def test_default_catalog_url_is_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    assert default_catalog_url(Path("out")) == f"sqlite:///{tmp_path.resolve()}/out/catalog.db"
+    assert default_catalog_url(tmp_path).startswith("sqlite:////")
+
+
+def test_resolve_catalog_url_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CATALOG_URL_ENV, raising=False)
+    assert resolve_catalog_url(None, tmp_path) == default_catalog_url(tmp_path)
+
+    monkeypatch.setenv(CATALOG_URL_ENV, PG_URL)
+    assert resolve_catalog_url(None, tmp_path) == PG_URL
+    assert resolve_catalog_url("sqlite:///x.db", tmp_path) == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql+psycopg://u:s3cret@h:5432/db", "postgresql+psycopg://u:***@h:5432/db"),
+        ("postgresql://u:s3cret@h:notaport/db", "postgresql://u:***@h:notaport/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:////tmp/catalog.db", "sqlite:////tmp/catalog.db"),
+    ],
+)
+def test_redact_hides_passwords(url: str, expected: str) -> None:
+    assert redact(url) == expected
+
+
+def test_library_imports_neither_prefect_nor_ray() -> None:
+    code = (
+        "import sys, tasks.catalog, tasks.catalog.store, tasks.catalog.models; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'ray')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_threads_opening_different_catalogs_at_once(tmp_path: Path) -> None:
+    threads = 8
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def open_and_add(t: int) -> None:
+        try:
+            start.wait()
+            with open_catalog(f"sqlite:///{tmp_path / f'catalog_{t}.db'}") as catalog:
+                catalog.add_video(**video_fields(t))
+                assert len(catalog.list_videos()) == 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=open_and_add, args=(t,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert errors == []

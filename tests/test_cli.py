@@ -1,0 +1,103 @@
+"""The ``magic141`` console script as a user runs it: a catalogued video, or one clear line for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL
+
+from tasks.catalog import open_catalog
+from tasks.ffmpeg import probe, sha256_file
+
+MAGIC141 = str(Path(sys.executable).with_name("magic141"))
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MAGIC141, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def test_generate_then_show_against_a_prefect_server(prefect_api, tmp_path: Path):
+    """With PREFECT_API_URL set the flow runs on that server; the catalog row describes the file on disk."""
+    api_url = PREFECT_API_URL.value()
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    out = tmp_path / "boat.mp4"
+    done = run("generate", "--prompt", "a paper boat on a river", "--seconds", "2", "--fps", "15",
+               "--seed", "4", "--out", str(out), "--catalog", catalog, "--json", env={"PREFECT_API_URL": api_url})
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    info = probe(out)
+    assert (info.frames, info.fps, info.codec, info.pix_fmt) == (30, 15, "h264", "yuv420p")
+
+    shown = run("catalog", "show", summary["id"][:8], "--catalog", catalog, "--json")
+    assert shown.returncode == 0, shown.stderr
+    row = json.loads(shown.stdout)
+    assert row["id"] == summary["id"] and row["output_sha256"] == sha256_file(out) == summary["sha256"]
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(row["flow_run_id"])
+    assert flow_run.state.is_completed()
+
+    listed = run("catalog", "list", "--json", env={"MAGIC141_CATALOG_URL": catalog})
+    assert [r["id"] for r in json.loads(listed.stdout)] == [summary["id"]]
+
+
+def _write_bad_files(tmp: Path) -> None:
+    from PIL import Image
+
+    (tmp / "notes.png").write_text("not an image")
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp / "truncated.png")
+    (tmp / "truncated.png").write_bytes((tmp / "truncated.png").read_bytes()[:60])
+    (tmp / "plain-file").write_text("x")
+
+
+# Arguments that must be refused; "{tmp}" is the test's folder.
+BAD_INPUTS = {
+    "empty prompt": ["--prompt", ""],
+    "blank prompt": ["--prompt", "   \t"],
+    "zero seconds": ["--seconds", "0"],
+    "negative seconds": ["--seconds", "-2"],
+    "absurd seconds": ["--seconds", "601"],
+    "seconds not a number": ["--seconds", "five"],
+    "fps zero": ["--fps", "0"],
+    "fps too high": ["--fps", "121"],
+    "missing image": ["--image", "{tmp}/nope.png"],
+    "image not an image": ["--image", "{tmp}/notes.png"],
+    "truncated image": ["--image", "{tmp}/truncated.png"],
+    "image is a folder": ["--image", "{tmp}"],
+    "out folder missing": ["--out", "{tmp}/missing/v.mp4"],
+    "out folder is a file": ["--out", "{tmp}/plain-file/v.mp4"],
+    "out folder not writable": ["--out", "/proc/magic141-test.mp4"],
+    "out exists": ["--out", "{tmp}/notes.png"],
+    "malformed catalog url": ["--catalog", "definitely not a url"],
+    "unreachable catalog": ["--catalog", "postgresql+psycopg://postgres@127.0.0.1:1/test"],
+    "unknown preset": ["--preset", "huge"],
+    "true cfg without negative prompt": ["--true-cfg", "4"],
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_and_leaves_nothing(case: str, tmp_path: Path):
+    _write_bad_files(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    args = {"--prompt": "a cat", "--out": str(tmp_path / "v.mp4"), "--catalog": f"sqlite:///{tmp_path / 'catalog.db'}"}
+    overrides = [a.replace("{tmp}", str(tmp_path)) for a in BAD_INPUTS[case]]
+    args.update(zip(overrides[::2], overrides[1::2]))
+    done = run("generate", "--seconds", "1", *[x for pair in args.items() for x in pair], cwd=tmp_path)
+
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("magic141: error: "), done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert sorted(tmp_path.iterdir()) == before, "no video, catalog or work file is created"
+
+
+def test_catalog_show_unknown_id_is_one_line(tmp_path: Path):
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    done = run("catalog", "show", "abc123", "--catalog", catalog)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no video" in done.stderr

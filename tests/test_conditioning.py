@@ -1,0 +1,59 @@
+"""The transformer's input: concat(noisy latent, zero-padded image latent, mask) along channels."""
+
+import PIL.Image
+import pytest
+import torch
+
+from magic141.conditioning import image_condition, model_input
+from magic141.pipeline import Magic141Pipeline
+from magic141.sampler import SamplerConfig
+from magic141.tokenizers import build_llama_tokenizer
+
+
+def test_image_condition_layout():
+    image_latents = torch.randn(2, 16, 1, 3, 4)
+    image, mask = image_condition(image_latents, num_latent_frames=5)
+    assert image.shape == (2, 16, 5, 3, 4) and mask.shape == (2, 1, 5, 3, 4)
+    assert torch.equal(image[:, :, 0], image_latents[:, :, 0])
+    assert torch.count_nonzero(image[:, :, 1:]) == 0
+    assert torch.all(mask[:, :, 0] == 1) and torch.count_nonzero(mask[:, :, 1:]) == 0
+    stacked = model_input(torch.randn(2, 16, 5, 3, 4), image, mask)
+    assert stacked.shape == (2, 33, 5, 3, 4)
+
+
+def test_image_condition_rejects_multi_frame_latents():
+    with pytest.raises(ValueError, match=r"\(B, C, 1, h, w\)"):
+        image_condition(torch.randn(1, 16, 2, 3, 4), 5)
+
+
+def test_transformer_receives_2c_plus_1_channels(tiny_pipeline: Magic141Pipeline, prior_image: PIL.Image.Image):
+    """Every forward pass of a real render sees the noisy latent, the first-frame latent at frame 0 only, and the mask."""
+    pipe = tiny_pipeline
+    channels = pipe.preset.transformer.latent_channels
+    expected_image = pipe.encode_image(pipe.image_pixels(prior_image))
+    seen: list[torch.Tensor] = []
+    hook = pipe.components.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True
+    )
+    try:
+        windows = list(pipe(prior_image, "a boat", num_frames=9, seed=0, sampler=SamplerConfig(steps=4)))
+    finally:
+        hook.remove()
+    assert len(windows) == 1 and len(seen) == 4, "one window, one forward pass per step (CFG distilled)"
+    for hidden in seen:
+        assert hidden.shape[1] == 2 * channels + 1 == pipe.components.transformer.config.in_channels
+        image, mask = hidden[:, channels : 2 * channels], hidden[:, 2 * channels :]
+        torch.testing.assert_close(image[:, :, :1], expected_image)
+        assert torch.count_nonzero(image[:, :, 1:]) == 0
+        assert torch.all(mask[:, :, 0] == 1) and torch.count_nonzero(mask[:, :, 1:]) == 0
+    assert not torch.equal(seen[0][:, :channels], seen[-1][:, :channels]), "the noisy latent changes between steps"
+
+
+def test_prompt_template_offsets_point_at_the_image_token(tiny_pipeline: Magic141Pipeline):
+    template = tiny_pipeline.components.prompt_template
+    tokenizer = build_llama_tokenizer()
+    ids = tokenizer(template["template"].format("a prompt")).input_ids
+    assert ids[template["image_emb_start"]] == tokenizer.convert_tokens_to_ids("<image>")
+    assert template["image_emb_end"] - template["image_emb_start"] == tiny_pipeline.preset.text.image_tokens
+    prefix = tokenizer.convert_ids_to_tokens(ids[: template["crop_start"]])
+    assert prefix[-3:] == ["user", "<|end_header_id|>", "\n\n"], "the crop ends right before the user prompt"

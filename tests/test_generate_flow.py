@@ -1,0 +1,82 @@
+"""The generate flow end to end against a real Prefect API: mp4 on disk, provenance row in the catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import PIL.Image
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
+from prefect.client.schemas.sorting import ArtifactSort
+
+from flows.generate import generate
+from tasks.catalog import open_catalog
+from tasks.ffmpeg import probe, sha256_file
+from tasks.request import GenerateRequest
+
+
+def test_generated_video_is_complete_and_catalogued(prefect_api, catalog_url: str, tmp_path: Path):
+    out = tmp_path / "fox.mp4"
+    result = generate(GenerateRequest(prompt="a red fox in snow", out=str(out), catalog_url=catalog_url,
+                                      seconds=2.5, fps=12, seed=9))
+
+    info = probe(out)
+    assert (info.codec, info.pix_fmt, info.frames, info.fps) == ("h264", "yuv420p", 30, 12)
+    assert (info.width, info.height) == (64, 48)
+    with open_catalog(catalog_url) as catalog:
+        row = catalog.get_video(result.video_id)
+    assert row["output_path"] == str(out) and row["output_sha256"] == sha256_file(out) == result.sha256
+    assert row["output_bytes"] == out.stat().st_size
+    assert (row["frames"], row["fps"], row["width"], row["height"]) == (30, 12, 64, 48)
+    assert row["prompt"] == "a red fox in snow" and row["seed"] == 9 and row["steps"] == 4
+    assert row["prior_source"] == "generate"
+    assert row["prior_image_sha256"] == sha256_file(row["prior_image_path"])
+    assert row["preset"] == "tiny" and len(row["weights_fingerprint"]) == 64
+    assert sum(w["keep"] for w in row["window_layout"]) == 30
+    assert {"prior", "render", "encode", "total"} <= set(row["stage_timings"])
+    assert row["flow_run_id"] and {"torch", "diffusers", "prefect", "ffmpeg"} <= set(row["library_versions"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "catalog.db" and not p.name.startswith("catalog.db-")) == [
+        "fox.mp4", "fox.prior.png"], "no work files are left behind"
+
+
+def test_user_image_and_same_seed_reproduce_the_same_file(prefect_api, tmp_path: Path):
+    image = tmp_path / "first.png"
+    PIL.Image.new("RGB", (200, 120), (200, 40, 40)).save(image)
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    runs = [
+        generate(GenerateRequest(prompt="a red wall", out=str(tmp_path / f"{n}.mp4"), catalog_url=url,
+                                 image=str(image), seconds=1, fps=24, seed=5))
+        for n in ("a", "b")
+    ]
+    assert runs[0].sha256 == runs[1].sha256, "same inputs and seed give a byte-identical video"
+    with open_catalog(url) as catalog:
+        row = catalog.get_video(runs[0].video_id)
+    assert row["prior_source"] == "user" and row["prior_image_path"] == str(image)
+    assert row["prior_image_sha256"] == sha256_file(image)
+    assert probe(tmp_path / "a.mp4").frames == 24
+
+
+def test_progress_artifact_is_published(prefect_api, tmp_path: Path):
+    result = generate(GenerateRequest(prompt="clouds", out=str(tmp_path / "c.mp4"),
+                                      catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}", seconds=1, seed=1))
+    with open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}") as catalog:
+        flow_run_id = catalog.get_video(result.video_id)["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])),
+            flow_run_filter=FlowRunFilter(),
+            task_run_filter=TaskRunFilter(),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=50,
+            offset=0,
+        )
+    progress = [a for a in artifacts if a.type == "progress"]
+    assert progress and all(float(a.data) == 100.0 for a in progress)
+
+
+def test_bad_request_inside_the_flow_fails_before_any_work(prefect_api, tmp_path: Path):
+    with pytest.raises(ValueError, match="fps must be between 1 and 120"):
+        generate(GenerateRequest(prompt="x", out=str(tmp_path / "x.mp4"),
+                                 catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}", fps=500))
+    assert list(tmp_path.iterdir()) == []
