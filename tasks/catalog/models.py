@@ -74,9 +74,7 @@ class Video(Base):
 
     __tablename__ = "videos"
     __table_args__ = (
-        CheckConstraint(
-            "prior_source IN ('user', 'generate', 'retrieve')", name="prior_source"
-        ),
+        CheckConstraint("prior_source IN ('user', 'generate', 'retrieve')", name="prior_source"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import os
 import re
+import sqlite3
+import time
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +19,17 @@ from typing import Any, Self
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Engine,
+    Float,
+    Integer,
+    create_engine,
+    event,
+    select,
+    text,
+)
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -42,9 +55,10 @@ _ID_PREFIX = re.compile(r"[0-9a-f]{1,32}")
 _AMBIGUOUS_SHOWN = 5
 _COLUMNS = tuple(Video.__table__.columns.keys())
 _SETTABLE = frozenset(_COLUMNS) - {"id", "created_at"}
-_REQUIRED = frozenset(
-    column.key for column in Video.__table__.columns if not column.nullable
-) & _SETTABLE
+_REQUIRED = (
+    frozenset(column.key for column in Video.__table__.columns if not column.nullable) & _SETTABLE
+)
+_JSON_SHAPES = {"window_layout": list, "stage_timings": dict, "library_versions": dict}
 
 
 class CatalogError(Exception):
@@ -150,9 +164,24 @@ def _sqlite_on_connect(dbapi_connection: Any, _connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cursor)
     finally:
         cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Switch to WAL; SQLite reports a concurrent switch as "locked" without waiting, so retry."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _sqlite_on_begin(connection: Connection) -> None:
@@ -167,7 +196,9 @@ def _create_engine(url: URL) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    connect_args = (
+        {} if "connect_timeout" in url.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    )
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
 
 
@@ -225,7 +256,34 @@ def open_catalog(url: str) -> Catalog:
     return Catalog(engine, shown)
 
 
+def _coerce(name: str, value: Any) -> Any:
+    """Return value as column name's Python type; raise ValueError saying why it does not fit."""
+    column_type = Video.__table__.columns[name].type
+    if isinstance(column_type, JSON):
+        shape = _JSON_SHAPES[name]
+        if not isinstance(value, shape):
+            raise ValueError(f"{name} must be a {shape.__name__}, got {type(value).__name__}")
+        return value
+    if isinstance(column_type, Integer):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+        bits = 64 if isinstance(column_type, BigInteger) else 32
+        if not -(2 ** (bits - 1)) <= int(value) < 2 ** (bits - 1):
+            raise ValueError(f"{name} {value} does not fit a {bits}-bit integer")
+        return int(value)
+    if isinstance(column_type, Float):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{name} must be a float, got {type(value).__name__}")
+        return float(value)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
 def _video_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """Check caller-supplied video fields and normalise numbers and paths."""
     unknown = sorted(set(fields) - _SETTABLE)
     if unknown:
         raise CatalogError(
@@ -238,15 +296,21 @@ def _video_values(fields: dict[str, Any]) -> dict[str, Any]:
             f"cannot add video: required field(s) {', '.join(missing)} missing or None; "
             f"pass a value for each"
         )
-    if fields["prior_source"] not in PRIOR_SOURCES:
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for name, value in fields.items():
+        try:
+            values[name] = None if value is None else _coerce(name, value)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise CatalogError(f"cannot add video: {'; '.join(problems)}; fix those values")
+    if values["prior_source"] not in PRIOR_SOURCES:
         raise CatalogError(
-            f"cannot add video: prior_source {fields['prior_source']!r} is invalid; "
+            f"cannot add video: prior_source {values['prior_source']!r} is invalid; "
             f"pass one of {', '.join(PRIOR_SOURCES)}"
         )
-    return {
-        name: os.fspath(value) if isinstance(value, os.PathLike) else value
-        for name, value in fields.items()
-    }
+    return values
 
 
 def _video_dict(video: Video) -> dict[str, Any]:
@@ -256,7 +320,10 @@ def _video_dict(video: Video) -> dict[str, Any]:
 
 
 class Catalog:
-    """Handle on one catalog database; safe to share between threads."""
+    """Handle on one catalog database; safe to share between threads.
+
+    ``url`` is the catalog URL with any password hidden.
+    """
 
     def __init__(self, engine: Engine, url: str) -> None:
         self._engine: Engine | None = engine
@@ -339,7 +406,7 @@ class Catalog:
                 select(Video)
                 .where(Video.id.startswith(prefix, autoescape=True))
                 .order_by(Video.id)
-                .limit(_AMBIGUOUS_SHOWN)
+                .limit(_AMBIGUOUS_SHOWN + 1)
             ).all()
             rows = [_video_dict(video) for video in matches]
         if not rows:
@@ -348,8 +415,8 @@ class Catalog:
                 f"list the catalog to find the id"
             )
         if len(rows) > 1:
-            shown = ", ".join(row["id"] for row in rows)
-            more = ", ..." if len(rows) == _AMBIGUOUS_SHOWN else ""
+            shown = ", ".join(row["id"] for row in rows[:_AMBIGUOUS_SHOWN])
+            more = ", ..." if len(rows) > _AMBIGUOUS_SHOWN else ""
             raise CatalogError(
                 f"ambiguous id prefix {prefix!r} matches {shown}{more}; "
                 f"give more characters of the id"
@@ -359,7 +426,9 @@ class Catalog:
     def list_videos(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Return videos newest first, at most limit of them."""
         if limit is not None and limit < 0:
-            raise CatalogError(f"list limit must be 0 or more, got {limit}; pass None for all videos")
+            raise CatalogError(
+                f"list limit must be 0 or more, got {limit}; pass None for all videos"
+            )
         with self._session("list videos") as session:
             videos = session.scalars(
                 select(Video).order_by(Video.created_at.desc(), Video.id.desc()).limit(limit)
