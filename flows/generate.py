@@ -46,15 +46,14 @@ def generate(request: GenerateRequest) -> GenerateResult:
     out = Path(request.out)
     work_dir = tempfile.mkdtemp(prefix=f".{out.stem}.", suffix=".work", dir=out.parent)
     try:
-        prior = prepare_prior(
-            request.prompt, request.seed, request.preset, work_dir, request.image, request.negative_prompt
-        )
+        model = request.model
+        prior = prepare_prior(request.prompt, request.seed, model, work_dir, request.image, request.negative_prompt)
         rendered = render_video(
             request.prompt,
             prior.path,
             request.num_frames,
             request.seed,
-            request.preset,
+            model,
             request.steps,
             request.guidance,
             work_dir,

@@ -11,15 +11,19 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import HunyuanVideoImageToVideoPipeline
 from diffusers.video_processor import VideoProcessor
+from optimum.quanto import quantization_map
 
 from magic141.components import I2VComponents, build_i2v_components, fingerprint_modules
 from magic141.presets import Preset, get_preset
+from magic141.quantization import QUANTIZED_COMPONENTS, quantize_weights
+from magic141.weights import WeightPaths, load_i2v_components
 from magic141.sampler import PromptEmbeddings, SamplerConfig, sample_window
 from magic141.windows import Window, plan_chained
 
@@ -55,12 +59,18 @@ def fit_image(image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Imag
 class Magic141Pipeline:
     """Image-to-video generation with the Magic 1-For-1 recipe on top of diffusers' HunyuanVideo models."""
 
-    def __init__(self, components: I2VComponents, preset: Preset, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        components: I2VComponents,
+        preset: Preset,
+        device: str | torch.device = "cpu",
+        low_memory: bool = False,
+    ) -> None:
         self.components = components
         self.preset = preset
         self.device = torch.device(device)
-        for module in components.modules().values():
-            module.to(self.device)
+        if low_memory and self.device.type == "cpu":
+            raise ValueError("low-memory mode offloads models to the CPU between uses; it needs a GPU device")
         self._encoder = HunyuanVideoImageToVideoPipeline(
             transformer=components.transformer,
             vae=components.vae,
@@ -71,13 +81,44 @@ class Magic141Pipeline:
             image_processor=components.image_processor,
             scheduler=components.scheduler,
         )
+        if low_memory:
+            # Each model moves to the GPU when it runs and back to the CPU when the next one starts.
+            self._encoder.enable_model_cpu_offload(device=self.device)
+        else:
+            for module in components.modules().values():
+                module.to(self.device)
         self._video_processor = VideoProcessor(vae_scale_factor=preset.vae.spatial_compression_ratio)
 
     @classmethod
-    def from_preset(cls, preset: str | Preset, device: str | torch.device = "cpu") -> Magic141Pipeline:
-        """Build the pipeline of a preset with seeded random weights."""
+    def from_preset(
+        cls,
+        preset: str | Preset,
+        device: str | torch.device = "cpu",
+        *,
+        weights: str | Path | None = None,
+        quantize: str | None = None,
+        low_memory: bool = False,
+        dtype: torch.dtype | None = None,
+    ) -> Magic141Pipeline:
+        """The pipeline of a preset: random seeded weights, or the weights in a local folder / JSON file.
+
+        ``quantize`` ("int8" or "int4") quantizes the transformer and text encoders' weights on the fly;
+        components saved pre-quantized load as they are.
+        """
         preset = get_preset(preset) if isinstance(preset, str) else preset
-        return cls(build_i2v_components(preset), preset, device)
+        if dtype is None:
+            dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        if weights is None:
+            components = build_i2v_components(preset)
+        else:
+            components = load_i2v_components(WeightPaths.resolve(weights), preset.flow_shift, dtype)
+        for name in QUANTIZED_COMPONENTS:
+            module = getattr(components, name)
+            if weights is None:
+                module.to(dtype)
+            if quantize is not None and not quantization_map(module):
+                quantize_weights(module, quantize)
+        return cls(components, preset, device, low_memory)
 
     @cached_property
     def weights_fingerprint(self) -> str:

@@ -1,4 +1,4 @@
-"""Models held by the worker process: each preset is built or loaded once and reused by every task."""
+"""Models held by the worker process: each model spec is built or loaded once and reused by every task."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 
 from magic141.pipeline import Magic141Pipeline
 from magic141.prior import ImagePrior
+from magic141.weights import WeightPaths
+from tasks.request import ModelSpec
 
 _build_lock = threading.Lock()
 
@@ -18,22 +20,29 @@ def default_device() -> str:
 
 
 @lru_cache(maxsize=2)
-def _pipeline(preset: str, device: str) -> Magic141Pipeline:
-    return Magic141Pipeline.from_preset(preset, device)
+def _pipeline(spec: ModelSpec, device: str) -> Magic141Pipeline:
+    return Magic141Pipeline.from_preset(
+        spec.preset, device, weights=spec.weights, quantize=spec.quantize, low_memory=spec.low_memory
+    )
 
 
 @lru_cache(maxsize=2)
-def _prior(preset: str, device: str) -> ImagePrior:
-    return ImagePrior.from_preset(preset, device)
+def _prior(spec: ModelSpec, device: str) -> ImagePrior:
+    if spec.weights is None:
+        return ImagePrior.from_preset(spec.preset, device)
+    folder = WeightPaths.resolve(spec.weights).prior
+    if folder is None:
+        raise ValueError(f"weights {spec.weights!r} have no text-to-image prior (prior/); pass --image or add one")
+    return ImagePrior.from_pretrained(folder, spec.preset, device)
 
 
-def video_pipeline(preset: str) -> Magic141Pipeline:
-    """The image-to-video pipeline of ``preset`` on this worker's device, built on first use."""
+def video_pipeline(spec: ModelSpec) -> Magic141Pipeline:
+    """The image-to-video pipeline of ``spec`` on this worker's device, built on first use."""
     with _build_lock:
-        return _pipeline(preset, default_device())
+        return _pipeline(spec, default_device())
 
 
-def image_prior(preset: str) -> ImagePrior:
-    """The text-to-image prior of ``preset`` on this worker's device, built on first use."""
+def image_prior(spec: ModelSpec) -> ImagePrior:
+    """The text-to-image prior of ``spec`` on this worker's device, built on first use."""
     with _build_lock:
-        return _prior(preset, default_device())
+        return _prior(spec, default_device())

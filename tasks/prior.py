@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 
 from tasks.ffmpeg import sha256_file
 from tasks.models import image_prior
+from tasks.request import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class PriorResult:
 def prepare_prior(
     prompt: str,
     seed: int,
-    preset: str,
+    model: ModelSpec,
     work_dir: str,
     image: str | None = None,
     negative_prompt: str | None = None,
@@ -39,13 +40,13 @@ def prepare_prior(
     if image is not None:
         logger.info("prior: user image %s", image)
         return PriorResult("user", image, sha256_file(image), time.perf_counter() - started, 0.0)
-    prior = image_prior(preset)
+    prior = image_prior(model)
     model_started = time.perf_counter()
     picture = prior(prompt, seed=seed, negative_prompt=negative_prompt)
     model_seconds = time.perf_counter() - model_started
     path = Path(work_dir) / "prior.png"
     picture.save(path)
-    logger.info("prior: generated %dx%d image with the %s text-to-image model", *picture.size, preset)
+    logger.info("prior: generated %dx%d image with the %s text-to-image model", *picture.size, model.preset)
     return PriorResult(
         "generate", str(path), sha256_file(path), time.perf_counter() - started, model_seconds,
         prior.weights_fingerprint,

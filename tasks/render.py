@@ -13,6 +13,7 @@ from prefect import get_run_logger, task
 from magic141.sampler import SamplerConfig
 from tasks.models import video_pipeline
 from tasks.progress import StageProgress
+from tasks.request import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def render_video(
     prior_path: str,
     num_frames: int,
     seed: int,
-    preset: str,
+    model: ModelSpec,
     steps: int,
     guidance: float,
     work_dir: str,
@@ -44,7 +45,7 @@ def render_video(
     """Generate ``num_frames`` frames from the first frame at ``prior_path``; frames go to ``work_dir``."""
     logger = get_run_logger()
     started = time.perf_counter()
-    pipeline = video_pipeline(preset)
+    pipeline = video_pipeline(model)
     sampler = SamplerConfig(
         steps=steps, guidance_scale=guidance, true_cfg_scale=true_cfg, flow_shift=pipeline.preset.flow_shift
     )

@@ -15,6 +15,17 @@ from magic141.presets import get_preset
 MAX_SECONDS = 600.0
 MAX_STEPS = 100
 FPS_RANGE = (1, 120)
+QUANTIZATION_LEVELS = ("int8", "int4")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to run: a preset (geometry, sampler defaults; random weights unless ``weights`` is set)."""
+
+    preset: str = "tiny"
+    weights: str | None = None
+    quantize: str | None = None
+    low_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,10 +44,17 @@ class GenerateRequest:
     true_cfg: float = 1.0
     negative_prompt: str | None = None
     preset: str = "tiny"
+    weights: str | None = None
+    quantize: str | None = None
+    low_memory: bool = False
 
     @property
     def num_frames(self) -> int:
         return round(self.seconds * self.fps)
+
+    @property
+    def model(self) -> ModelSpec:
+        return ModelSpec(self.preset, self.weights, self.quantize, self.low_memory)
 
 
 def check_image(path: str) -> None:
@@ -81,6 +99,12 @@ def check_output(path: str) -> None:
         raise ValueError(f"output folder {str(folder)!r} is not writable ({exc.strerror}); choose another --out") from None
 
 
+def _gpu_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def validate_request(request: GenerateRequest) -> GenerateRequest:
     """Check every field; return the request with absolute paths and the preset's default guidance."""
     if not isinstance(request.prompt, str) or not request.prompt.strip():
@@ -106,9 +130,21 @@ def validate_request(request: GenerateRequest) -> GenerateRequest:
         raise ValueError("true CFG needs a negative prompt; pass --negative-prompt")
     if request.seed < 0 or request.seed >= 2**63:
         raise ValueError(f"seed must be between 0 and 2**63-1, got {request.seed}")
+    weights = None
+    if request.weights is not None:
+        from magic141.weights import WeightPaths
+
+        paths = WeightPaths.resolve(request.weights)
+        if paths.prior is None and request.image is None:
+            raise ValueError(f"weights {request.weights!r} have no text-to-image prior (prior/); pass --image or add one")
+        weights = os.path.abspath(request.weights)
+    if request.quantize is not None and request.quantize not in QUANTIZATION_LEVELS:
+        raise ValueError(f"unknown quantization level {request.quantize!r}; choose one of: {', '.join(QUANTIZATION_LEVELS)}")
+    if request.low_memory and not _gpu_visible():
+        raise ValueError("--low-memory offloads models between the CPU and a GPU, and no GPU is visible")
     image = None
     if request.image is not None:
         check_image(request.image)
         image = os.path.abspath(request.image)
     check_output(request.out)
-    return replace(request, image=image, out=os.path.abspath(request.out), guidance=guidance)
+    return replace(request, image=image, out=os.path.abspath(request.out), guidance=guidance, weights=weights)

@@ -1,0 +1,162 @@
+"""Load and save the image-to-video components from local folders (diffusers / transformers layout).
+
+A weights folder holds one subfolder per component, as diffusers' HunyuanVideo I2V pipeline does:
+``transformer/ vae/ text_encoder/ text_encoder_2/ tokenizer/ tokenizer_2/ image_processor/``, and
+optionally ``prior/`` (any diffusers text-to-image pipeline). A JSON file can instead name each
+component's folder. Weights load only from safetensors. Quantized components (saved by
+:func:`magic141.quantization.save_quantized`) are recognised by their quantization map and load
+without re-quantizing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, LlavaForConditionalGeneration
+
+from magic141.components import I2VComponents
+from magic141.conditioning import prompt_template_for
+from magic141.quantization import is_quantized_folder, load_quantized
+
+logger = logging.getLogger(__name__)
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ``ValueError`` naming every missing, unexpected and wrongly shaped key of ``got``."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = [
+        f"{key} {tuple(got[key].shape)} != {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(got))
+        if got[key].shape != expected[key].shape
+    ]
+    problems = [
+        f"{len(items)} {label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("with wrong shape", wrong))
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{source} does not match the model: " + "; ".join(problems))
+
+
+def _check_loading_info(info: Mapping[str, Any], source: str) -> None:
+    names = {
+        "missing": list(info.get("missing_keys", [])),
+        "unexpected": list(info.get("unexpected_keys", [])),
+        "with wrong shape": [str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get("mismatched_keys", [])],
+    }
+    problems = [
+        f"{len(items)} {label}: {', '.join(sorted(items)[:8])}{' ...' if len(items) > 8 else ''}"
+        for label, items in names.items()
+        if items
+    ]
+    if problems:
+        raise ValueError(f"{source} does not match the model: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class WeightPaths:
+    """Where each component's weights live."""
+
+    transformer: Path
+    vae: Path
+    text_encoder: Path
+    text_encoder_2: Path
+    tokenizer: Path
+    tokenizer_2: Path
+    image_processor: Path
+    prior: Path | None = None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> WeightPaths:
+        root = Path(folder)
+        if not root.is_dir():
+            raise ValueError(f"weights folder {str(root)!r} does not exist; give a folder with transformer/, vae/, ...")
+        paths = {f.name: root / f.name for f in fields(cls)}
+        if not paths["prior"].is_dir():
+            paths["prior"] = None
+        return cls(**paths).checked()
+
+    @classmethod
+    def from_config(cls, config_file: str | Path) -> WeightPaths:
+        """Per-component paths from a JSON file; relative paths are relative to the file."""
+        file = Path(config_file)
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"weights config {str(file)!r} is not readable JSON: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"weights config {str(file)!r} has unknown component(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
+        missing = sorted(known - {"prior"} - set(data))
+        if missing:
+            raise ValueError(f"weights config {str(file)!r} lacks component(s) {', '.join(missing)}")
+        return cls(**{name: file.parent / value for name, value in data.items()}).checked()
+
+    @classmethod
+    def resolve(cls, weights: str | Path) -> WeightPaths:
+        """A weights folder, or a JSON file naming each component's folder."""
+        return cls.from_config(weights) if Path(weights).is_file() else cls.from_folder(weights)
+
+    def checked(self) -> WeightPaths:
+        for f in fields(self):
+            path = getattr(self, f.name)
+            if path is not None and not Path(path).is_dir():
+                raise ValueError(f"{f.name} weights folder {str(path)!r} does not exist")
+        return self
+
+
+def _load_model(cls: type, path: Path, dtype: torch.dtype, name: str) -> torch.nn.Module:
+    if is_quantized_folder(path):
+        logger.info("loading pre-quantized %s from %s", name, path)
+        return load_quantized(path, cls)
+    model, info = cls.from_pretrained(path, torch_dtype=dtype, use_safetensors=True, output_loading_info=True)
+    _check_loading_info(info, f"{name} weights in {path}")
+    return model
+
+
+def load_i2v_components(paths: WeightPaths, flow_shift: float, dtype: torch.dtype = torch.bfloat16) -> I2VComponents:
+    """The image-to-video components from local folders, on the CPU in ``dtype`` (the VAE in float32)."""
+    tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
+    text_encoder = _load_model(LlavaForConditionalGeneration, paths.text_encoder, dtype, "text_encoder")
+    if getattr(text_encoder.config, "pad_token_id", None) is None:
+        text_encoder.config.pad_token_id = tokenizer.pad_token_id
+    vision = text_encoder.config.vision_config
+    components = I2VComponents(
+        transformer=_load_model(HunyuanVideoTransformer3DModel, paths.transformer, dtype, "transformer"),
+        vae=_load_model(AutoencoderKLHunyuanVideo, paths.vae, torch.float32, "vae"),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=_load_model(CLIPTextModel, paths.text_encoder_2, dtype, "text_encoder_2"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(paths.tokenizer_2),
+        image_processor=CLIPImageProcessor.from_pretrained(paths.image_processor),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=flow_shift),
+        prompt_template=prompt_template_for(tokenizer, (vision.image_size // vision.patch_size) ** 2),
+    )
+    if components.transformer.config.image_condition_type != "latent_concat":
+        raise ValueError(
+            f"transformer in {paths.transformer} is not a 2C+1 image-to-video model "
+            f"(image_condition_type={components.transformer.config.image_condition_type!r})"
+        )
+    for module in components.modules().values():
+        module.eval().requires_grad_(False)
+    return components
+
+
+def save_i2v_components(components: I2VComponents, folder: str | Path) -> Path:
+    """Write every component in the weights-folder layout that :func:`load_i2v_components` reads."""
+    root = Path(folder)
+    for name, module in components.modules().items():
+        module.save_pretrained(root / name, safe_serialization=True)
+    components.tokenizer.save_pretrained(root / "tokenizer")
+    components.tokenizer_2.save_pretrained(root / "tokenizer_2")
+    components.image_processor.save_pretrained(root / "image_processor")
+    return root
