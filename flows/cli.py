@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -12,6 +13,8 @@ from typing import Annotated, Any
 
 # Prefect settings this command relies on; set before prefect is imported, overridable by the caller.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# torch warns on every import of its C++ extension helper (pulled in by optimum-quanto) when no CUDA toolkit is found.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -19,13 +22,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table  # noqa: E402
 
 from tasks.catalog import CatalogError, open_catalog, resolve_catalog_url  # noqa: E402
-from tasks.request import GenerateRequest, validate_request  # noqa: E402
+from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, validate_request  # noqa: E402
 
 DEFAULT_OUT_DIR = Path("out")
 
 app = typer.Typer(help="Magic 1-For-1 video generation pipeline.", no_args_is_help=True, add_completion=False)
 catalog_app = typer.Typer(help="Read the provenance catalog.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+model_app = typer.Typer(help="Convert, quantize and inspect model weights.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -72,7 +77,10 @@ def generate(
     guidance: Annotated[float | None, typer.Option(help="Embedded guidance scale w (preset default).")] = None,
     true_cfg: Annotated[float, typer.Option(help="True CFG scale for non-distilled weights (needs --negative-prompt).")] = 1.0,
     negative_prompt: Annotated[str | None, typer.Option(help="What the video should not show.")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = "tiny",
+    preset: Annotated[str, typer.Option(help="Model preset (video geometry, sampler defaults; random weights without --weights).")] = "tiny",
+    weights: Annotated[Path | None, typer.Option(help="Weights folder (transformer/, vae/, ...) or a JSON file naming each component's folder.")] = None,
+    quantize: Annotated[str | None, typer.Option(help="Quantize transformer and text encoder weights on the fly: int8 or int4.")] = None,
+    low_memory: Annotated[bool, typer.Option("--low-memory", help="Keep each model on the GPU only while it runs.")] = False,
     out: Annotated[Path | None, typer.Option(help="Output .mp4 (default: out/<prompt>-s<seed>.mp4).")] = None,
     catalog: Annotated[str | None, typer.Option(help="Catalog URL (default: $MAGIC141_CATALOG_URL or sqlite in the output folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -96,6 +104,9 @@ def generate(
             true_cfg=true_cfg,
             negative_prompt=negative_prompt,
             preset=preset,
+            weights=None if weights is None else str(weights),
+            quantize=quantize,
+            low_memory=low_memory,
         )
     )
     from flows.generate import generate as generate_flow
@@ -186,6 +197,73 @@ def catalog_show(
     for key, value in row.items():
         shown = json.dumps(value) if isinstance(value, (dict, list)) else value
         stdout.print(f"{key:>20}: {shown}", highlight=False, soft_wrap=True)
+
+
+def _user_errors(action: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return action(*args, **kwargs)
+    except (ValueError, OSError) as exc:
+        raise UserError(" ".join(str(exc).split())) from None
+
+
+@model_app.command("convert")
+def model_convert(
+    official: Annotated[Path, typer.Option(help="Official Magic 1-For-1 transformer checkpoint (.pth or .safetensors).")],
+    out: Annotated[Path, typer.Option(help="New folder for the converted transformer (diffusers layout, safetensors).")],
+) -> None:
+    """Convert the official transformer checkpoint to diffusers' HunyuanVideo layout."""
+    from magic141.convert import convert_official_checkpoint
+
+    written = _user_errors(convert_official_checkpoint, official, out)
+    stdout.print(f"converted transformer written to {written}", highlight=False, soft_wrap=True)
+
+
+@model_app.command("quantize")
+def model_quantize(
+    weights: Annotated[Path, typer.Option(help="Weights folder or JSON file to quantize.")],
+    out: Annotated[Path, typer.Option(help="New folder for the pre-quantized weights.")],
+    level: Annotated[str, typer.Option(help="int8 (as in the paper) or int4.")] = "int8",
+) -> None:
+    """Save weights with the transformer and text encoders pre-quantized (they load without re-quantizing)."""
+    from magic141.weights import quantize_weights_folder
+
+    written = _user_errors(quantize_weights_folder, weights, out, level)
+    stdout.print(f"{level} weights written to {written}", highlight=False, soft_wrap=True)
+
+
+@model_app.command("report")
+def model_report_command(
+    preset: Annotated[str, typer.Option(help="Preset to report (random weights; full-size presets from shapes only).")] = "tiny",
+    weights: Annotated[Path | None, typer.Option(help="Report these weights instead of the preset's random ones.")] = None,
+    quantize: Annotated[str | None, typer.Option(help="Also report int8 / int4 quantized sizes.")] = None,
+    probe: Annotated[bool, typer.Option("--probe", help="Measure the quantized transformer's output error and peak memory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Per component: parameters, dtype, weight bytes (and quantized bytes with --quantize)."""
+    from magic141.presets import get_preset
+
+    preset_config = _user_errors(get_preset, preset)
+    if quantize is not None and quantize not in QUANTIZATION_LEVELS:
+        raise UserError(f"unknown quantization level {quantize!r}; choose one of: {', '.join(QUANTIZATION_LEVELS)}")
+    from magic141.report import model_report
+
+    report = _user_errors(model_report, preset_config, weights, quantize, probe)
+    if as_json:
+        stdout.print_json(json.dumps(report))
+        return
+    table = Table("component", "parameters", "dtype", "weight bytes", "quantized bytes", "ratio")
+    for entry in report["components"]:
+        table.add_row(
+            entry["component"],
+            f"{entry['parameters']:,}",
+            entry["dtype"],
+            f"{entry['weight_bytes']:,}",
+            f"{entry['quantized_weight_bytes']:,}" if "quantized" in entry else "-",
+            f"{entry['quantized_ratio']:.3f}" if "quantized" in entry else "-",
+        )
+    stdout.print(table)
+    if "probe" in report:
+        stdout.print_json(json.dumps(report["probe"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,11 @@ config disables guidance embedding), so it is dropped: guidance is baked into th
 from __future__ import annotations
 
 import logging
+import os
+import pickle
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -126,10 +130,17 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return unwrap_checkpoint(load_file(path))
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        # Old (non-zip) pickles cannot be memory-mapped.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:
+            # Old (non-zip) pickles cannot be memory-mapped.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds Python objects besides tensors and is not unpickled for safety "
+            f"({reason}); save its state dict alone, or as safetensors"
+        ) from None
     return unwrap_checkpoint(checkpoint)
 
 
@@ -235,5 +246,13 @@ def convert_official_checkpoint(checkpoint: str | Path, out_dir: str | Path, dty
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output folder {str(out)!r} is not empty; choose a new folder")
     model = convert_official_transformer(load_official_checkpoint(checkpoint), dtype)
-    model.save_pretrained(out, safe_serialization=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out

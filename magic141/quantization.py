@@ -1,23 +1,24 @@
 """Weight-only quantization with optimum-quanto (paper Sec. 3.4: int8 weights, bf16 activations).
 
-Quantized components are saved with quanto's own serialisation (safetensors + a quantization map)
-and reload without re-quantizing.
+Quantized components are saved as safetensors with quanto's quantization map beside them and are
+rebuilt with ``optimum.quanto.requantize``, which restores the int8/int4 tensors without re-quantizing.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import torch
 from diffusers import ModelMixin
-from optimum.quanto import QuantizedDiffusersModel, QuantizedTransformersModel, freeze, qint4, qint8, quantize
-from transformers import AutoModel, AutoModelForImageTextToText, PreTrainedModel
+from optimum.quanto import freeze, qint4, qint8, quantization_map, quantize, requantize
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig
 
 logger = logging.getLogger(__name__)
 
 LEVELS = {"int8": qint8, "int4": qint4}
-QMAP_FILES = (QuantizedDiffusersModel._qmap_name(), QuantizedTransformersModel._qmap_name())
 # Components quantized as in the paper: the DiT and the text encoders (the LLaVA VLM and CLIP text).
 QUANTIZED_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")
 
@@ -30,7 +31,8 @@ def check_level(level: str) -> str:
 
 def quantize_weights(module: torch.nn.Module, level: str = "int8") -> torch.nn.Module:
     """Quantize the weights of every linear layer of ``module`` in place and freeze them."""
-    quantize(module, weights=LEVELS[check_level(level)], activations=None)
+    # The language-model head is tied to the token embeddings and never used for encoding: keep it as is.
+    quantize(module, weights=LEVELS[check_level(level)], activations=None, exclude=["lm_head"])
     freeze(module)
     return module
 
@@ -45,27 +47,47 @@ def parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _wrapper_for(model_class: type) -> type:
-    if issubclass(model_class, ModelMixin):
-        return type(f"Quantized{model_class.__name__}", (QuantizedDiffusersModel,), {"base_class": model_class})
-    if issubclass(model_class, PreTrainedModel):
-        auto = AutoModelForImageTextToText if "ForConditionalGeneration" in model_class.__name__ else AutoModel
-        return type(f"Quantized{model_class.__name__}", (QuantizedTransformersModel,), {"auto_class": auto})
-    raise TypeError(f"cannot save or load a quantized {model_class.__name__}")
+QMAP_FILE = "quanto_qmap.json"
+WEIGHTS_FILE = "model.safetensors"
 
 
 def is_quantized_folder(folder: str | Path) -> bool:
-    return any((Path(folder) / name).is_file() for name in QMAP_FILES)
+    return (Path(folder) / QMAP_FILE).is_file()
 
 
 def save_quantized(module: torch.nn.Module, folder: str | Path) -> Path:
-    """Save a quantized diffusers or transformers model (safetensors + quantization map)."""
-    wrapper = _wrapper_for(type(module))
-    wrapper(module).save_pretrained(Path(folder))
-    return Path(folder)
+    """Save a quantized diffusers or transformers model: config, safetensors weights, quantization map."""
+    qmap = quantization_map(module)
+    if not qmap:
+        raise ValueError(f"{type(module).__name__} is not quantized; quantize it before saving")
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    if isinstance(module, ModelMixin):
+        module.save_config(root)
+    else:
+        module.config.save_pretrained(root)
+    tensors = {name: tensor.contiguous() for name, tensor in module.state_dict().items()}
+    save_file(tensors, root / WEIGHTS_FILE)
+    (root / QMAP_FILE).write_text(json.dumps(qmap, indent=1))
+    return root
 
 
 def load_quantized(folder: str | Path, model_class: type) -> torch.nn.Module:
-    """Reload a model saved by :func:`save_quantized`: quantized weights are restored as they are."""
-    loaded = _wrapper_for(model_class).from_pretrained(Path(folder))
-    return loaded._wrapped
+    """Rebuild a model saved by :func:`save_quantized` and restore its quantized weights as they are."""
+    root = Path(folder)
+    qmap = json.loads((root / QMAP_FILE).read_text())
+    with torch.device("meta"):
+        if issubclass(model_class, ModelMixin):
+            model = model_class.from_config(model_class.load_config(root))
+        else:
+            model = model_class._from_config(AutoConfig.from_pretrained(root))
+    state = load_file(root / WEIGHTS_FILE)
+    requantize(model, state_dict=state, quantization_map=qmap, device=torch.device("cpu"))
+    missing = sorted(k for k in set(model.state_dict()) - set(state) if not _tied(model, k))
+    if missing:
+        raise ValueError(f"quantized weights in {root} lack {len(missing)} tensor(s): {', '.join(missing[:8])}")
+    return model.eval()
+
+
+def _tied(model: torch.nn.Module, key: str) -> bool:
+    return key == "lm_head.weight" and bool(getattr(model.config, "tie_word_embeddings", False))

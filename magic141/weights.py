@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,7 +26,16 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPT
 
 from magic141.components import I2VComponents
 from magic141.conditioning import prompt_template_for
-from magic141.quantization import is_quantized_folder, load_quantized
+from optimum.quanto import quantization_map
+
+from magic141.quantization import (
+    QUANTIZED_COMPONENTS,
+    check_level,
+    is_quantized_folder,
+    load_quantized,
+    quantize_weights,
+    save_quantized,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +130,11 @@ def _load_model(cls: type, path: Path, dtype: torch.dtype, name: str) -> torch.n
     if is_quantized_folder(path):
         logger.info("loading pre-quantized %s from %s", name, path)
         return load_quantized(path, cls)
-    model, info = cls.from_pretrained(path, torch_dtype=dtype, use_safetensors=True, output_loading_info=True)
+    try:
+        model, info = cls.from_pretrained(path, torch_dtype=dtype, use_safetensors=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{name} weights in {path} cannot be loaded: {reason}") from None
     _check_loading_info(info, f"{name} weights in {path}")
     return model
 
@@ -160,3 +176,40 @@ def save_i2v_components(components: I2VComponents, folder: str | Path) -> Path:
     components.tokenizer_2.save_pretrained(root / "tokenizer_2")
     components.image_processor.save_pretrained(root / "image_processor")
     return root
+
+
+def quantize_weights_folder(source: str | Path, out: str | Path, level: str, flow_shift: float = 7.0) -> Path:
+    """``magic141 model quantize``: a weights folder whose transformer and text encoders are pre-quantized.
+
+    Written to a temporary sibling folder and renamed when complete, so ``out`` never holds a partial copy.
+    """
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise ValueError(f"output folder {str(target)!r} is not empty; choose a new folder")
+    check_level(level)
+    paths = WeightPaths.resolve(source)
+    components = load_i2v_components(paths, flow_shift, torch.bfloat16)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.absolute().parent))
+    try:
+        for name in QUANTIZED_COMPONENTS:
+            module = getattr(components, name)
+            if not quantization_map(module):
+                quantize_weights(module, level)
+        for name, module in components.modules().items():
+            if name in QUANTIZED_COMPONENTS:
+                save_quantized(module, staging / name)
+            else:
+                module.save_pretrained(staging / name, safe_serialization=True)
+        components.tokenizer.save_pretrained(staging / "tokenizer")
+        components.tokenizer_2.save_pretrained(staging / "tokenizer_2")
+        components.image_processor.save_pretrained(staging / "image_processor")
+        if paths.prior is not None:
+            shutil.copytree(paths.prior, staging / "prior")
+        if target.exists():
+            target.rmdir()
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote %s-quantized weights to %s", level, target)
+    return target
