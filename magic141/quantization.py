@@ -76,11 +76,13 @@ def load_quantized(folder: str | Path, model_class: type) -> torch.nn.Module:
     """Rebuild a model saved by :func:`save_quantized` and restore its quantized weights as they are."""
     root = Path(folder)
     qmap = json.loads((root / QMAP_FILE).read_text())
-    with torch.device("meta"):
-        if issubclass(model_class, ModelMixin):
+    if issubclass(model_class, ModelMixin):
+        with torch.device("meta"):
             model = model_class.from_config(model_class.load_config(root))
-        else:
-            model = model_class._from_config(AutoConfig.from_pretrained(root))
+    else:
+        # Built on the CPU: transformers models compute non-persistent buffers (position ids) in their
+        # constructors, which a meta-device build would leave empty.
+        model = model_class._from_config(AutoConfig.from_pretrained(root), torch_dtype=torch.bfloat16)
     state = load_file(root / WEIGHTS_FILE)
     requantize(model, state_dict=state, quantization_map=qmap, device=torch.device("cpu"))
     missing = sorted(k for k in set(model.state_dict()) - set(state) if not _tied(model, k))

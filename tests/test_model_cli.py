@@ -1,0 +1,33 @@
+"""``magic141 model`` commands as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+from test_cli import run
+
+
+def test_report_full_size_int8_transformer_is_half_of_bf16():
+    done = run("model", "report", "--preset", "full-540p", "--quantize", "int8", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    transformer = next(c for c in report["components"] if c["component"] == "transformer")
+    assert 12.5e9 < transformer["parameters"] < 13.5e9
+    assert transformer["weight_bytes"] == 2 * transformer["parameters"]
+    assert transformer["quantized_ratio"] <= 0.52
+
+
+def test_report_probe_measures_the_quantization_error():
+    done = run("model", "report", "--quantize", "int8", "--probe", "--json")
+    assert done.returncode == 0, done.stderr
+    probe = json.loads(done.stdout)["probe"]
+    assert 0 < probe["relative_output_error"] < 0.05
+
+
+def test_bad_model_commands_are_one_line(tmp_path):
+    for args in (["model", "report", "--quantize", "int3"], ["model", "report", "--preset", "huge"],
+                 ["model", "convert", "--official", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o")],
+                 ["model", "quantize", "--weights", str(tmp_path / "none"), "--out", str(tmp_path / "q")]):
+        done = run(*args)
+        assert done.returncode == 2, done
+        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("magic141: error: ")
