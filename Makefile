@@ -27,6 +27,7 @@ test: $(VENV)/.synced
 
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/generate_overhead.py
+	$(VENV)/bin/python bench/quantization.py
 
 lock: $(UV)
 	$(UV) lock

@@ -198,6 +198,7 @@ PRESETS: dict[str, Preset] = {
             text_heads=12,
             steps=28,
         ),
+        flow_shift=5.0,
     ),
 }
 
