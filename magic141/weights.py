@@ -40,17 +40,9 @@ from magic141.quantization import (
 logger = logging.getLogger(__name__)
 
 
-def check_state_dict(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str) -> None:
-    """Raise ``ValueError`` naming every missing, unexpected and wrongly shaped key of ``got``."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    wrong = [
-        f"{key} {tuple(got[key].shape)} != {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(got))
-        if got[key].shape != expected[key].shape
-    ]
+def _raise_mismatch(source: str, missing: list[str], unexpected: list[str], wrong: list[str]) -> None:
     problems = [
-        f"{len(items)} {label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+        f"{len(items)} {label}: {', '.join(sorted(items)[:8])}{' ...' if len(items) > 8 else ''}"
         for label, items in (("missing", missing), ("unexpected", unexpected), ("with wrong shape", wrong))
         if items
     ]
@@ -58,19 +50,20 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], got: Mapping[str, tor
         raise ValueError(f"{source} does not match the model: " + "; ".join(problems))
 
 
-def _check_loading_info(info: Mapping[str, Any], source: str) -> None:
-    names = {
-        "missing": list(info.get("missing_keys", [])),
-        "unexpected": list(info.get("unexpected_keys", [])),
-        "with wrong shape": [str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get("mismatched_keys", [])],
-    }
-    problems = [
-        f"{len(items)} {label}: {', '.join(sorted(items)[:8])}{' ...' if len(items) > 8 else ''}"
-        for label, items in names.items()
-        if items
+def check_state_dict(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise ``ValueError`` naming every missing, unexpected and wrongly shaped key of ``got``."""
+    wrong = [
+        f"{key} {tuple(got[key].shape)} != {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(got))
+        if got[key].shape != expected[key].shape
     ]
-    if problems:
-        raise ValueError(f"{source} does not match the model: " + "; ".join(problems))
+    _raise_mismatch(source, sorted(set(expected) - set(got)), sorted(set(got) - set(expected)), wrong)
+
+
+def _check_loading_info(info: Mapping[str, Any], source: str) -> None:
+    """The same check on the loading info that diffusers' and transformers' ``from_pretrained`` return."""
+    wrong = [str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get("mismatched_keys", [])]
+    _raise_mismatch(source, list(info.get("missing_keys", [])), list(info.get("unexpected_keys", [])), wrong)
 
 
 @dataclass(frozen=True)
