@@ -80,3 +80,10 @@ def test_int8_folder_loads_pre_quantized_and_stays_close(weights_dir, tiny_pipel
     assert np.abs(frames(quantized, prior_image) - reference).mean() < 8, "int8 stays close to full precision"
     with pytest.raises(ValueError, match="not empty"):
         quantize_weights_folder(weights_dir, out, "int8")
+
+
+def test_cli_quantization_levels_match_the_library():
+    from magic141.quantization import LEVELS
+    from tasks.request import QUANTIZATION_LEVELS
+
+    assert set(QUANTIZATION_LEVELS) == set(LEVELS)
