@@ -33,7 +33,12 @@ from tasks.catalog.models import Base
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UNREACHABLE_PG_URL = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test"
-HEAD = "0001"
+HEAD = "0002"
+_FIRST_REVISION_COLUMNS = (
+    "prompt negative_prompt seed prior_source prior_image_path prior_image_sha256 preset "
+    "weights_fingerprint steps guidance true_cfg seconds window_layout output_path output_sha256 "
+    "output_bytes frames fps width height stage_timings flow_run_id library_versions"
+).split()
 
 
 def video_fields(n: int = 0, **overrides: Any) -> dict[str, Any]:
@@ -65,6 +70,11 @@ def video_fields(n: int = 0, **overrides: Any) -> dict[str, Any]:
         "stage_timings": {"encode_prompt": 0.42, "denoise": 12.5, "decode": 3.25},
         "flow_run_id": "0b6f6c2e-3d1f-4a51-9f55-6a8c1d2e3f40",
         "library_versions": {"torch": "2.13.0", "diffusers": "0.42.1"},
+        "windows_mode": "parallel",
+        "content_key": f"c{n:063x}",
+        "prior_details": {"retrieved": [{"path": "corpus/a.jpg", "score": 0.31}]},
+        "thumbnail_path": f"/data/out/video_{n}.jpg",
+        "batch_id": None,
     }
     fields.update(overrides)
     return fields
@@ -251,7 +261,7 @@ def test_fresh_database_is_migrated_once(
     caplog.set_level(logging.INFO, logger="tasks.catalog")
     with open_catalog(catalog_url) as catalog:
         video_id = catalog.add_video(**video_fields())
-    assert "migrated from empty to 0001" in caplog.text
+    assert f"migrated from empty to {HEAD}" in caplog.text
     caplog.clear()
 
     with open_catalog(catalog_url) as catalog:
@@ -261,7 +271,14 @@ def test_fresh_database_is_migrated_once(
     engine = create_engine(catalog_url)
     try:
         with engine.connect() as conn:
-            assert set(inspect(conn).get_table_names()) == {"videos", "alembic_version"}
+            assert set(inspect(conn).get_table_names()) == {
+                "alembic_version",
+                "videos",
+                "video_windows",
+                "index_builds",
+                "batches",
+                "batch_rows",
+            }
             assert conn.execute(text("SELECT version_num FROM alembic_version")).all() == [(HEAD,)]
             indexes = {ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("videos")}
             assert indexes["ix_videos_created_at"] == ["created_at"]
@@ -281,6 +298,42 @@ def test_migrated_schema_matches_models(catalog_url: str) -> None:
     finally:
         engine.dispose()
     assert diffs == []
+
+
+def test_upgrade_from_first_revision_keeps_videos(catalog_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from tasks.catalog.store import MIGRATIONS_DIR
+
+    engine = create_engine(catalog_url)
+    try:
+        with engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0001")
+            old = {k: v for k, v in video_fields(3).items() if k in _FIRST_REVISION_COLUMNS}
+            old["window_layout"] = json.dumps(old["window_layout"])
+            old["stage_timings"] = json.dumps(old["stage_timings"])
+            old["library_versions"] = json.dumps(old["library_versions"])
+            columns = ", ".join(old)
+            values = ", ".join(f":{name}" for name in old)
+            conn.execute(
+                text(
+                    f"INSERT INTO videos (id, created_at, {columns}) "
+                    f"VALUES ('ab0cd', :created, {values})"
+                ),
+                {**old, "created": datetime.now(UTC)},
+            )
+    finally:
+        engine.dispose()
+
+    with open_catalog(catalog_url) as catalog:
+        row = catalog.get_video("ab0cd")
+    assert row["windows_mode"] == "chained"
+    assert row["content_key"] is None and row["batch_id"] is None
+    assert row["output_path"] == video_fields(3)["output_path"]
 
 
 def test_concurrent_thread_adds_lose_no_rows(catalog: Catalog) -> None:

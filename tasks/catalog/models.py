@@ -14,9 +14,11 @@ from sqlalchemy import (
     Dialect,
     Float,
     Integer,
+    ForeignKey,
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -30,6 +32,10 @@ NAMING_CONVENTION = {
 }
 
 PRIOR_SOURCES = ("user", "generate", "retrieve")
+WINDOW_MODES = ("chained", "parallel")
+INDEX_BUILD_STATUSES = ("running", "published", "failed")
+BATCH_STATUSES = ("running", "done", "failed")
+ROW_STATUSES = ("pending", "done", "skipped", "failed", "rejected")
 
 
 def new_id() -> str:
@@ -75,6 +81,7 @@ class Video(Base):
     __tablename__ = "videos"
     __table_args__ = (
         CheckConstraint("prior_source IN ('user', 'generate', 'retrieve')", name="prior_source"),
+        CheckConstraint("windows_mode IN ('chained', 'parallel')", name="windows_mode"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -102,3 +109,96 @@ class Video(Base):
     stage_timings: Mapped[dict[str, float]] = mapped_column(JSON)
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     library_versions: Mapped[dict[str, str]] = mapped_column(JSON)
+    windows_mode: Mapped[str] = mapped_column(String(16), default="chained")
+    content_key: Mapped[str | None] = mapped_column(String(64), unique=True)
+    prior_details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    thumbnail_path: Mapped[str | None] = mapped_column(Text)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
+
+
+class VideoWindow(Base):
+    """One rendered window of a video: where in the video it lies and who rendered it."""
+
+    __tablename__ = "video_windows"
+    __table_args__ = (UniqueConstraint("video_id", "window_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    video_id: Mapped[str] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
+    window_index: Mapped[int] = mapped_column(Integer)
+    frame_start: Mapped[int] = mapped_column(Integer)
+    frame_end: Mapped[int] = mapped_column(Integer)
+    latent_start: Mapped[int] = mapped_column(Integer)
+    latent_end: Mapped[int] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(64))
+    node: Mapped[str] = mapped_column(String(255))
+    gpu_id: Mapped[str | None] = mapped_column(String(64))
+    seconds: Mapped[float] = mapped_column(Float)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class IndexBuild(Base):
+    """One build of the retrieval index, published or not."""
+
+    __tablename__ = "index_builds"
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'published', 'failed')", name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    version: Mapped[str] = mapped_column(String(64), unique=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    corpus: Mapped[str] = mapped_column(Text)
+    index_dir: Mapped[str] = mapped_column(Text)
+    model_id: Mapped[str] = mapped_column(String(255))
+    dimension: Mapped[int | None] = mapped_column(Integer)
+    count: Mapped[int | None] = mapped_column(Integer)
+    embedded: Mapped[int | None] = mapped_column(Integer)
+    skipped: Mapped[list[dict[str, str]] | None] = mapped_column(JSON)
+    index_type: Mapped[str | None] = mapped_column(String(64))
+    recall: Mapped[float | None] = mapped_column(Float)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Batch(Base):
+    """One run of a prompt CSV through the bulk flow."""
+
+    __tablename__ = "batches"
+    __table_args__ = (CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    csv_path: Mapped[str] = mapped_column(Text)
+    csv_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    out_dir: Mapped[str] = mapped_column(Text)
+    counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class BatchRow(Base):
+    """One CSV row of a batch and what became of it."""
+
+    __tablename__ = "batch_rows"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "row_number"),
+        CheckConstraint(
+            "status IN ('pending', 'done', 'skipped', 'failed', 'rejected')", name="status"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    row_number: Mapped[int] = mapped_column(Integer)
+    row_key: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
+    content_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    video_id: Mapped[str | None] = mapped_column(ForeignKey("videos.id"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

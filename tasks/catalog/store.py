@@ -56,9 +56,19 @@ _AMBIGUOUS_SHOWN = 5
 _COLUMNS = tuple(Video.__table__.columns.keys())
 _SETTABLE = frozenset(_COLUMNS) - {"id", "created_at"}
 _REQUIRED = (
-    frozenset(column.key for column in Video.__table__.columns if not column.nullable) & _SETTABLE
+    frozenset(
+        column.key
+        for column in Video.__table__.columns
+        if not column.nullable and column.default is None
+    )
+    & _SETTABLE
 )
-_JSON_SHAPES = {"window_layout": list, "stage_timings": dict, "library_versions": dict}
+_JSON_SHAPES = {
+    "window_layout": list,
+    "stage_timings": dict,
+    "library_versions": dict,
+    "prior_details": dict,
+}
 
 
 class CatalogError(Exception):
