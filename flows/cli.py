@@ -17,10 +17,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from flows.cli_common import UserError, stderr, stdout  # noqa: E402
 from tasks.catalog import CatalogError, open_catalog, resolve_catalog_url  # noqa: E402
 from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, validate_request  # noqa: E402
 
@@ -31,14 +31,6 @@ catalog_app = typer.Typer(help="Read the provenance catalog.", no_args_is_help=T
 app.add_typer(catalog_app, name="catalog")
 model_app = typer.Typer(help="Convert, quantize and inspect model weights.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
-
-stdout = Console()
-stderr = Console(stderr=True)
-
-
-class UserError(Exception):
-    """A problem with what the user asked for: reported as one line, exit status 2."""
-
 
 def _slug(text: str, limit: int = 40) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
