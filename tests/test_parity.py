@@ -29,7 +29,7 @@ def reference_pipeline(pipe: Magic141Pipeline) -> HunyuanVideoImageToVideoPipeli
 def test_one_window_matches_diffusers_image_to_video(tiny_pipeline: Magic141Pipeline, prior_image: PIL.Image.Image):
     pipe = tiny_pipeline
     preset = pipe.preset
-    window = Window(index=0, latent_frames=preset.window_latent_frames, start=0, keep=preset.window_frames, offset=0)
+    window = Window(index=0, latent_start=0, latent_stop=preset.window_latent_frames, start=0, keep=preset.window_frames)
     noise = pipe.noise(seed=11, window=window)
     prompt = "a lighthouse in a storm"
     config = SamplerConfig(steps=4, guidance_scale=6.0, flow_shift=preset.flow_shift)
