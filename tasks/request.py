@@ -57,6 +57,43 @@ class GenerateRequest:
         return ModelSpec(self.preset, self.weights, self.quantize, self.low_memory)
 
 
+def check_prompt(prompt: object) -> None:
+    """Raise ``ValueError`` unless ``prompt`` is a non-blank string."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt is empty; give a text describing the video")
+
+
+def check_duration(seconds: float, fps: int) -> None:
+    """Raise ``ValueError`` unless ``seconds`` and ``fps`` are in range and make at least one frame."""
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"seconds must be at most {MAX_SECONDS:g}, got {seconds}; split longer videos")
+    low, high = FPS_RANGE
+    if not low <= fps <= high:
+        raise ValueError(f"fps must be between {low} and {high}, got {fps}")
+    if round(seconds * fps) < 1:
+        raise ValueError(f"{seconds} s at {fps} fps is less than one frame; raise seconds or fps")
+
+
+def check_steps(steps: int) -> None:
+    """Raise ``ValueError`` unless ``steps`` is a usable sampler step count."""
+    if not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+
+
+def check_guidance(guidance: float) -> None:
+    """Raise ``ValueError`` unless the embedded guidance scale is a finite number >= 0."""
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ValueError(f"guidance must be a number >= 0, got {guidance}")
+
+
+def check_seed(seed: int) -> None:
+    """Raise ``ValueError`` unless ``seed`` fits the unsigned 63-bit range every backend stores."""
+    if seed < 0 or seed >= 2**63:
+        raise ValueError(f"seed must be between 0 and 2**63-1, got {seed}")
+
+
 def check_image(path: str) -> None:
     """Raise ``ValueError`` unless ``path`` is a readable, decodable image file."""
     file = Path(path)
@@ -107,29 +144,17 @@ def _gpu_visible() -> bool:
 
 def validate_request(request: GenerateRequest) -> GenerateRequest:
     """Check every field; return the request with absolute paths and the preset's default guidance."""
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
-        raise ValueError("prompt is empty; give a text describing the video")
+    check_prompt(request.prompt)
     preset = get_preset(request.preset)
-    if not math.isfinite(request.seconds) or request.seconds <= 0:
-        raise ValueError(f"seconds must be > 0, got {request.seconds}")
-    if request.seconds > MAX_SECONDS:
-        raise ValueError(f"seconds must be at most {MAX_SECONDS:g}, got {request.seconds}; split longer videos")
-    low, high = FPS_RANGE
-    if not low <= request.fps <= high:
-        raise ValueError(f"fps must be between {low} and {high}, got {request.fps}")
-    if request.num_frames < 1:
-        raise ValueError(f"{request.seconds} s at {request.fps} fps is less than one frame; raise seconds or fps")
-    if not 1 <= request.steps <= MAX_STEPS:
-        raise ValueError(f"steps must be between 1 and {MAX_STEPS}, got {request.steps}")
+    check_duration(request.seconds, request.fps)
+    check_steps(request.steps)
     guidance = preset.guidance_scale if request.guidance is None else request.guidance
-    if not math.isfinite(guidance) or guidance < 0:
-        raise ValueError(f"guidance must be a number >= 0, got {guidance}")
+    check_guidance(guidance)
     if not math.isfinite(request.true_cfg) or request.true_cfg < 1:
         raise ValueError(f"true CFG scale must be >= 1 (1 disables it), got {request.true_cfg}")
     if request.true_cfg > 1 and not request.negative_prompt:
         raise ValueError("true CFG needs a negative prompt; pass --negative-prompt")
-    if request.seed < 0 or request.seed >= 2**63:
-        raise ValueError(f"seed must be between 0 and 2**63-1, got {request.seed}")
+    check_seed(request.seed)
     weights = None
     if request.weights is not None:
         from magic141.weights import WeightPaths

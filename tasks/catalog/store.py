@@ -11,7 +11,7 @@ import sqlite3
 import time
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -323,7 +323,8 @@ def _video_values(fields: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _video_dict(video: Video) -> dict[str, Any]:
+def video_as_dict(video: Video) -> dict[str, Any]:
+    """A video row as a JSON-ready dict: every column, ``created_at`` in ISO 8601."""
     row = {name: getattr(video, name) for name in _COLUMNS}
     row["created_at"] = video.created_at.isoformat()
     return row
@@ -359,6 +360,15 @@ class Catalog:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def session(self, action: str, *, write: bool = False) -> AbstractContextManager[Session]:
+        """One transaction for modules that keep their own catalog tables (batches, index builds).
+
+        ``action`` completes "cannot ... in catalog" in error messages. ``write=True`` takes
+        SQLite's write lock up front. Database errors become :class:`CatalogError`, except
+        ``IntegrityError``, which is re-raised so callers can resolve a lost insert race.
+        """
+        return self._session(action, write=write)
 
     @contextmanager
     def _session(self, action: str, *, write: bool = False) -> Iterator[Session]:
@@ -399,6 +409,16 @@ class Catalog:
                 f"output path {values['output_path']!r} is already catalogued as video "
                 f"{existing}; write the new video to another path"
             )
+        if values.get("content_key") is not None:
+            with self._session("look up a video") as session:
+                same_content = session.scalar(
+                    select(Video.id).where(Video.content_key == values["content_key"])
+                )
+            if same_content is not None:
+                return CatalogError(
+                    f"content key {values['content_key']} is already catalogued as video "
+                    f"{same_content}; reuse that video instead of adding another"
+                )
         return CatalogError(
             f"cannot add video to catalog {self.url}: {_short_reason(exc)}; check the field values"
         )
@@ -418,7 +438,7 @@ class Catalog:
                 .order_by(Video.id)
                 .limit(_AMBIGUOUS_SHOWN + 1)
             ).all()
-            rows = [_video_dict(video) for video in matches]
+            rows = [video_as_dict(video) for video in matches]
         if not rows:
             raise CatalogError(
                 f"no video with id {id_or_prefix!r} in catalog {self.url}; "
@@ -443,4 +463,4 @@ class Catalog:
             videos = session.scalars(
                 select(Video).order_by(Video.created_at.desc(), Video.id.desc()).limit(limit)
             ).all()
-            return [_video_dict(video) for video in videos]
+            return [video_as_dict(video) for video in videos]
