@@ -385,10 +385,6 @@ class Catalog:
                 f"check the database is reachable and the values are valid"
             ) from exc
 
-    def session(self, action: str, *, write: bool = False) -> AbstractContextManager[Session]:
-        """One transaction for modules that keep their own tables; database errors become :class:`CatalogError`."""
-        return self._session(action, write=write)
-
     def add_video(self, **fields: Any) -> str:
         """Insert one video row in one transaction and return its new id."""
         values = _video_values(fields)
