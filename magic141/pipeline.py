@@ -24,12 +24,31 @@ from magic141.components import I2VComponents, build_i2v_components, fingerprint
 from magic141.presets import Preset, get_preset
 from magic141.quantization import QUANTIZED_COMPONENTS, quantize_weights
 from magic141.weights import WeightPaths, load_i2v_components
-from magic141.sampler import PromptEmbeddings, SamplerConfig, sample_window
-from magic141.windows import Window, plan_chained
+from magic141.sampler import PromptEmbeddings, SamplerConfig, denoise, sample_codenoise, sample_window
+from magic141.windows import Window, plan_windows
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What every window of one video is conditioned on."""
+
+    positive: PromptEmbeddings
+    negative: PromptEmbeddings | None
+    image_latents: torch.Tensor  # (1, C, 1, h, w) scaled VAE latent of the reference image
+    first_frame: np.ndarray  # (H, W, 3) uint8: the reference image fitted to the video size
+
+    def cpu(self) -> Conditioning:
+        """A copy whose tensors live on the CPU, to send to other processes."""
+        return Conditioning(
+            self.positive.to("cpu", self.positive.embeds.dtype),
+            None if self.negative is None else self.negative.to("cpu", self.negative.embeds.dtype),
+            self.image_latents.cpu(),
+            self.first_frame,
+        )
 
 
 @dataclass(frozen=True)
@@ -187,20 +206,97 @@ class Magic141Pipeline:
         frames = ((video[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return frames.permute(1, 2, 3, 0).cpu().numpy()
 
-    def plan(self, num_frames: int) -> list[Window]:
-        return plan_chained(num_frames, self.preset.window_latent_frames, self.preset.vae.temporal_compression_ratio)
+    def decode_window(self, latents: torch.Tensor, window: Window) -> np.ndarray:
+        """A window's latents (1, C, T, h, w) -> the frames it keeps, (keep, H, W, 3) uint8."""
+        return self.to_uint8(self.decode(latents.to(self.device)))[window.offset : window.offset + window.keep]
+
+    # 5. Windows
+    def plan(self, num_frames: int, mode: str = "chained", overlap: int | None = None) -> list[Window]:
+        """The windows of a ``num_frames`` video; ``overlap`` (latents, parallel mode) defaults to the preset's."""
+        preset = self.preset
+        return plan_windows(
+            mode,
+            num_frames,
+            preset.window_latent_frames,
+            preset.window_overlap_latent_frames if overlap is None else overlap,
+            preset.vae.temporal_compression_ratio,
+        )
+
+    def _latent_shape(self, latent_frames: int) -> tuple[int, ...]:
+        preset = self.preset
+        ratio = preset.vae.spatial_compression_ratio
+        return (1, preset.transformer.latent_channels, latent_frames, preset.height // ratio, preset.width // ratio)
 
     def noise(self, seed: int, window: Window) -> torch.Tensor:
-        preset = self.preset
-        shape = (
-            1,
-            preset.transformer.latent_channels,
-            window.latent_frames,
-            preset.height // preset.vae.spatial_compression_ratio,
-            preset.width // preset.vae.spatial_compression_ratio,
-        )
+        """Noise of one chained window, independent of the other windows'."""
         generator = torch.Generator("cpu").manual_seed(window_seed(seed, window.index))
-        return torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
+        return torch.randn(self._latent_shape(window.latent_frames), generator=generator).to(self.device)
+
+    def timeline_noise(self, seed: int, latent_frames: int) -> torch.Tensor:
+        """Noise of a whole co-denoised timeline, (1, C, L, h, w) float32 on the CPU."""
+        generator = torch.Generator("cpu").manual_seed(seed)
+        return torch.randn(self._latent_shape(latent_frames), generator=generator)
+
+    @torch.no_grad()
+    def prepare(self, image: PIL.Image.Image, prompt: str, negative_prompt: str | None = None) -> Conditioning:
+        """Encode what every window of a video is conditioned on: prompt, reference image, first frame."""
+        image = fit_image(image, self.preset.width, self.preset.height)
+        positive, negative = self.encode_prompt(image, prompt, negative_prompt)
+        return Conditioning(positive, negative, self.encode_image(self.image_pixels(image)), np.asarray(image))
+
+    @torch.no_grad()
+    def render_chained_window(
+        self,
+        conditioning: Conditioning,
+        window: Window,
+        seed: int,
+        sampler: SamplerConfig,
+        first_frame: np.ndarray | None = None,
+        on_step: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Sample and decode one chained window starting at ``first_frame`` (H, W, 3) uint8.
+
+        Window 0 starts at the reference image; each later window at the previous window's last
+        kept frame, re-encoded through the VAE, so a window can be re-run from the frames written.
+        """
+        if window.index == 0:
+            image_latents = conditioning.image_latents.to(self.device)
+        elif first_frame is None:
+            raise ValueError(f"chained window {window.index} needs the previous window's last frame")
+        else:
+            image_latents = self.encode_image(self.image_pixels(PIL.Image.fromarray(first_frame)))
+        latents = sample_window(
+            self.components.transformer,
+            self.noise(seed, window),
+            image_latents,
+            conditioning.positive,
+            sampler,
+            conditioning.negative,
+            on_step,
+        )
+        return self.decode_window(latents, window)
+
+    @torch.no_grad()
+    def predict_window(
+        self,
+        conditioning: Conditioning,
+        window: Window,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        sampler: SamplerConfig,
+    ) -> torch.Tensor:
+        """One co-denoising window's velocity (1, C, T, h, w) float32; window 0 carries the image."""
+        velocity = denoise(
+            self.components.transformer,
+            latents.to(self.device),
+            conditioning.image_latents.to(self.device) if window.index == 0 else None,
+            timestep.to(self.device),
+            conditioning.positive,
+            sampler.guidance_scale,
+            sampler.true_cfg_scale,
+            conditioning.negative,
+        )
+        return velocity.float()
 
     def __call__(
         self,
@@ -211,37 +307,56 @@ class Magic141Pipeline:
         seed: int,
         sampler: SamplerConfig,
         negative_prompt: str | None = None,
+        windows: str = "chained",
+        overlap: int | None = None,
         on_progress: ProgressCallback | None = None,
     ) -> Iterator[RenderedWindow]:
         """Generate ``num_frames`` frames starting at ``image``, yielding each window once decoded.
 
-        Chained windows: each window after the first starts from the previous window's last decoded
-        frame, re-encoded through the VAE; the VLM keeps seeing the reference image.
+        ``windows="chained"``: each window after the first starts from the previous window's last
+        frame; the VLM keeps seeing the reference image. ``windows="parallel"``: overlapping windows
+        are co-denoised over one latent timeline, then decoded one at a time.
         """
         self.check_inputs(prompt, num_frames, sampler, negative_prompt)
-        image = fit_image(image, self.preset.width, self.preset.height)
-        windows = self.plan(num_frames)
-        total_steps = len(windows) * sampler.steps
-        logger.info("sampling %d frames in %d window(s) of %d steps", num_frames, len(windows), sampler.steps)
-        positive, negative = self.encode_prompt(image, prompt, negative_prompt)
-        first_frame = self.image_pixels(image)
-        for window in windows:
-            image_latents = self.encode_image(first_frame)
+        plan = self.plan(num_frames, windows, overlap)
+        logger.info("sampling %d frames in %d %s window(s) of %d steps", num_frames, len(plan), windows, sampler.steps)
+        conditioning = self.prepare(image, prompt, negative_prompt)
+        if windows == "parallel":
+            yield from self._co_denoise(conditioning, plan, seed, sampler, on_progress)
+            return
+        total_steps = len(plan) * sampler.steps
+        last_frame = None
+        for window in plan:
 
             def on_step(step: int, steps: int, index: int = window.index) -> None:
                 if on_progress is not None:
                     on_progress(index * steps + step, total_steps)
 
-            latents = sample_window(
-                self.components.transformer,
-                self.noise(seed, window),
-                image_latents,
-                positive,
-                sampler,
-                negative,
-                on_step,
-            )
-            video = self.decode(latents)
-            first_frame = video[:, :, -1]
-            frames = self.to_uint8(video)[window.offset : window.offset + window.keep]
+            frames = self.render_chained_window(conditioning, window, seed, sampler, last_frame, on_step)
+            last_frame = frames[-1]
+            yield RenderedWindow(window, frames)
+
+    def _co_denoise(
+        self,
+        conditioning: Conditioning,
+        plan: list[Window],
+        seed: int,
+        sampler: SamplerConfig,
+        on_progress: ProgressCallback | None,
+    ) -> Iterator[RenderedWindow]:
+        def predict(step: int, timestep: torch.Tensor, inputs: list[tuple[Window, torch.Tensor]]) -> list[torch.Tensor]:
+            return [self.predict_window(conditioning, window, latents, timestep, sampler) for window, latents in inputs]
+
+        total = sampler.steps + len(plan)
+
+        def on_step(step: int, _steps: int) -> None:
+            if on_progress is not None:
+                on_progress(step, total)
+
+        noise = self.timeline_noise(seed, plan[-1].latent_stop)
+        latents = sample_codenoise(noise, conditioning.image_latents.cpu(), plan, sampler, predict, on_step)
+        for window in plan:
+            frames = self.decode_window(latents[:, :, window.latent_start : window.latent_stop], window)
+            if on_progress is not None:
+                on_progress(sampler.steps + window.index + 1, total)
             yield RenderedWindow(window, frames)

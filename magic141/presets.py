@@ -108,6 +108,7 @@ class Preset:
     guidance_scale: float = 6.0
     flow_shift: float = 7.0
     init_seed: int = 0
+    window_overlap_latent_frames: int = 2  # latents shared by neighbouring co-denoising windows
 
     @property
     def window_frames(self) -> int:

@@ -1,9 +1,13 @@
-"""Few-step flow-matching Euler sampling of one I2V window.
+"""Few-step flow-matching Euler sampling of one I2V window, or of overlapping windows co-denoised.
 
 Magic 1-For-1 distils the model twice: DMD2 step distillation (4 steps) and CFG distillation (the
 guidance scale w is an input of the transformer, embedded as ``w * 1000``), so each step costs one
 forward pass. Non-distilled weights can instead use true classifier-free guidance: two passes per
 step, conditional and negative, mixed as ``neg + s * (cond - neg)``.
+
+Co-denoising samples one long latent timeline: at every step each window's velocity is predicted
+on its own (``predict`` may spread the windows over many devices), the predictions are fused with
+the windows' ramp weights, and one scheduler step moves the whole timeline.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
 from magic141.conditioning import image_condition, model_input
+from magic141.windows import Window, fusion_weights
 
 # diffusers' HunyuanVideo I2V starts from noise with a trace of the image latent mixed in (t = 0.999).
 NOISE_LEVEL = 0.999
@@ -56,19 +61,38 @@ def flow_sigmas(steps: int) -> np.ndarray:
     return np.linspace(1.0, 0.0, steps + 1)[:-1]
 
 
+def _scheduler(config: SamplerConfig, device: torch.device) -> FlowMatchEulerDiscreteScheduler:
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=config.flow_shift)
+    scheduler.set_timesteps(sigmas=flow_sigmas(config.steps), device=device)
+    return scheduler
+
+
+def initial_latents(noise: torch.Tensor, image_latents: torch.Tensor) -> torch.Tensor:
+    """The starting point: noise with a trace of the first-frame latent in every frame."""
+    return noise * NOISE_LEVEL + image_latents.to(noise.dtype) * (1 - NOISE_LEVEL)
+
+
 def denoise(
     transformer: HunyuanVideoTransformer3DModel,
     latents: torch.Tensor,
-    image_latents: torch.Tensor,
+    image_latents: torch.Tensor | None,
     timestep: torch.Tensor,
     prompt: PromptEmbeddings,
     guidance_scale: float,
     true_cfg_scale: float = 1.0,
     negative: PromptEmbeddings | None = None,
 ) -> torch.Tensor:
-    """One velocity prediction for ``latents`` (B, C, T, h, w) conditioned on the first-frame latent."""
+    """One velocity prediction for ``latents`` (B, C, T, h, w) conditioned on the first-frame latent.
+
+    Without ``image_latents`` (a co-denoising window that does not start the video) the image
+    channels and the mask are zero.
+    """
     dtype = transformer.dtype
-    image, mask = image_condition(image_latents, latents.shape[2])
+    if image_latents is None:
+        image = torch.zeros_like(latents)
+        mask = latents.new_zeros(latents.shape[0], 1, *latents.shape[2:])
+    else:
+        image, mask = image_condition(image_latents, latents.shape[2])
     hidden = model_input(latents, image, mask).to(dtype)  # (B, 2C+1, T, h, w)
     batch = latents.shape[0]
     guidance = None
@@ -109,9 +133,8 @@ def sample_window(
 
     ``image_latents`` (B, C, 1, h, w) is the scaled VAE latent of the first frame.
     """
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=config.flow_shift)
-    scheduler.set_timesteps(sigmas=flow_sigmas(config.steps), device=noise.device)
-    latents = noise * NOISE_LEVEL + image_latents.to(noise.dtype) * (1 - NOISE_LEVEL)
+    scheduler = _scheduler(config, noise.device)
+    latents = initial_latents(noise, image_latents)
     for index, timestep in enumerate(scheduler.timesteps):
         velocity = denoise(
             transformer,
@@ -124,6 +147,45 @@ def sample_window(
             negative,
         )
         latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
+        if on_step is not None:
+            on_step(index + 1, config.steps)
+    return latents
+
+
+WindowPredictor = Callable[[int, torch.Tensor, list[tuple[Window, torch.Tensor]]], list[torch.Tensor]]
+
+
+@torch.no_grad()
+def sample_codenoise(
+    noise: torch.Tensor,
+    image_latents: torch.Tensor,
+    windows: list[Window],
+    config: SamplerConfig,
+    predict: WindowPredictor,
+    on_step: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Co-denoise the timeline ``noise`` (1, C, L, h, w) covered by ``windows``; float32 latents.
+
+    ``predict(step, timestep, [(window, latents), ...])`` returns one velocity per window, each
+    (1, C, T, h, w); window 0 carries the image condition. The result does not depend on how
+    ``predict`` groups or places the windows as long as each prediction is a function of its input.
+    """
+    if noise.shape[2] != windows[-1].latent_stop or windows[0].latent_start != 0:
+        raise ValueError(
+            f"windows cover latents 0-{windows[-1].latent_stop} but the timeline has {noise.shape[2]}"
+        )
+    weights = [w.to(noise.device).view(1, 1, -1, 1, 1) for w in fusion_weights(windows)]
+    scheduler = _scheduler(config, noise.device)
+    latents = initial_latents(noise, image_latents)
+    for index, timestep in enumerate(scheduler.timesteps):
+        inputs = [(window, latents[:, :, window.latent_start : window.latent_stop]) for window in windows]
+        velocities = predict(index, timestep, inputs)
+        if len(velocities) != len(windows):
+            raise RuntimeError(f"predict returned {len(velocities)} velocities for {len(windows)} windows")
+        fused = torch.zeros_like(latents)
+        for window, weight, velocity in zip(windows, weights, velocities):
+            fused[:, :, window.latent_start : window.latent_stop] += weight * velocity.to(fused)
+        latents = scheduler.step(fused, timestep, latents, return_dict=False)[0]
         if on_step is not None:
             on_step(index + 1, config.steps)
     return latents

@@ -3,22 +3,64 @@
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from magic141.pipeline import Magic141Pipeline, fit_image
 from magic141.presets import PRESETS, get_preset
 from magic141.prior import ImagePrior
-from magic141.sampler import SamplerConfig
+from magic141.sampler import SamplerConfig, sample_codenoise, sample_window
 
 
-def render(pipe: Magic141Pipeline, image: PIL.Image.Image, prompt: str, num_frames: int, seed: int) -> np.ndarray:
-    return np.concatenate([w.frames for w in pipe(image, prompt, num_frames=num_frames, seed=seed, sampler=SamplerConfig())])
+def render(
+    pipe: Magic141Pipeline, image: PIL.Image.Image, prompt: str, num_frames: int, seed: int, windows: str = "chained"
+) -> np.ndarray:
+    """The stitched frames; overlapping frames of parallel windows taken from the later window."""
+    rendered = list(pipe(image, prompt, num_frames=num_frames, seed=seed, sampler=SamplerConfig(), windows=windows))
+    return np.concatenate([rendered[0].frames] + [w.frames[w.window.blend :] for w in rendered[1:]])
 
 
-@pytest.mark.parametrize("num_frames", [1, 9, 33, 34, 120])
-def test_frame_count_is_exact(tiny_pipeline, prior_image, num_frames):
-    frames = render(tiny_pipeline, prior_image, "waves", num_frames, seed=1)
+@pytest.mark.parametrize("windows", ["chained", "parallel"])
+@pytest.mark.parametrize("num_frames", [1, 34, 120])
+def test_frame_count_is_exact(tiny_pipeline, prior_image, num_frames, windows):
+    frames = render(tiny_pipeline, prior_image, "waves", num_frames, seed=1, windows=windows)
     preset = tiny_pipeline.preset
     assert frames.shape == (num_frames, preset.height, preset.width, 3) and frames.dtype == np.uint8
+
+
+def test_one_parallel_window_is_the_single_window_sampler(tiny_pipeline, prior_image):
+    pipe = tiny_pipeline
+    sampler = SamplerConfig()
+    conditioning = pipe.prepare(prior_image, "waves")
+    (window,) = pipe.plan(pipe.preset.window_frames, "parallel")
+    noise = pipe.timeline_noise(11, window.latent_frames)
+    expected = sample_window(pipe.components.transformer, noise, conditioning.image_latents, conditioning.positive, sampler)
+    (rendered,) = pipe(prior_image, "waves", num_frames=pipe.preset.window_frames, seed=11, sampler=sampler, windows="parallel")
+    assert np.array_equal(rendered.frames, pipe.decode_window(expected, window))
+
+
+def test_co_denoising_does_not_depend_on_how_windows_are_grouped(tiny_pipeline, prior_image):
+    pipe = tiny_pipeline
+    sampler = SamplerConfig()
+    conditioning = pipe.prepare(prior_image, "waves")
+    plan = pipe.plan(100, "parallel")
+    noise = pipe.timeline_noise(5, plan[-1].latent_stop)
+    calls = []
+
+    def one_by_one(step, timestep, inputs):
+        calls.append(len(inputs))
+        return [pipe.predict_window(conditioning, w, x, timestep, sampler) for w, x in inputs]
+
+    def reversed_pairs(step, timestep, inputs):
+        out = {}
+        for pair in [inputs[i : i + 2] for i in range(0, len(inputs), 2)][::-1]:
+            for w, x in pair:
+                out[w.index] = pipe.predict_window(conditioning, w, x.clone(), timestep, sampler)
+        return [out[w.index] for w, _ in inputs]
+
+    a = sample_codenoise(noise, conditioning.image_latents, plan, sampler, one_by_one)
+    b = sample_codenoise(noise, conditioning.image_latents, plan, sampler, reversed_pairs)
+    assert calls == [len(plan)] * sampler.steps, "one prediction per window per step"
+    assert torch.equal(a, b)
 
 
 def test_same_seed_same_video_other_seed_or_prompt_differs(tiny_pipeline, prior_image):
