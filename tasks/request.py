@@ -63,15 +63,25 @@ def check_prompt(prompt: object) -> None:
         raise ValueError("prompt is empty; give a text describing the video")
 
 
-def check_duration(seconds: float, fps: int) -> None:
-    """Raise ``ValueError`` unless ``seconds`` and ``fps`` are in range and make at least one frame."""
+def check_seconds(seconds: float) -> None:
+    """Raise ``ValueError`` unless ``seconds`` is a video length the pipeline accepts."""
     if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"seconds must be > 0, got {seconds}")
     if seconds > MAX_SECONDS:
         raise ValueError(f"seconds must be at most {MAX_SECONDS:g}, got {seconds}; split longer videos")
+
+
+def check_fps(fps: int) -> None:
+    """Raise ``ValueError`` unless ``fps`` is in :data:`FPS_RANGE`."""
     low, high = FPS_RANGE
     if not low <= fps <= high:
         raise ValueError(f"fps must be between {low} and {high}, got {fps}")
+
+
+def check_duration(seconds: float, fps: int) -> None:
+    """Raise ``ValueError`` unless ``seconds`` and ``fps`` are in range and make at least one frame."""
+    check_seconds(seconds)
+    check_fps(fps)
     if round(seconds * fps) < 1:
         raise ValueError(f"{seconds} s at {fps} fps is less than one frame; raise seconds or fps")
 
