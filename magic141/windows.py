@@ -8,7 +8,9 @@ compression). Two modes:
 - **parallel** (co-denoising): one latent timeline of ``L`` frames is cut into overlapping windows of
   ``T`` latents with ``overlap`` latents in common; the last window is aligned to the end of the
   timeline. Decoded on its own, latents ``[a, b)`` give the video's frames ``r*a .. r*(b-1)``, so
-  neighbours share ``r * (overlap - 1) + 1`` frames, crossfaded when stitching (``blend``).
+  neighbours share ``r * (overlap - 1) + 1`` frames, crossfaded when stitching (``blend``). Where
+  three windows would share frames (large overlaps, or the aligned last window) a window drops the
+  frames its second predecessor still covers, so stitching only ever blends two windows.
 
 Either way the stitched video has exactly the frames asked for: the last window keeps fewer.
 """
@@ -109,13 +111,14 @@ def plan_parallel(
     stride = window_latent_frames - overlap_latent_frames
     starts = list(range(0, total - size, stride)) + [total - size]
     windows: list[Window] = []
-    previous_stop = 0
     for index, latent_start in enumerate(starts):
         latent_stop = latent_start + size
-        start = temporal_ratio * latent_start
+        first = temporal_ratio * latent_start
+        # At most two windows share a frame: skip what the window before the previous one still covers.
+        start = max(first, windows[index - 2].stop) if index >= 2 else first
         stop = min(decoded_frames(latent_stop, temporal_ratio), num_frames)
-        windows.append(Window(index, latent_start, latent_stop, start, stop - start, 0, previous_stop - start if index else 0))
-        previous_stop = stop
+        blend = windows[index - 1].stop - start if index else 0
+        windows.append(Window(index, latent_start, latent_stop, start, stop - start, start - first, blend))
     return windows
 
 
