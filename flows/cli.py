@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table  # noqa: E402
 
 from flows.cli_common import UserError, stderr, stdout  # noqa: E402
+from flows.cli_index import index_app  # noqa: E402
 from tasks.catalog import CatalogError, open_catalog, resolve_catalog_url  # noqa: E402
 from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, validate_request  # noqa: E402
 
@@ -31,6 +32,7 @@ catalog_app = typer.Typer(help="Read the provenance catalog.", no_args_is_help=T
 app.add_typer(catalog_app, name="catalog")
 model_app = typer.Typer(help="Convert, quantize and inspect model weights.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+app.add_typer(index_app, name="index")
 
 def _slug(text: str, limit: int = 40) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")

@@ -1,0 +1,96 @@
+"""The ``rebuild_index`` flow: scan -> embed -> build -> validate -> publish a new retrieval-index version.
+
+Only one build of an index folder runs at a time (a file lock). Until publish, readers keep
+serving the previous version; a build that fails or is interrupted never becomes current, and its
+catalog row says ``failed`` with the error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from retrieval_index.store import build_lock
+from tasks.index import (
+    build_faiss_index,
+    check_rebuild,
+    embed_images,
+    publish_build,
+    record_failure,
+    scan_corpus,
+    start_build,
+    validate_index,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    """The published version and what went into it."""
+
+    version: str
+    build_id: str
+    index_dir: str
+    catalog_url: str
+    model_id: str
+    count: int
+    embedded: int
+    cached: int
+    skipped: list[dict[str, str]]
+    index_type: str
+    search: dict[str, object]
+    recall: float
+    duration_s: float
+
+
+@flow(name="rebuild-index", log_prints=False)
+def rebuild_index(
+    corpus: list[str],
+    index_dir: str | None = None,
+    catalog_url: str | None = None,
+    model: str = "tiny",
+    pretrained: str | None = None,
+    incremental: bool = True,
+    recall_target: float = 0.95,
+) -> RebuildResult:
+    """Build a new version of the retrieval index over ``corpus`` (folders and/or .csv/.parquet manifests).
+
+    ``index_dir`` defaults to ``$MAGIC141_INDEX_DIR`` or ``out/index``; the catalog to
+    ``$MAGIC141_CATALOG_URL`` or ``catalog.db`` beside the index folder. ``model`` is ``tiny`` or an
+    open_clip model name with a local ``pretrained`` weights file. ``incremental`` embeds only
+    images whose content is not in the embedding cache.
+    """
+    started = time.perf_counter()
+    request = check_rebuild(corpus, index_dir, catalog_url, model, pretrained, incremental, recall_target)
+    with build_lock(Path(request.index_dir)):
+        staging, build_id = start_build(request, flow_run.get_id())
+        try:
+            scan_corpus(staging, request.corpus, request.incremental)
+            embedded = embed_images(staging, request.spec, request.incremental)
+            build_faiss_index(staging, request.policy)
+            validation = validate_index(staging, request)
+            publish_build(staging, request, build_id, validation, embedded, time.perf_counter() - started)
+        except BaseException as exc:
+            record_failure(staging, request.catalog_url, build_id, exc, time.perf_counter() - started)
+            raise
+    return RebuildResult(
+        version=staging.version,
+        build_id=build_id,
+        index_dir=request.index_dir,
+        catalog_url=request.catalog_url,
+        model_id=embedded.model_id,
+        count=validation.count,
+        embedded=embedded.embedded,
+        cached=embedded.cached,
+        skipped=validation.skipped,
+        index_type=validation.index_type,
+        search=validation.search,
+        recall=validation.recall,
+        duration_s=time.perf_counter() - started,
+    )
