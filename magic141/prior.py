@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 from functools import cached_property
 from pathlib import Path
 
 import PIL.Image
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
 
 from magic141.components import build_prior_pipeline, fingerprint_modules
+from magic141.pipeline import fit_image
 from magic141.presets import Preset, get_preset
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,44 @@ class ImagePrior:
             negative_prompt=negative_prompt,
             height=self.preset.height,
             width=self.preset.width,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance_scale,
+            generator=generator,
+        )
+        return result.images[0]
+
+    @cached_property
+    def image_to_image(self) -> DiffusionPipeline:
+        """The same models as an image-to-image pipeline (diffusers ``from_pipe``: no weights copied)."""
+        pipeline = AutoPipelineForImage2Image.from_pipe(self.pipeline)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    @torch.no_grad()
+    def from_image(
+        self, init: PIL.Image.Image, prompt: str, seed: int, strength: float, negative_prompt: str | None = None
+    ) -> PIL.Image.Image:
+        """One image at the preset's video size that starts from ``init`` (resized and centre-cropped).
+
+        ``strength`` in (0, 1] is how much of ``init`` is noised away before denoising: near 0 keeps
+        it almost as it is, 1 noises it away completely. At least one of the preset's prior steps
+        must remain (``steps * strength >= 1``).
+        """
+        config = self.preset.prior
+        if not math.isfinite(strength) or not 0.0 < strength <= 1.0:
+            raise ValueError(f"img2img strength must be in (0, 1], got {strength}")
+        if int(config.steps * strength) < 1:
+            raise ValueError(
+                f"img2img strength {strength} leaves no denoising step of {config.steps}; "
+                f"use a strength of at least {1 / config.steps:g}"
+            )
+        logger.info("generating the image prior from an image with %d steps at strength %g", config.steps, strength)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        result = self.image_to_image(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            image=fit_image(init, self.preset.width, self.preset.height),
+            strength=strength,
             num_inference_steps=config.steps,
             guidance_scale=config.guidance_scale,
             generator=generator,
