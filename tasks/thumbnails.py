@@ -1,0 +1,98 @@
+"""Contact sheets: a JPEG grid of evenly spaced frames, saved next to its video for dashboards and the catalog."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+
+from tasks.ffmpeg import ProbeError, ffmpeg_exe, probe
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FRAMES = 8
+DEFAULT_COLUMNS = 4
+DEFAULT_TILE_WIDTH = 160
+JPEG_QUALITY = 88
+
+
+def contact_sheet_path(video: str | os.PathLike[str]) -> Path:
+    """Where a video's contact sheet goes: ``<stem>.jpg`` beside it."""
+    return Path(video).with_suffix(".jpg")
+
+
+def frame_indices(total: int, count: int) -> list[int]:
+    """``count`` frame numbers spread evenly over ``total`` frames, first and last included (the middle one if one)."""
+    count = min(count, total)
+    if count == 1:
+        return [(total - 1) // 2]
+    return [round(i * (total - 1) / (count - 1)) for i in range(count)]
+
+
+def _read_frames(video: Path, indices: list[int], width: int, height: int) -> np.ndarray:
+    """The frames at ``indices``, scaled to ``width`` x ``height``, as (N, H, W, 3) uint8."""
+    chosen = "+".join(f"eq(n,{index})" for index in indices)
+    command = [
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", str(video),
+        "-map", "0:v:0", "-vf", f"select='{chosen}',scale={width}:{height}:flags=area",
+        "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, check=False)
+    except OSError as exc:
+        raise ProbeError(f"cannot read frames of {video.name}: could not run ffmpeg: {exc}") from exc
+    frame_bytes = width * height * 3
+    if result.returncode != 0 or len(result.stdout) != frame_bytes * len(indices):
+        lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        reason = lines[-1] if lines else f"got {len(result.stdout) // frame_bytes} of {len(indices)} frames"
+        raise ProbeError(f"cannot read frames of {video.name}: {reason}")
+    return np.frombuffer(result.stdout, np.uint8).reshape(len(indices), height, width, 3)
+
+
+def write_contact_sheet(
+    video: str | os.PathLike[str],
+    frames: int = DEFAULT_FRAMES,
+    columns: int = DEFAULT_COLUMNS,
+    tile_width: int = DEFAULT_TILE_WIDTH,
+) -> Path:
+    """Write ``<stem>.jpg`` next to ``video``: ``frames`` evenly spaced frames in rows of ``columns``.
+
+    Tiles are ``tile_width`` pixels wide (at most the video's width) and keep the video's aspect
+    ratio; a last row that is not full is black on the right. A video shorter than ``frames``
+    shows every frame. The sheet appears atomically (written beside it, then renamed) and
+    replaces an older sheet. Raises ``ProbeError`` when the video cannot be read.
+    """
+    for name, value, least in (("frames", frames, 1), ("columns", columns, 1), ("tile_width", tile_width, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    source = Path(video).absolute()
+    info = probe(source)
+    indices = frame_indices(info.frames, frames)
+    width = min(tile_width, info.width)
+    height = max(1, round(width * info.height / info.width))
+    tiles = _read_frames(source, indices, width, height)
+    across = min(columns, len(indices))
+    down = math.ceil(len(indices) / across)
+    sheet = np.zeros((down * height, across * width, 3), np.uint8)
+    for number, tile in enumerate(tiles):
+        top, left = (number // across) * height, (number % across) * width
+        sheet[top : top + height, left : left + width] = tile
+    target = contact_sheet_path(source)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".part.jpg", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            PIL.Image.fromarray(sheet).save(out, format="JPEG", quality=JPEG_QUALITY)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    logger.info("contact sheet of %s: %d frames in a %dx%d grid at %s", source.name, len(indices), across, down, target)
+    return target
