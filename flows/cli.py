@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table  # noqa: E402
 
 from flows.cli_common import UserError, stderr, stdout  # noqa: E402
+from flows.cli_catalog_ext import check_export, check_row_status, export_catalog, print_batch_rows  # noqa: E402
 from flows.cli_index import index_app  # noqa: E402
 from tasks.catalog import CatalogError, open_catalog, resolve_catalog_url  # noqa: E402
 from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, validate_request  # noqa: E402
@@ -149,10 +150,19 @@ CatalogOption = Annotated[
 @catalog_app.command("list")
 def catalog_list(
     catalog: CatalogOption = None,
-    limit: Annotated[int, typer.Option(help="Newest N videos.")] = 50,
+    limit: Annotated[int, typer.Option(help="Newest N videos (or batch rows with --status).")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array of rows.")] = False,
+    status: Annotated[
+        str | None,
+        typer.Option(help="List bulk batch rows with this status instead: pending, done, skipped, failed or rejected."),
+    ] = None,
 ) -> None:
-    """List catalogued videos, newest first."""
+    """List catalogued videos, newest first; with --status, the bulk batch rows in that state."""
+    if status is not None:
+        check_row_status(status)
+        with _open(catalog) as store:
+            print_batch_rows(store, status, limit, as_json)
+        return
     with _open(catalog) as store:
         rows = store.list_videos(limit=limit)
     if as_json:
@@ -191,6 +201,18 @@ def catalog_show(
     for key, value in row.items():
         shown = json.dumps(value) if isinstance(value, (dict, list)) else value
         stdout.print(f"{key:>20}: {shown}", highlight=False, soft_wrap=True)
+
+
+@catalog_app.command("export")
+def catalog_export(
+    catalog: CatalogOption = None,
+    export_format: Annotated[str, typer.Option("--format", help="jsonl: one JSON object per video.")] = "jsonl",
+    out: Annotated[Path | None, typer.Option(help="Write to this file (replaced atomically) instead of stdout.")] = None,
+) -> None:
+    """Export every video with its windows and the batch row that made it."""
+    check_export(export_format, out)
+    with _open(catalog) as store:
+        export_catalog(store, out)
 
 
 def _user_errors(action: Any, *args: Any, **kwargs: Any) -> Any:
