@@ -76,6 +76,10 @@ def generate(
     weights: Annotated[Path | None, typer.Option(help="Weights folder (transformer/, vae/, ...) or a JSON file naming each component's folder.")] = None,
     quantize: Annotated[str | None, typer.Option(help="Quantize transformer and text encoder weights on the fly: int8 or int4.")] = None,
     low_memory: Annotated[bool, typer.Option("--low-memory", help="Keep each model on the GPU only while it runs.")] = False,
+    windows: Annotated[str, typer.Option(help="Long-video windows: chained (each starts at the last frame) or parallel (co-denoised).")] = "chained",
+    overlap: Annotated[int | None, typer.Option(help="Latent frames shared by neighbouring parallel windows (preset default).")] = None,
+    workers: Annotated[int, typer.Option(help="Ray render actors, one per GPU; 0 renders in this process.")] = 0,
+    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster to render on (default: a local Ray instance).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output .mp4 (default: out/<prompt>-s<seed>.mp4).")] = None,
     catalog: Annotated[str | None, typer.Option(help="Catalog URL (default: $MAGIC141_CATALOG_URL or sqlite in the output folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -102,6 +106,10 @@ def generate(
             weights=None if weights is None else str(weights),
             quantize=quantize,
             low_memory=low_memory,
+            windows=windows,
+            overlap=overlap,
+            workers=workers,
+            ray_address=ray_address,
         )
     )
     from flows.generate import generate as generate_flow
@@ -117,7 +125,13 @@ def generate(
             progress.update(bars[stage], completed=done, total=total)
 
         with listening(on_progress):
-            result = generate_flow(request)
+            try:
+                result = generate_flow(request)
+            finally:
+                if request.workers:
+                    from tasks.render_pool import shutdown_pools
+
+                    shutdown_pools()
     summary = {
         "id": result.video_id,
         "video": result.path,

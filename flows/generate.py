@@ -1,4 +1,4 @@
-"""The ``generate`` flow: prompt (+ optional image) -> prior -> render -> encode -> record."""
+"""The ``generate`` flow: prompt (+ optional image) -> prior -> render (windows stitched into the mp4) -> record."""
 
 from __future__ import annotations
 
@@ -13,11 +13,10 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.encode import encode_video
 from tasks.prior import prepare_prior
 from tasks.provenance import combined_fingerprint, library_versions
 from tasks.record import record_video
-from tasks.render import render_video
+from tasks.render import RenderSettings, render_video
 from tasks.request import GenerateRequest, prior_image_path, validate_request
 
 logger = logging.getLogger(__name__)
@@ -48,20 +47,25 @@ def generate(request: GenerateRequest) -> GenerateResult:
     try:
         model = request.model
         prior = prepare_prior(request.prompt, request.seed, model, work_dir, request.image, request.negative_prompt)
+        settings = RenderSettings(
+            model=model,
+            steps=request.steps,
+            guidance=request.guidance,
+            true_cfg=request.true_cfg,
+            windows=request.windows,
+            overlap=request.overlap,
+            workers=request.workers,
+            ray_address=request.ray_address,
+        )
         rendered = render_video(
             request.prompt,
             prior.path,
+            request.out,
             request.num_frames,
+            request.fps,
             request.seed,
-            model,
-            request.steps,
-            request.guidance,
-            work_dir,
-            request.true_cfg,
+            settings,
             request.negative_prompt,
-        )
-        encoded = encode_video(
-            rendered.window_files, request.out, request.fps, rendered.width, rendered.height, request.num_frames
         )
         prior_path = request.image
         if prior.source == "generate":
@@ -74,7 +78,6 @@ def generate(request: GenerateRequest) -> GenerateResult:
         "prior_model": prior.model_seconds,
         "render": rendered.seconds,
         "render_model": rendered.model_seconds,
-        "encode": encoded.seconds,
     }
     fields = {
         "prompt": request.prompt,
@@ -90,26 +93,27 @@ def generate(request: GenerateRequest) -> GenerateResult:
         "true_cfg": request.true_cfg if request.true_cfg > 1 else None,
         "seconds": request.seconds,
         "window_layout": rendered.window_layout,
-        "output_path": encoded.path,
-        "output_sha256": encoded.sha256,
-        "output_bytes": encoded.bytes,
-        "frames": encoded.frames,
-        "fps": encoded.fps,
-        "width": encoded.width,
-        "height": encoded.height,
+        "windows_mode": request.windows,
+        "output_path": rendered.path,
+        "output_sha256": rendered.sha256,
+        "output_bytes": rendered.bytes,
+        "frames": rendered.frames,
+        "fps": rendered.fps,
+        "width": rendered.width,
+        "height": rendered.height,
         "stage_timings": {**timings, "total": time.perf_counter() - started},
         "flow_run_id": flow_run.get_id(),
         "library_versions": library_versions(),
     }
     try:
-        video_id = record_video(request.catalog_url, fields)
+        video_id = record_video(request.catalog_url, fields, rendered.windows)
     except BaseException:
         # A video the catalog does not know about would be an orphan: remove it so a rerun starts clean.
-        Path(encoded.path).unlink(missing_ok=True)
+        Path(rendered.path).unlink(missing_ok=True)
         if prior.source == "generate":
             Path(prior_path).unlink(missing_ok=True)
         raise
     return GenerateResult(
-        video_id, encoded.path, encoded.sha256, encoded.frames, encoded.fps, encoded.width, encoded.height,
+        video_id, rendered.path, rendered.sha256, rendered.frames, rendered.fps, rendered.width, rendered.height,
         request.catalog_url, timings,
     )

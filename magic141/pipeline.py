@@ -64,6 +64,29 @@ def window_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def latent_shape(preset: Preset, latent_frames: int) -> tuple[int, int, int, int, int]:
+    """(1, C, T, h, w) of ``latent_frames`` latents at the preset's video size."""
+    ratio = preset.vae.spatial_compression_ratio
+    return (1, preset.transformer.latent_channels, latent_frames, preset.height // ratio, preset.width // ratio)
+
+
+def timeline_noise(preset: Preset, seed: int, latent_frames: int) -> torch.Tensor:
+    """The noise a co-denoised timeline of a video seeded ``seed`` starts from, float32 on the CPU."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return torch.randn(latent_shape(preset, latent_frames), generator=generator)
+
+
+def plan_video(preset: Preset, num_frames: int, mode: str = "chained", overlap: int | None = None) -> list[Window]:
+    """The windows of a ``num_frames`` video at the preset's window size and default overlap."""
+    return plan_windows(
+        mode,
+        num_frames,
+        preset.window_latent_frames,
+        preset.window_overlap_latent_frames if overlap is None else overlap,
+        preset.vae.temporal_compression_ratio,
+    )
+
+
 def fit_image(image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:
     """Resize to cover ``width`` x ``height`` and centre-crop, in RGB."""
     image = image.convert("RGB")
@@ -213,29 +236,16 @@ class Magic141Pipeline:
     # 5. Windows
     def plan(self, num_frames: int, mode: str = "chained", overlap: int | None = None) -> list[Window]:
         """The windows of a ``num_frames`` video; ``overlap`` (latents, parallel mode) defaults to the preset's."""
-        preset = self.preset
-        return plan_windows(
-            mode,
-            num_frames,
-            preset.window_latent_frames,
-            preset.window_overlap_latent_frames if overlap is None else overlap,
-            preset.vae.temporal_compression_ratio,
-        )
-
-    def _latent_shape(self, latent_frames: int) -> tuple[int, ...]:
-        preset = self.preset
-        ratio = preset.vae.spatial_compression_ratio
-        return (1, preset.transformer.latent_channels, latent_frames, preset.height // ratio, preset.width // ratio)
+        return plan_video(self.preset, num_frames, mode, overlap)
 
     def noise(self, seed: int, window: Window) -> torch.Tensor:
         """Noise of one chained window, independent of the other windows'."""
         generator = torch.Generator("cpu").manual_seed(window_seed(seed, window.index))
-        return torch.randn(self._latent_shape(window.latent_frames), generator=generator).to(self.device)
+        return torch.randn(latent_shape(self.preset, window.latent_frames), generator=generator).to(self.device)
 
     def timeline_noise(self, seed: int, latent_frames: int) -> torch.Tensor:
         """Noise of a whole co-denoised timeline, (1, C, L, h, w) float32 on the CPU."""
-        generator = torch.Generator("cpu").manual_seed(seed)
-        return torch.randn(self._latent_shape(latent_frames), generator=generator)
+        return timeline_noise(self.preset, seed, latent_frames)
 
     @torch.no_grad()
     def prepare(self, image: PIL.Image.Image, prompt: str, negative_prompt: str | None = None) -> Conditioning:

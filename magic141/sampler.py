@@ -174,7 +174,7 @@ def sample_codenoise(
         raise ValueError(
             f"windows cover latents 0-{windows[-1].latent_stop} but the timeline has {noise.shape[2]}"
         )
-    weights = [w.to(noise.device).view(1, 1, -1, 1, 1) for w in fusion_weights(windows)]
+    weights = [torch.from_numpy(w).float().to(noise.device).view(1, 1, -1, 1, 1) for w in fusion_weights(windows)]
     scheduler = _scheduler(config, noise.device)
     latents = initial_latents(noise, image_latents)
     for index, timestep in enumerate(scheduler.timesteps):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import torch
+import numpy as np
 
 WINDOW_MODES = ("chained", "parallel")
 
@@ -133,30 +133,30 @@ def plan_windows(
     raise ValueError(f"unknown window mode {mode!r}; use one of {', '.join(WINDOW_MODES)}")
 
 
-def _ramp(length: int) -> torch.Tensor:
+def _ramp(length: int) -> np.ndarray:
     """Raised-cosine ramp rising over ``length`` frames, strictly between 0 and 1."""
-    position = torch.arange(1, length + 1, dtype=torch.float64) / (length + 1)
-    return torch.sin(position * math.pi / 2) ** 2
+    position = np.arange(1, length + 1, dtype=np.float64) / (length + 1)
+    return np.sin(position * math.pi / 2) ** 2
 
 
-def fusion_weights(windows: list[Window]) -> list[torch.Tensor]:
+def fusion_weights(windows: list[Window]) -> list[np.ndarray]:
     """Per-window weights over its latent frames, summing to 1 at every latent of the timeline.
 
     Each window ramps up over its overlap with the previous window and down over its overlap with
     the next one, so predictions hand over smoothly between neighbours.
     """
     total = max(window.latent_stop for window in windows)
-    raw: list[torch.Tensor] = []
+    raw: list[np.ndarray] = []
     for k, window in enumerate(windows):
-        weight = torch.ones(window.latent_frames, dtype=torch.float64)
+        weight = np.ones(window.latent_frames, dtype=np.float64)
         if k > 0:
             rise = windows[k - 1].latent_stop - window.latent_start
             weight[:rise] *= _ramp(rise)
         if k + 1 < len(windows):
             fall = window.latent_stop - windows[k + 1].latent_start
-            weight[window.latent_frames - fall :] *= _ramp(fall).flip(0)
+            weight[window.latent_frames - fall :] *= _ramp(fall)[::-1]
         raw.append(weight)
-    norm = torch.zeros(total, dtype=torch.float64)
+    norm = np.zeros(total, dtype=np.float64)
     for window, weight in zip(windows, raw):
         norm[window.latent_start : window.latent_stop] += weight
-    return [(weight / norm[w.latent_start : w.latent_stop]).float() for w, weight in zip(windows, raw)]
+    return [weight / norm[w.latent_start : w.latent_stop] for w, weight in zip(windows, raw)]

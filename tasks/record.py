@@ -10,9 +10,9 @@ from tasks.catalog import open_catalog
 
 
 @task(name="record")
-def record_video(catalog_url: str, fields: dict[str, Any]) -> str:
-    """Insert the video's provenance row and return its id."""
+def record_video(catalog_url: str, fields: dict[str, Any], windows: list[dict[str, Any]]) -> str:
+    """Insert the video's provenance row and one row per rendered window; return the video's id."""
     with open_catalog(catalog_url) as catalog:
-        video_id = catalog.add_video(**fields)
+        video_id = catalog.add_video(windows=windows, **fields)
     get_run_logger().info("catalogued video %s", video_id)
     return video_id

@@ -11,11 +11,13 @@ from pathlib import Path
 import PIL.Image
 
 from magic141.presets import get_preset
+from magic141.windows import WINDOW_MODES
 
 MAX_SECONDS = 600.0
 MAX_STEPS = 100
 FPS_RANGE = (1, 120)
 QUANTIZATION_LEVELS = ("int8", "int4")
+MAX_WORKERS = 256
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class GenerateRequest:
     weights: str | None = None
     quantize: str | None = None
     low_memory: bool = False
+    windows: str = "chained"
+    overlap: int | None = None  # latents shared by parallel windows; None: the preset's
+    workers: int = 0  # Ray render actors (one per GPU); 0 renders in this process
+    ray_address: str | None = None
 
     @property
     def num_frames(self) -> int:
@@ -104,6 +110,28 @@ def check_seed(seed: int) -> None:
         raise ValueError(f"seed must be between 0 and 2**63-1, got {seed}")
 
 
+def check_windows(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is a long-video window mode."""
+    if mode not in WINDOW_MODES:
+        raise ValueError(f"unknown window mode {mode!r}; use one of: {', '.join(WINDOW_MODES)}")
+
+
+def check_render(request: GenerateRequest, window_latent_frames: int) -> None:
+    """Raise ``ValueError`` unless the window mode, overlap and pool size can render ``request``."""
+    check_windows(request.windows)
+    if request.overlap is not None:
+        if request.windows != "parallel":
+            raise ValueError("--overlap applies to parallel windows; add --windows parallel or drop --overlap")
+        if not 1 <= request.overlap < window_latent_frames:
+            raise ValueError(
+                f"overlap must be between 1 and {window_latent_frames - 1} latent frames, got {request.overlap}"
+            )
+    if not 0 <= request.workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {request.workers}")
+    if request.ray_address is not None and request.workers == 0:
+        raise ValueError("--ray-address renders on a Ray cluster; give --workers N (N >= 1) as well")
+
+
 def check_image(path: str) -> None:
     """Raise ``ValueError`` unless ``path`` is a readable, decodable image file."""
     file = Path(path)
@@ -158,6 +186,7 @@ def validate_request(request: GenerateRequest) -> GenerateRequest:
     preset = get_preset(request.preset)
     check_duration(request.seconds, request.fps)
     check_steps(request.steps)
+    check_render(request, preset.window_latent_frames)
     guidance = preset.guidance_scale if request.guidance is None else request.guidance
     check_guidance(guidance)
     if not math.isfinite(request.true_cfg) or request.true_cfg < 1:

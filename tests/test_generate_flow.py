@@ -34,10 +34,37 @@ def test_generated_video_is_complete_and_catalogued(prefect_api, catalog_url: st
     assert row["prior_image_sha256"] == sha256_file(row["prior_image_path"])
     assert row["preset"] == "tiny" and len(row["weights_fingerprint"]) == 64
     assert sum(w["keep"] for w in row["window_layout"]) == 30
-    assert {"prior", "render", "encode", "total"} <= set(row["stage_timings"])
+    assert {"prior", "render", "render_model", "total"} <= set(row["stage_timings"])
+    assert row["windows_mode"] == "chained"
+    windows = catalog_windows(catalog_url, result.video_id)
+    assert [w["window_index"] for w in windows] == list(range(len(row["window_layout"])))
+    assert [(w["frame_start"], w["frame_end"]) for w in windows] == [
+        (w["start"], w["start"] + w["keep"]) for w in row["window_layout"]]
+    assert all(w["actor"] == "local" and w["attempts"] == 1 and w["seconds"] > 0 for w in windows)
     assert row["flow_run_id"] and {"torch", "diffusers", "prefect", "ffmpeg"} <= set(row["library_versions"])
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "catalog.db" and not p.name.startswith("catalog.db-")) == [
         "fox.mp4", "fox.prior.png"], "no work files are left behind"
+
+
+def catalog_windows(url: str, video_id: str) -> list[dict]:
+    with open_catalog(url) as catalog:
+        return catalog.video_windows(video_id)
+
+
+def test_parallel_windows_give_the_exact_frame_count(prefect_api, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    result = generate(GenerateRequest(prompt="a river", out=str(tmp_path / "r.mp4"), catalog_url=url,
+                                      seconds=3.5, fps=24, seed=2, windows="parallel", overlap=3))
+    assert probe(tmp_path / "r.mp4").frames == result.frames == 84
+    with open_catalog(url) as catalog:
+        row = catalog.get_video(result.video_id)
+    assert row["windows_mode"] == "parallel"
+    windows = catalog_windows(url, result.video_id)
+    assert len(windows) == len(row["window_layout"]) > 1
+    for previous, current in zip(windows, windows[1:]):
+        assert current["latent_start"] == previous["latent_end"] - 3 or current is windows[-1]
+        assert current["frame_start"] < previous["frame_end"], "parallel windows overlap"
+    assert windows[-1]["frame_end"] == 84
 
 
 def test_user_image_and_same_seed_reproduce_the_same_file(prefect_api, tmp_path: Path):

@@ -1,7 +1,7 @@
 """Window plans cover every frame exactly, with the overlaps asked for, in both long-video modes."""
 
+import numpy as np
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -78,12 +78,12 @@ def test_fusion_weights_are_smooth_and_sum_to_one(num_frames: int, window: int, 
     overlap = 1 + int(overlap_fraction * (window - 1))
     plan = plan_parallel(num_frames, window, overlap)
     weights = fusion_weights(plan)
-    total = torch.zeros(plan[-1].latent_stop, dtype=torch.float64)
+    total = np.zeros(plan[-1].latent_stop)
     for w, weight in zip(plan, weights):
         assert weight.shape == (w.latent_frames,)
-        assert bool((weight > 0).all()) and bool((weight <= 1).all())
-        total[w.latent_start : w.latent_stop] += weight.double()
-    assert torch.allclose(total, torch.ones_like(total), atol=1e-6)
+        assert (weight > 0).all() and (weight <= 1).all()
+        total[w.latent_start : w.latent_stop] += weight
+    assert np.allclose(total, 1.0, atol=1e-12)
 
 
 def test_twenty_second_tiny_parallel_layout():

@@ -25,6 +25,7 @@ from sqlalchemy import (
     Engine,
     Float,
     Integer,
+    String,
     create_engine,
     event,
     select,
@@ -34,7 +35,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from tasks.catalog.models import PRIOR_SOURCES, Video
+from tasks.catalog.models import PRIOR_SOURCES, Video, VideoWindow
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +324,37 @@ def _video_values(fields: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+_WINDOW_FIELDS = tuple(name for name in VideoWindow.__table__.columns.keys() if name not in ("id", "video_id"))
+
+
+def _window_values(number: int, window: dict[str, Any]) -> dict[str, Any]:
+    """Check one window record: exactly the window fields, of the right types."""
+    if set(window) != set(_WINDOW_FIELDS):
+        missing = sorted(set(_WINDOW_FIELDS) - set(window))
+        unknown = sorted(set(window) - set(_WINDOW_FIELDS))
+        raise CatalogError(
+            f"cannot add video: window {number} has missing field(s) {missing} and unknown field(s) {unknown}; "
+            f"pass exactly {', '.join(_WINDOW_FIELDS)}"
+        )
+    values: dict[str, Any] = {}
+    for name, value in window.items():
+        column_type = VideoWindow.__table__.columns[name].type
+        if value is None and VideoWindow.__table__.columns[name].nullable:
+            values[name] = None
+        elif isinstance(column_type, Integer) and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            values[name] = int(value)
+        elif isinstance(column_type, Float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            values[name] = float(value)
+        elif isinstance(column_type, String) and isinstance(value, str):
+            values[name] = value
+        else:
+            raise CatalogError(
+                f"cannot add video: window {number} field {name} has the wrong type ({type(value).__name__}); "
+                f"fix the window record"
+            )
+    return values
+
+
 def video_as_dict(video: Video) -> dict[str, Any]:
     """A video row as a JSON-ready dict: every column, ``created_at`` in ISO 8601."""
     row = {name: getattr(video, name) for name in _COLUMNS}
@@ -385,15 +417,17 @@ class Catalog:
                 f"check the database is reachable and the values are valid"
             ) from exc
 
-    def add_video(self, **fields: Any) -> str:
-        """Insert one video row in one transaction and return its new id."""
+    def add_video(self, *, windows: list[dict[str, Any]] | None = None, **fields: Any) -> str:
+        """Insert one video row, and its windows' rows, in one transaction; return the video's new id."""
         values = _video_values(fields)
+        window_rows = [_window_values(number, window) for number, window in enumerate(windows or [])]
         try:
             with self._session("add a video", write=True) as session:
                 video = Video(**values)
                 session.add(video)
                 session.flush()
                 video_id = video.id
+                session.add_all(VideoWindow(video_id=video_id, **row) for row in window_rows)
         except IntegrityError as exc:
             raise self._integrity_error(values, exc) from exc
         logger.info("catalogued video %s at %s", video_id, values["output_path"])
@@ -422,6 +456,14 @@ class Catalog:
         return CatalogError(
             f"cannot add video to catalog {self.url}: {_short_reason(exc)}; check the field values"
         )
+
+    def video_windows(self, video_id: str) -> list[dict[str, Any]]:
+        """The windows recorded for a video (exact id), in window order."""
+        with self._session("list a video's windows") as session:
+            rows = session.scalars(
+                select(VideoWindow).where(VideoWindow.video_id == video_id).order_by(VideoWindow.window_index)
+            ).all()
+            return [{name: getattr(row, name) for name in _WINDOW_FIELDS} for row in rows]
 
     def get_video(self, id_or_prefix: str) -> dict[str, Any]:
         """Return the video whose id is, or uniquely starts with, id_or_prefix."""

@@ -1,0 +1,410 @@
+"""Ray render pool: one actor per GPU holds the image-to-video model and serves window requests.
+
+The driver (a flow's render task) plans the windows and sends each actor small, pure requests:
+encode a video's conditioning, render a chained window, predict co-denoising windows at one step,
+decode a window. Because every request is a function of its inputs, a request lost with a dying
+actor is simply sent again to another actor (Ray restarts the dead one in the background), and the
+driver applies each window's result exactly once: no window is lost or applied twice.
+
+By default the pool starts a local Ray instance, declaring fake GPUs on a machine without any so
+that scheduling works the same; ``address`` (or ``RAY_ADDRESS``) joins an existing cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import ray
+import torch
+from ray.exceptions import RayActorError
+
+from magic141.pipeline import Conditioning, Magic141Pipeline, timeline_noise
+from magic141.presets import get_preset
+from magic141.sampler import SamplerConfig, sample_codenoise
+from magic141.windows import Window
+from tasks.request import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+_CACHED_JOBS = 4
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Which model the pool's actors hold and where they run."""
+
+    model: ModelSpec
+    workers: int = 1
+    address: str | None = None  # Ray cluster address; None: RAY_ADDRESS, else a local instance
+    torch_threads: int | None = None  # CPU threads per actor; None: the machine's cores shared out
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"a render pool needs at least one worker, got {self.workers}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
+
+
+@dataclass(frozen=True)
+class ActorInfo:
+    """Where an actor runs."""
+
+    name: str
+    node: str
+    gpu_id: str | None
+    pid: int
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """Everything that determines one video's windows, sent with each request."""
+
+    key: str
+    prompt: str
+    negative_prompt: str | None
+    image: np.ndarray  # (H, W, 3) uint8 reference image
+    seed: int
+    sampler: SamplerConfig
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """A decoded window and the work it took on the actor that returned it."""
+
+    frames: np.ndarray
+    seconds: float
+    actor: ActorInfo
+
+
+@dataclass
+class WindowRecord:
+    """Provenance of one window: frame range, the actor that produced it, time spent, failed tries."""
+
+    window: Window
+    actor: ActorInfo | None = None
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        actor = self.actor
+        return {
+            "window_index": self.window.index,
+            "frame_start": self.window.start,
+            "frame_end": self.window.stop,
+            "latent_start": self.window.latent_start,
+            "latent_end": self.window.latent_stop,
+            "actor": actor.name if actor else "",
+            "node": actor.node if actor else "",
+            "gpu_id": actor.gpu_id if actor else None,
+            "seconds": self.seconds,
+            "attempts": 1 + len(self.failures),
+        }
+
+
+class RenderWorker:
+    """The model holder: built once per actor, serving window requests for any number of videos."""
+
+    def __init__(self, model: ModelSpec, name: str, torch_threads: int | None) -> None:
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
+        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.info_ = ActorInfo(
+            name=name,
+            node=socket.gethostname(),
+            gpu_id=",".join(str(g) for g in gpu_ids) or None,
+            pid=os.getpid(),
+        )
+        started = time.perf_counter()
+        self.pipeline = Magic141Pipeline.from_preset(
+            model.preset, device, weights=model.weights, quantize=model.quantize, low_memory=model.low_memory
+        )
+        self._jobs: OrderedDict[str, Conditioning] = OrderedDict()
+        logger.info("%s loaded %s on %s in %.1f s", name, model.preset, device, time.perf_counter() - started)
+
+    def info(self) -> ActorInfo:
+        return self.info_
+
+    def fingerprint(self) -> str:
+        return self.pipeline.weights_fingerprint
+
+    def _conditioning(self, job: VideoJob, conditioning: Conditioning | None = None) -> Conditioning:
+        if job.key not in self._jobs:
+            if conditioning is None:
+                image = PIL.Image.fromarray(job.image)
+                conditioning = self.pipeline.prepare(image, job.prompt, job.negative_prompt)
+            self._jobs[job.key] = conditioning
+            while len(self._jobs) > _CACHED_JOBS:
+                self._jobs.popitem(last=False)
+        self._jobs.move_to_end(job.key)
+        return self._jobs[job.key]
+
+    def prepare(self, job: VideoJob) -> Conditioning:
+        """Encode the job's prompt and reference image; the result is shared with the other actors."""
+        return self._conditioning(job).cpu()
+
+    def chained_window(self, job: VideoJob, window: Window, first_frame: np.ndarray | None) -> WindowResult:
+        started = time.perf_counter()
+        frames = self.pipeline.render_chained_window(
+            self._conditioning(job), window, job.seed, job.sampler, first_frame
+        )
+        return WindowResult(frames, time.perf_counter() - started, self.info_)
+
+    def predict(
+        self,
+        job: VideoJob,
+        conditioning: Conditioning,
+        timestep: torch.Tensor,
+        inputs: list[tuple[Window, torch.Tensor]],
+    ) -> list[tuple[torch.Tensor, float]]:
+        """Each window's velocity at ``timestep`` and the seconds it took, computed one window at a time."""
+        conditioning = self._conditioning(job, conditioning)
+        results = []
+        for window, latents in inputs:
+            started = time.perf_counter()
+            velocity = self.pipeline.predict_window(conditioning, window, latents, timestep, job.sampler)
+            results.append((velocity.cpu(), time.perf_counter() - started))
+        return results
+
+    def decode(self, window: Window, latents: torch.Tensor) -> WindowResult:
+        started = time.perf_counter()
+        frames = self.pipeline.decode_window(latents, window)
+        return WindowResult(frames, time.perf_counter() - started, self.info_)
+
+
+class PoolError(RuntimeError):
+    """The pool could not finish a request on any actor."""
+
+
+Request = tuple[str, tuple[Any, ...], int | None]  # (actor method, arguments, preferred worker)
+FailureCallback = Callable[[int, str], None]
+
+
+def _connect(config: PoolConfig) -> None:
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        logger.info("joining Ray cluster at %s", address)
+        ray.init(address=address, log_to_driver=False)
+        return
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        logger.info("no GPU visible: starting local Ray with %d fake GPU(s) on the CPU", config.workers)
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, config.workers),
+        num_gpus=gpus or config.workers,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
+
+
+class RenderPool:
+    """A set of model-holding actors, one per GPU, and the fault-tolerant dispatch of window requests."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        _connect(config)
+        pool_id = uuid.uuid4().hex[:8]
+        on_gpu = torch.cuda.device_count() > 0
+        threads = config.torch_threads
+        if threads is None and not on_gpu:
+            threads = max(1, (os.cpu_count() or 1) // config.workers)
+        actor_class = ray.remote(RenderWorker)
+        names = [f"render-{pool_id}-{i}" for i in range(config.workers)]
+        self._actors = [
+            actor_class.options(
+                name=f"magic141-{name}", num_gpus=1, num_cpus=1 if on_gpu else 0, max_restarts=-1, max_task_retries=0
+            ).remote(config.model, name, threads)
+            for name in names
+        ]
+        self._busy = [0] * config.workers
+        self._lock = threading.Lock()
+        self.actors: list[ActorInfo] = ray.get([actor.info.remote() for actor in self._actors])
+        self.fingerprint: str = ray.get(self._actors[0].fingerprint.remote())
+        logger.info("render pool ready: %s", ", ".join(f"{a.name}@{a.node} gpu {a.gpu_id}" for a in self.actors))
+
+    @property
+    def workers(self) -> int:
+        return len(self._actors)
+
+    @property
+    def handles(self) -> list[Any]:
+        """The actor handles in worker order."""
+        return list(self._actors)
+
+    def close(self) -> None:
+        """Stop the actors; their models are released."""
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = []
+
+    def _submit(self, request: Request, avoid: set[int]) -> tuple[int, Any]:
+        method, args, prefer = request
+        with self._lock:
+            if prefer is not None and prefer not in avoid:
+                worker = prefer
+            else:
+                candidates = [i for i in range(self.workers) if i not in avoid] or list(range(self.workers))
+                worker = min(candidates, key=lambda i: self._busy[i])
+            self._busy[worker] += 1
+        return worker, getattr(self._actors[worker], method).remote(*args)
+
+    def run(
+        self, requests: list[Request], on_failure: FailureCallback, max_in_flight: int | None = None
+    ) -> Iterator[tuple[int, Any]]:
+        """Run requests concurrently, at most ``max_in_flight`` at once, yielding ``(number, result)``
+        as each completes. A request whose actor dies is sent to another actor; each request's result
+        is yielded exactly once.
+        """
+        limit = max_in_flight or len(requests)
+        tried: list[set[int]] = [set() for _ in requests]
+        pending: dict[Any, tuple[int, int]] = {}
+        queue = iter(range(len(requests)))
+
+        def submit(number: int) -> None:
+            worker, ref = self._submit(requests[number], tried[number])
+            pending[ref] = (number, worker)
+
+        for number in itertools.islice(queue, limit):
+            submit(number)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            number, worker = pending.pop(ready[0])
+            with self._lock:
+                self._busy[worker] -= 1
+            try:
+                result = ray.get(ready[0])
+            except RayActorError as exc:
+                reason = f"actor {self.actors[worker].name} died ({type(exc).__name__})"
+                method = requests[number][0]
+                logger.warning("%s request %d lost: %s; sending it to another actor", method, number, reason)
+                on_failure(number, reason)
+                tried[number].add(worker)
+                if len(tried[number]) >= 3 * self.workers:
+                    raise PoolError(f"{method} failed on {len(tried[number])} actors; last: {reason}") from exc
+                submit(number)
+                continue
+            yield number, result
+            next_number = next(queue, None)
+            if next_number is not None:
+                submit(next_number)
+
+    def call(self, method: str, *args: Any, on_failure: FailureCallback | None = None) -> Any:
+        """Run one request on the least busy actor, on another if its actor dies."""
+        for _, result in self.run([(method, args, None)], on_failure or (lambda _number, _reason: None)):
+            return result
+        raise PoolError(f"{method} returned nothing")
+
+
+def render_with_pool(
+    pool: RenderPool,
+    job: VideoJob,
+    plan: list[Window],
+    mode: str,
+    on_window: Callable[[Window, np.ndarray], None],
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[WindowRecord]:
+    """Render ``plan`` on the pool, handing each window's frames to ``on_window`` as they come (any order).
+
+    Chained windows run one after the other, each on the least busy actor. Parallel windows are
+    co-denoised: at every step each worker predicts its share of the windows (window k on worker
+    k mod N, so placements are stable), then the windows are decoded across the pool. Returns one
+    provenance record per window, in plan order.
+    """
+    records = [WindowRecord(window) for window in plan]
+
+    def progress(done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(done, total)
+
+    def finish(record: WindowRecord, result: WindowResult) -> None:
+        record.actor = result.actor
+        record.seconds += result.seconds
+        on_window(record.window, result.frames)
+
+    if mode == "chained":
+        first_frame = None
+        for record in records:
+            result = pool.call(
+                "chained_window",
+                job,
+                record.window,
+                first_frame,
+                on_failure=lambda _number, reason, record=record: record.failures.append(reason),
+            )
+            finish(record, result)
+            first_frame = result.frames[-1]
+            progress(record.window.index + 1, len(plan))
+        return records
+
+    conditioning = pool.call("prepare", job)
+    shared = ray.put(conditioning)
+    total = job.sampler.steps + len(plan)
+
+    def predict(step: int, timestep: torch.Tensor, inputs: list[tuple[Window, torch.Tensor]]) -> list[torch.Tensor]:
+        groups: dict[int, list[tuple[Window, torch.Tensor]]] = {}
+        for window, latents in inputs:
+            groups.setdefault(window.index % pool.workers, []).append((window, latents.clone()))
+        workers = sorted(groups)
+        requests: list[Request] = [("predict", (job, shared, timestep, groups[w]), w) for w in workers]
+
+        def failed(number: int, reason: str) -> None:
+            for window, _ in groups[workers[number]]:
+                records[window.index].failures.append(reason)
+
+        velocities: dict[int, torch.Tensor] = {}
+        for number, results in pool.run(requests, failed):
+            for (window, _), (velocity, seconds) in zip(groups[workers[number]], results):
+                records[window.index].seconds += seconds
+                velocities[window.index] = velocity
+        progress(step + 1, total)
+        return [velocities[window.index] for window, _ in inputs]
+
+    noise = timeline_noise(get_preset(pool.config.model.preset), job.seed, plan[-1].latent_stop)
+    latents = sample_codenoise(noise, conditioning.image_latents, plan, job.sampler, predict)
+    decodes: list[Request] = [
+        ("decode", (w, latents[:, :, w.latent_start : w.latent_stop].clone()), w.index % pool.workers) for w in plan
+    ]
+    results = pool.run(
+        decodes, lambda number, reason: records[number].failures.append(reason), max_in_flight=2 * pool.workers
+    )
+    for done, (number, result) in enumerate(results, start=1):
+        finish(records[number], result)
+        progress(job.sampler.steps + done, total)
+    return records
+
+
+_pools: dict[PoolConfig, RenderPool] = {}
+_pools_lock = threading.Lock()
+
+
+def get_pool(config: PoolConfig) -> RenderPool:
+    """The process's pool for ``config``, started on first use and reused by later renders."""
+    with _pools_lock:
+        pool = _pools.get(config)
+        if pool is None:
+            pool = _pools[config] = RenderPool(config)
+        return pool
+
+
+def shutdown_pools() -> None:
+    """Stop every pool of this process and disconnect from Ray."""
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()
+    if ray.is_initialized():
+        ray.shutdown()
