@@ -120,6 +120,7 @@ class ValidRow:
             weights=model.weights,
             quantize=model.quantize,
             low_memory=model.low_memory,
+            windows=self.windows,
         )
 
 

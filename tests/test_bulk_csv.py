@@ -264,7 +264,9 @@ def test_missing_or_folder_path_is_refused(make, message: str, tmp_path: Path) -
 
 
 def test_valid_row_becomes_a_valid_generate_request(tmp_path: Path, picture: Path) -> None:
-    parsed = read_prompt_csv(write_csv(tmp_path, "prompt,image,seconds,fps,seed\na cat,first.png,1,8,3\na dog,,2,8,\n"))
+    parsed = read_prompt_csv(
+        write_csv(tmp_path, "prompt,image,seconds,fps,seed,windows\na cat,first.png,1,8,3,\na dog,,2,8,,parallel\n")
+    )
     catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
 
     requests = [
@@ -272,9 +274,9 @@ def test_valid_row_becomes_a_valid_generate_request(tmp_path: Path, picture: Pat
         for row in parsed.valid
     ]
 
-    assert [(r.prompt, r.image, r.num_frames, r.seed) for r in requests] == [
-        ("a cat", str(tmp_path / "first.png"), 8, 3),
-        ("a dog", None, 16, parsed.valid[1].seed),
+    assert [(r.prompt, r.image, r.num_frames, r.seed, r.windows) for r in requests] == [
+        ("a cat", str(tmp_path / "first.png"), 8, 3, "chained"),
+        ("a dog", None, 16, parsed.valid[1].seed, "parallel"),
     ]
 
 
