@@ -90,15 +90,15 @@ def _power_of_two_near(value: float) -> int:
 def choose_plan(count: int, dimension: int, policy: IndexPolicy) -> IndexPlan:
     """Pick the index type for ``count`` vectors of ``dimension`` under ``policy``."""
     if count <= policy.flat_max:
-        return IndexPlan(FLAT, "Flat", None, 0)
+        return IndexPlan(FLAT, "IDMap,Flat", None, 0)
     nlist = min(_power_of_two_near(4 * math.sqrt(count)), 65_536, _power_of_two_near(count / _MIN_POINTS_PER_CENTROID))
     quantizer = f"IVF{nlist}_HNSW32" if nlist >= 16_384 else f"IVF{nlist}"
     if count * dimension * 4 > policy.memory_budget_bytes:
         subquantizers = next(m for m in (dimension // 8, dimension // 4, dimension // 2, dimension) if m and dimension % m == 0)
-        bits = 8 if count >= 256 * _MIN_POINTS_PER_CENTROID else max(4, int(math.log2(count / _MIN_POINTS_PER_CENTROID)))
+        bits = max(1, min(8, int(math.log2(max(1, count // _MIN_POINTS_PER_CENTROID)))))
         return IndexPlan(IVF_PQ, f"{quantizer},PQ{subquantizers}x{bits}", "nprobe", nlist, policy.pq_refine)
     if count <= policy.hnsw_max:
-        return IndexPlan(HNSW, f"HNSW{policy.hnsw_m},Flat", "efSearch", policy.hnsw_ef_max)
+        return IndexPlan(HNSW, f"IDMap,HNSW{policy.hnsw_m},Flat", "efSearch", policy.hnsw_ef_max)
     return IndexPlan(IVF_FLAT, f"{quantizer},Flat", "nprobe", nlist)
 
 
@@ -118,35 +118,37 @@ def to_gpu(index: faiss.Index, index_type: str) -> faiss.Index:
         return index
 
 
+def add_rows(index: faiss.Index, vectors: np.ndarray, rows: np.ndarray, progress: Progress | None = None) -> None:
+    """Add ``vectors[rows]`` to ``index`` under their row numbers as ids, in chunks."""
+    if progress is not None:
+        progress(0, len(rows))
+    for start in range(0, len(rows), _ADD_CHUNK):
+        chunk = rows[start : start + _ADD_CHUNK]
+        index.add_with_ids(np.ascontiguousarray(vectors[chunk], dtype=np.float32), chunk.astype(np.int64))
+        if progress is not None:
+            progress(start + len(chunk), len(rows))
+
+
 def build(
     vectors: np.ndarray,
     plan: IndexPlan,
     policy: IndexPolicy,
-    held_out: np.ndarray,
+    rows: np.ndarray,
     progress: Progress | None = None,
 ) -> faiss.Index:
-    """Train (on a sample without the ``held_out`` rows) and fill a CPU index of ``vectors`` as ``plan`` says."""
-    count, dimension = vectors.shape
+    """A CPU index as ``plan`` says, trained on a sample of ``rows`` and holding ``vectors[rows]`` (ids = rows)."""
+    dimension = vectors.shape[1]
     index = faiss.index_factory(dimension, plan.factory, faiss.METRIC_INNER_PRODUCT)
     if plan.index_type == HNSW:
-        index.hnsw.efConstruction = policy.hnsw_ef_construction
+        faiss.downcast_index(index.index).hnsw.efConstruction = policy.hnsw_ef_construction
     device_index = to_gpu(index, plan.index_type)
     if not index.is_trained:
         rng = np.random.default_rng(policy.seed)
-        available = np.setdiff1d(np.arange(count), held_out, assume_unique=True)
-        if len(available) < _MIN_POINTS_PER_CENTROID:
-            available = np.arange(count)
-        wanted = min(len(available), plan.knob_max * policy.train_points_per_list)
-        sample = np.sort(rng.choice(available, size=wanted, replace=False))
-        logger.info("training %s on %d of %d vectors", plan.factory, wanted, count)
+        wanted = min(len(rows), plan.knob_max * policy.train_points_per_list)
+        sample = np.sort(rng.choice(rows, size=wanted, replace=False))
+        logger.info("training %s on %d of %d vectors", plan.factory, wanted, len(rows))
         device_index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-    if progress is not None:
-        progress(0, count)
-    for start in range(0, count, _ADD_CHUNK):
-        stop = min(start + _ADD_CHUNK, count)
-        device_index.add(np.ascontiguousarray(vectors[start:stop], dtype=np.float32))
-        if progress is not None:
-            progress(stop, count)
+    add_rows(device_index, vectors, rows, progress)
     return faiss.index_gpu_to_cpu(device_index) if device_index is not index else index
 
 
@@ -179,17 +181,31 @@ def search(
     return scores, rows
 
 
+def per_query_recall(found: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """For each query, the share of its true top-k rows that were found."""
+    return np.array([
+        len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, int((t >= 0).sum()))
+        for f, t in zip(found, truth, strict=True)
+    ])
+
+
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each query's true top-k rows that were found."""
-    hits = sum(len(np.intersect1d(f[f >= 0], t[t >= 0])) for f, t in zip(found, truth, strict=True))
-    return hits / max(1, int((truth >= 0).sum()))
+    return float(per_query_recall(found, truth).mean())
 
 
-def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the exact top-k by inner product (faiss brute force, chunked)."""
-    _, rows = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(vectors), k,
-                        metric=faiss.METRIC_INNER_PRODUCT)
-    return rows
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int, excluded: np.ndarray | None = None) -> np.ndarray:
+    """Rows of the exact top-k by inner product (faiss brute force), leaving out the ``excluded`` rows."""
+    extra = 0 if excluded is None else len(excluded)
+    _, rows = faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(vectors),
+                        min(k + extra, len(vectors)), metric=faiss.METRIC_INNER_PRODUCT)
+    if not extra:
+        return rows
+    kept = np.full((len(rows), k), -1, dtype=np.int64)
+    for position, found in enumerate(rows):
+        others = found[~np.isin(found, excluded)][:k]
+        kept[position, : len(others)] = others
+    return kept
 
 
 @dataclass(frozen=True)
@@ -208,23 +224,32 @@ def tune(
     vectors: np.ndarray,
     held_out: np.ndarray,
 ) -> Tuning:
-    """Smallest knob value reaching the recall target on the ``held_out`` rows (the largest tried if none does)."""
-    k = min(policy.recall_k, len(vectors))
-    queries = np.asarray(vectors[held_out], dtype=np.float32)
-    truth = exact_neighbours(vectors, queries, k)
-    trials: dict[int, float] = {}
+    """Smallest knob value reaching the recall target for the ``held_out`` rows (the best tried if none does).
 
-    def measure(value: int | None) -> float:
+    The index must not hold the ``held_out`` rows yet: they query it like unseen images would,
+    against the exact top-k of the rows it holds. A value passes when the mean recall minus two
+    standard errors (over the sample's queries) reaches the target, so the target holds beyond
+    the sample too.
+    """
+    k = min(policy.recall_k, index.ntotal)
+    trials: dict[int, float] = {}
+    queries = np.asarray(vectors[held_out], dtype=np.float32)
+    truth = exact_neighbours(vectors, queries, k, excluded=held_out)
+
+    def recalls(value: int | None) -> np.ndarray:
         params = SearchParams(plan.index_type, plan.knob, value, plan.refine)
         apply_params(index, params)
-        recall = recall_at_k(search(index, params, queries, k, vectors)[1], truth)
-        if value is not None:
-            trials[value] = recall
-        return recall
+        return per_query_recall(search(index, params, queries, k, vectors)[1], truth)
 
     if plan.knob is None:
-        recall = measure(None)
-        return Tuning(SearchParams(plan.index_type, None, None, plan.refine), recall, trials)
+        return Tuning(SearchParams(plan.index_type, None, None, plan.refine), float(recalls(None).mean()), trials)
+
+    def measure(value: int) -> float:
+        """Record the mean recall with ``value``; return its lower bound (mean - 2 standard errors)."""
+        found = recalls(value)
+        trials[value] = float(found.mean())
+        return float(found.mean() - 2 * found.std() / np.sqrt(len(found)))
+
     value, passed_at = (k if plan.index_type == HNSW else 1), None
     failed_at = value - 1
     while True:
@@ -236,12 +261,11 @@ def tune(
             break
         value = min(value * 2, plan.knob_max)
     if passed_at is None:
-        best = max(trials, key=lambda tried: (trials[tried], -tried))
+        chosen = max(trials, key=lambda tried: (trials[tried], -tried))
         logger.warning(
             "%s reaches recall@%d of %.3f at best (%s=%d), short of the %.3f target",
-            plan.factory, k, trials[best], plan.knob, best, policy.recall_target,
+            plan.factory, k, trials[chosen], plan.knob, chosen, policy.recall_target,
         )
-        chosen = best
     else:
         while passed_at - failed_at > 1:
             middle = (passed_at + failed_at) // 2

@@ -285,9 +285,14 @@ def _write_index(index: faiss.Index, handle: Any) -> None:
 
 
 def held_out_rows(count: int, policy: ann.IndexPolicy) -> np.ndarray:
-    """The corpus rows used as tuning queries (held out of training), the same for every stage."""
+    """The rows kept out of the index until its search knob is tuned (none for an exact index).
+
+    At most a tenth of the corpus, the same rows in every stage of one build.
+    """
+    if count <= policy.flat_max:
+        return np.empty(0, dtype=np.int64)
     rng = np.random.default_rng(policy.seed)
-    return np.sort(rng.choice(count, size=min(count, policy.tune_queries), replace=False))
+    return np.sort(rng.choice(count, size=min(policy.tune_queries, count // 10), replace=False))
 
 
 def _embeddings(staging_or_folder: Path) -> np.ndarray:
@@ -295,7 +300,7 @@ def _embeddings(staging_or_folder: Path) -> np.ndarray:
 
 
 def index_stage(staging: Staging, policy: ann.IndexPolicy, progress: Progress | None = None) -> IndexSummary:
-    """Choose the index type for the corpus size and build ``index.faiss``."""
+    """Choose the index type for the corpus size and build ``index.faiss`` without the held-out rows."""
     started = time.perf_counter()
     vectors = _embeddings(staging.folder)
     count, dimension = vectors.shape
@@ -304,7 +309,8 @@ def index_stage(staging: Staging, policy: ann.IndexPolicy, progress: Progress | 
             "the corpus has no usable images (see the skipped files); add images and build again"
         )
     plan = ann.choose_plan(count, dimension, policy)
-    index = ann.build(vectors, plan, policy, held_out_rows(count, policy), progress)
+    rows = np.setdiff1d(np.arange(count), held_out_rows(count, policy), assume_unique=True)
+    index = ann.build(vectors, plan, policy, rows, progress)
     write_atomic(staging.folder / store.INDEX_FILE, lambda handle: _write_index(index, handle))
     summary = IndexSummary(plan.index_type, plan.factory, count, time.perf_counter() - started)
     _stage_record(staging, "index", {**asdict(summary), "plan": asdict(plan)})
@@ -344,15 +350,27 @@ def _check_consistent(staging: Staging, vectors: np.ndarray, index: faiss.Index,
 def validate_stage(
     staging: Staging, policy: ann.IndexPolicy, spec: EmbedderSpec, sources: Sequence[str | Path]
 ) -> Validation:
-    """Check the build is whole, tune the search knob to the recall target, then write the manifest (last)."""
+    """Tune the search knob with the held-out rows, add them, check the build is whole, write the manifest (last).
+
+    An exact index needs no tuning: its recall is 1 by construction.
+    """
     embedded = _read_stage(staging, "embed")
     indexed = _read_stage(staging, "index")
     scanned = _read_stage(staging, "scan")
     plan = ann.IndexPlan(**indexed["plan"])
     vectors = _embeddings(staging.folder)
     index = read_index_file(staging.folder / store.INDEX_FILE)
+    held_out = held_out_rows(len(vectors), policy)
+    if len(held_out):
+        device_index = ann.to_gpu(index, plan.index_type)
+        tuning = ann.tune(device_index, plan, policy, vectors, held_out)
+        ann.add_rows(device_index, vectors, held_out)
+        if device_index is not index:
+            index = faiss.index_gpu_to_cpu(device_index)
+        write_atomic(staging.folder / store.INDEX_FILE, lambda handle: _write_index(index, handle))
+    else:
+        tuning = ann.Tuning(ann.SearchParams(plan.index_type, None, None, 0), 1.0, {})
     _check_consistent(staging, vectors, index, embedded["dimension"])
-    tuning = ann.tune(ann.to_gpu(index, plan.index_type), plan, policy, vectors, held_out_rows(len(vectors), policy))
     k = min(policy.recall_k, len(vectors))
     if tuning.recall < policy.min_recall:
         raise RetrievalIndexError(
@@ -381,7 +399,7 @@ def validate_stage(
         "recall": tuning.recall,
         "recall_k": k,
         "recall_target": policy.recall_target,
-        "tune_queries": int(min(policy.tune_queries, len(vectors))),
+        "tune_queries": len(held_out),
         "tuning_trials": {str(value): recall for value, recall in sorted(tuning.trials.items())},
         "build_seconds": indexed["seconds"],
         "libraries": {name: package_version(name) for name in ("faiss-gpu", "open-clip-torch", "torch")},

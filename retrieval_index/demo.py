@@ -47,15 +47,18 @@ def _draw(index: int, size: int) -> PIL.Image.Image:
     return image
 
 
-def make_demo_corpus(folder: Path | str, n: int = 12, *, size: int = 64, broken: bool = False) -> list[Path]:
+def make_demo_corpus(
+    folder: Path | str, n: int = 12, *, start: int = 0, size: int = 64, broken: bool = False
+) -> list[Path]:
     """Write ``n`` distinct images (PNG and JPEG, in two subfolders) into ``folder``; return their paths.
 
-    With ``broken`` also write the files of :data:`BROKEN_FILES` (none of them usable as images);
-    they are not in the returned list.
+    Image ``i`` is always the same picture: ``start`` picks where the numbering begins, so corpora
+    made with disjoint ranges share no image. With ``broken`` also write the files of
+    :data:`BROKEN_FILES` (none of them usable as images); they are not in the returned list.
     """
     folder = Path(folder)
     written = []
-    for index in range(n):
+    for index in range(start, start + n):
         subfolder = folder / ("shapes" if index % 2 == 0 else "more")
         subfolder.mkdir(parents=True, exist_ok=True)
         suffix = "png" if index % 3 else "jpg"
@@ -65,7 +68,7 @@ def make_demo_corpus(folder: Path | str, n: int = 12, *, size: int = 64, broken:
     if broken:
         folder.mkdir(parents=True, exist_ok=True)
         truncated = folder / "truncated.png"
-        _draw(n + 1, size).save(truncated)
+        _draw(start + n, size).save(truncated)
         truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
         (folder / "notes.jpg").write_text("not a picture\n")
         (folder / "empty.png").write_bytes(b"")
