@@ -231,6 +231,7 @@ class RenderPool:
             for name in names
         ]
         self._busy = [0] * config.workers
+        self._revival: dict[int, Any] = {}  # worker -> ping sent after it died; answered once it is back
         self._lock = threading.Lock()
         self.actors: list[ActorInfo] = ray.get([actor.info.remote() for actor in self._actors])
         self.fingerprint: str = ray.get(self._actors[0].fingerprint.remote())
@@ -245,20 +246,54 @@ class RenderPool:
         """The actor handles in worker order."""
         return list(self._actors)
 
+    def refresh(self, timeout_s: float = 600.0) -> list[ActorInfo]:
+        """Wait until every actor answers (restarted ones included) and update :attr:`actors`."""
+        deadline = time.monotonic() + timeout_s
+        infos: list[ActorInfo] = []
+        for worker, actor in enumerate(self._actors):
+            while True:
+                try:
+                    infos.append(ray.get(actor.info.remote(), timeout=max(1.0, deadline - time.monotonic())))
+                    break
+                except RayActorError as exc:
+                    if time.monotonic() > deadline:
+                        raise PoolError(f"actor {self.actors[worker].name} did not come back in {timeout_s:g} s") from exc
+                    time.sleep(0.5)
+        self.actors = infos
+        return infos
+
     def close(self) -> None:
         """Stop the actors; their models are released."""
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
 
+    def _down(self, worker: int) -> bool:
+        """Whether ``worker`` died and has not answered a ping since (Ray restarts it meanwhile)."""
+        ping = self._revival.get(worker)
+        if ping is None:
+            return False
+        ready, _ = ray.wait([ping], timeout=0)
+        if not ready:
+            return True
+        try:
+            ray.get(ping)
+        except RayActorError:
+            self._revival[worker] = self._actors[worker].info.remote()
+            return True
+        del self._revival[worker]
+        logger.info("actor %s is back", self.actors[worker].name)
+        return False
+
     def _submit(self, request: Request, avoid: set[int]) -> tuple[int, Any]:
         method, args, prefer = request
         with self._lock:
-            if prefer is not None and prefer not in avoid:
+            up = [i for i in range(self.workers) if i not in avoid and not self._down(i)]
+            if prefer in up:
                 worker = prefer
             else:
-                candidates = [i for i in range(self.workers) if i not in avoid] or list(range(self.workers))
-                worker = min(candidates, key=lambda i: self._busy[i])
+                worker = min(up or [i for i in range(self.workers) if i not in avoid] or range(self.workers),
+                             key=lambda i: self._busy[i])
             self._busy[worker] += 1
         return worker, getattr(self._actors[worker], method).remote(*args)
 
@@ -293,6 +328,8 @@ class RenderPool:
                 logger.warning("%s request %d lost: %s; sending it to another actor", method, number, reason)
                 on_failure(number, reason)
                 tried[number].add(worker)
+                with self._lock:
+                    self._revival.setdefault(worker, self._actors[worker].info.remote())
                 if len(tried[number]) >= 3 * self.workers:
                     raise PoolError(f"{method} failed on {len(tried[number])} actors; last: {reason}") from exc
                 submit(number)
