@@ -78,6 +78,8 @@ BAD_INPUTS = {
     "unreachable catalog": ["--catalog", "postgresql+psycopg://postgres@127.0.0.1:1/test"],
     "unknown preset": ["--preset", "huge"],
     "true cfg without negative prompt": ["--true-cfg", "4"],
+    "unknown window mode": ["--windows", "sliding"],
+    "ray address without workers": ["--ray-address", "127.0.0.1:6379"],
 }
 
 
