@@ -1,21 +1,64 @@
-"""Prior stage: the first frame of the video, from the user's image or the text-to-image model."""
+"""Prior stage: the first frame of the video, by the prior policy (user image, retrieval, text-to-image, img2img).
+
+The decision itself is :func:`tasks.prior_policy.decide_prior` (pure); this task gathers its inputs
+(the retrieval index's matches for the prompt) and carries it out.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import PIL.Image
 from prefect import get_run_logger, task
 
 from tasks.ffmpeg import sha256_file
 from tasks.models import image_prior
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, decide_prior
 from tasks.request import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+RETRIEVAL_K = 5
+
+
+@dataclass(frozen=True)
+class PriorPolicy:
+    """How to choose the first frame: ``mode`` (auto, user, retrieve, generate) and its settings.
+
+    ``index_dir`` is the retrieval index folder, or None when no index is configured (then
+    ``auto`` generates text-to-image and ``retrieve`` fails).
+    """
+
+    mode: str = "auto"
+    index_dir: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    strength: float = DEFAULT_STRENGTH
+
+    def settings(self) -> dict[str, float | str] | None:
+        """What of this policy shapes the video beyond the mode (part of a bulk row's content key)."""
+        if self.mode != "auto":
+            return None
+        return {
+            "threshold": self.threshold,
+            "strength": self.strength,
+            "retrieval": "index" if self.index_dir is not None else "none",
+        }
+
+    def may_generate(self) -> bool:
+        """Whether the text-to-image model may make the first frame under this policy."""
+        return self.mode in ("auto", "generate")
 
 
 @dataclass(frozen=True)
 class PriorResult:
-    """Where the first frame comes from: ``source`` is ``user`` or ``generate``."""
+    """Where the first frame comes from: ``source`` is ``user``, ``retrieve`` or ``generate``.
+
+    ``details`` is the policy decision as recorded in the catalog (``videos.prior_details``).
+    """
 
     source: str
     path: str
@@ -23,6 +66,13 @@ class PriorResult:
     seconds: float
     model_seconds: float
     fingerprint: str | None = None
+    details: dict[str, Any] | None = None
+
+
+def _matches(prompt: str, index_dir: str) -> list[Any]:
+    from retrieval_index import open_index
+
+    return open_index(index_dir).search_text(prompt, RETRIEVAL_K)
 
 
 @task(name="prior")
@@ -33,21 +83,42 @@ def prepare_prior(
     work_dir: str,
     image: str | None = None,
     negative_prompt: str | None = None,
+    policy: PriorPolicy | None = None,
 ) -> PriorResult:
-    """Use ``image`` as the first frame, or generate one from ``prompt`` and save it as PNG in ``work_dir``."""
-    logger = get_run_logger()
+    """Choose and make the first frame; a generated one is saved as ``prior.png`` in ``work_dir``.
+
+    Without ``policy``: ``image`` if given, else text-to-image (the ``generate`` command's behaviour).
+    """
+    run_logger = get_run_logger()
     started = time.perf_counter()
-    if image is not None:
-        logger.info("prior: user image %s", image)
-        return PriorResult("user", image, sha256_file(image), time.perf_counter() - started, 0.0)
+    if policy is None:
+        policy = PriorPolicy(mode="user" if image is not None else "generate")
+    needs_index = policy.index_dir is not None and image is None and policy.mode in ("auto", "retrieve")
+    matches = _matches(prompt, policy.index_dir) if needs_index else None
+    decision = decide_prior(
+        policy.mode, image=image, matches=matches, threshold=policy.threshold, strength=policy.strength
+    )
+    run_logger.info("prior: %s", decision.details["reason"])
+    if decision.image is not None:
+        path = str(decision.image)
+        return PriorResult(
+            decision.source, path, sha256_file(path), time.perf_counter() - started, 0.0, details=decision.details
+        )
     prior = image_prior(model)
     model_started = time.perf_counter()
-    picture = prior(prompt, seed=seed, negative_prompt=negative_prompt)
+    if decision.conditioning == "img2img" and decision.init_image is not None and decision.strength is not None:
+        with PIL.Image.open(decision.init_image) as init:
+            picture = prior.from_image(init.convert("RGB"), prompt, seed, decision.strength, negative_prompt)
+    else:
+        picture = prior(prompt, seed=seed, negative_prompt=negative_prompt)
     model_seconds = time.perf_counter() - model_started
     path = Path(work_dir) / "prior.png"
     picture.save(path)
-    logger.info("prior: generated %dx%d image with the %s text-to-image model", *picture.size, model.preset)
+    run_logger.info(
+        "prior: generated %dx%d image with the %s text-to-image model (%s)", *picture.size, model.preset,
+        decision.conditioning,
+    )
     return PriorResult(
         "generate", str(path), sha256_file(path), time.perf_counter() - started, model_seconds,
-        prior.weights_fingerprint,
+        prior.weights_fingerprint, decision.details,
     )

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from tasks.catalog import open_catalog
+from tasks.catalog.batches import add_video_once
 
 
 @task(name="record")
@@ -16,3 +17,19 @@ def record_video(catalog_url: str, fields: dict[str, Any], windows: list[dict[st
         video_id = catalog.add_video(windows=windows, **fields)
     get_run_logger().info("catalogued video %s", video_id)
     return video_id
+
+
+@task(name="record-once")
+def record_video_once(catalog_url: str, fields: dict[str, Any], windows: list[dict[str, Any]]) -> tuple[str, bool]:
+    """Like :func:`record_video` for a video with a ``content_key``: return (video id, whether this call added it).
+
+    When a video with the same content key is already catalogued, nothing is written and that
+    video's id comes back with ``False``.
+    """
+    with open_catalog(catalog_url) as catalog:
+        video_id, added = add_video_once(catalog, windows=windows, **fields)
+    if added:
+        get_run_logger().info("catalogued video %s", video_id)
+    else:
+        get_run_logger().info("content key %s is already catalogued as video %s", fields["content_key"], video_id)
+    return video_id, added

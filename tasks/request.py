@@ -53,6 +53,10 @@ class GenerateRequest:
     overlap: int | None = None  # latents shared by parallel windows; None: the preset's
     workers: int = 0  # Ray render actors (one per GPU); 0 renders in this process
     ray_address: str | None = None
+    prior: str | None = None  # auto, user, retrieve or generate; None: the image if given, else text-to-image
+    index_dir: str | None = None  # retrieval index folder for the auto and retrieve priors
+    prior_threshold: float = 0.3  # auto: cosine score from which the best match is used as it is
+    prior_strength: float = 0.6  # auto: img2img strength from the best match below the threshold
 
     @property
     def num_frames(self) -> int:
@@ -211,4 +215,19 @@ def validate_request(request: GenerateRequest) -> GenerateRequest:
         check_image(request.image)
         image = os.path.abspath(request.image)
     check_output(request.out)
-    return replace(request, image=image, out=os.path.abspath(request.out), guidance=guidance, weights=weights)
+    index_dir = None
+    if request.prior is not None:
+        from tasks.prior_policy import decide_prior
+
+        # The decision with an empty index answer checks the mode, the image and the settings.
+        decide_prior("generate" if request.prior == "retrieve" else request.prior, image=image,
+                     threshold=request.prior_threshold, strength=request.prior_strength)
+        if request.prior == "retrieve" and request.index_dir is None:
+            raise ValueError("prior 'retrieve' needs a retrieval index; give --index-dir or choose prior 'generate'")
+        if request.index_dir is not None:
+            if not Path(request.index_dir).is_dir():
+                raise ValueError(f"index folder {request.index_dir!r} does not exist; build one with magic141 index build")
+            index_dir = os.path.abspath(request.index_dir)
+    return replace(
+        request, image=image, out=os.path.abspath(request.out), guidance=guidance, weights=weights, index_dir=index_dir
+    )
