@@ -203,18 +203,32 @@ def catalog_show(
     catalog: CatalogOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="The row as JSON.")] = False,
 ) -> None:
-    """Show every recorded field of one video."""
+    """Show every recorded field of one video, and its windows."""
     with _open(catalog) as store:
         try:
             row = store.get_video(video_id)
         except CatalogError as exc:
             raise UserError(str(exc)) from None
+        windows = store.video_windows(row["id"])
     if as_json:
-        stdout.print_json(json.dumps(row))
+        stdout.print_json(json.dumps({**row, "windows": windows}))
         return
     for key, value in row.items():
         shown = json.dumps(value) if isinstance(value, (dict, list)) else value
         stdout.print(f"{key:>20}: {shown}", highlight=False, soft_wrap=True)
+    table = Table("window", "frames", "latents", "actor", "node", "gpu", "seconds", "attempts")
+    for window in windows:
+        table.add_row(
+            str(window["window_index"]),
+            f"{window['frame_start']}-{window['frame_end'] - 1}",
+            f"{window['latent_start']}-{window['latent_end'] - 1}",
+            window["actor"],
+            window["node"],
+            window["gpu_id"] or "-",
+            f"{window['seconds']:.2f}",
+            str(window["attempts"]),
+        )
+    stdout.print(table)
 
 
 @catalog_app.command("export")

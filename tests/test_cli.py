@@ -39,6 +39,7 @@ def test_generate_then_show_against_a_prefect_server(prefect_api, tmp_path: Path
     assert shown.returncode == 0, shown.stderr
     row = json.loads(shown.stdout)
     assert row["id"] == summary["id"] and row["output_sha256"] == sha256_file(out) == summary["sha256"]
+    assert [(w["frame_start"], w["frame_end"]) for w in row["windows"]] == [(0, 30)], "one window of 30 frames"
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(row["flow_run_id"])
     assert flow_run.state.is_completed()
