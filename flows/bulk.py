@@ -1,0 +1,91 @@
+"""The ``bulk_generate`` flow: a prompt CSV -> one catalogued video per valid row, rejected rows with their reasons.
+
+Rows run concurrently, at most ``concurrency`` at a time (a bounded thread pool; by default as
+many as render workers). Each render also holds a slot of the Prefect global concurrency limit
+``gpu_limit`` when the server has one, so several batches share the GPU pool. A failing row is
+retried ``retries`` times, then marked failed with its error; the other rows go on. A row whose
+content key is already catalogued is skipped, so rerunning a CSV (after a crash, or twice) renders
+only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from prefect import flow
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from tasks.bulk import check_bulk, gpu_limit_in_force, plan_batch, produce_row, read_prompts, report_batch
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
+from tasks.progress import StageProgress
+
+logger = logging.getLogger(__name__)
+
+GPU_LIMIT = "gpu"
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    """The finished batch: its id, counts per row status and every row (status, reason, video, output)."""
+
+    batch_id: str
+    status: str
+    csv_path: str
+    out_dir: str
+    catalog_url: str
+    counts: dict[str, int]
+    rows: list[dict[str, Any]]
+
+
+@flow(name="bulk-generate", log_prints=False)
+def bulk_generate(
+    csv_path: str,
+    out_dir: str,
+    catalog_url: str | None = None,
+    index_dir: str | None = None,
+    image_roots: list[str] | None = None,
+    preset: str = "tiny",
+    weights: str | None = None,
+    quantize: str | None = None,
+    steps: int = 4,
+    workers: int = 0,
+    ray_address: str | None = None,
+    concurrency: int | None = None,
+    retries: int = 2,
+    retry_delay_s: float = 5.0,
+    threshold: float = DEFAULT_THRESHOLD,
+    strength: float = DEFAULT_STRENGTH,
+    gpu_limit: str | None = GPU_LIMIT,
+) -> BulkResult:
+    """Produce every valid row of the prompt CSV at ``csv_path`` into ``out_dir`` and catalogue the batch.
+
+    ``catalog_url`` defaults to ``$MAGIC141_CATALOG_URL`` or ``catalog.db`` in ``out_dir``;
+    ``index_dir`` is the retrieval index for the ``auto`` and ``retrieve`` priors (none: ``auto``
+    generates text-to-image). ``image_roots`` are the folders row images must lie in (default:
+    the CSV's folder). ``concurrency`` defaults to ``max(1, workers)``.
+    """
+    rows_at_once = concurrency if concurrency is not None else max(1, workers)
+    settings = check_bulk(
+        out_dir, catalog_url, preset=preset, weights=weights, quantize=quantize, steps=steps, workers=workers,
+        ray_address=ray_address, index_dir=index_dir, threshold=threshold, strength=strength,
+        concurrency=rows_at_once, retries=retries,
+    )
+    table = read_prompts(csv_path, image_roots)
+    settings = replace(settings, gpu_limit=gpu_limit_in_force(gpu_limit))
+    batch_id, jobs = plan_batch(table, settings)
+    progress = StageProgress("bulk", f"Batch {batch_id}: {len(jobs)} row(s) to produce")
+    progress.update(0, len(jobs))
+    row_task = produce_row.with_options(retries=retries, retry_delay_seconds=retry_delay_s)
+    with ThreadPoolTaskRunner(max_workers=rows_at_once) as runner:
+        futures = [runner.submit(row_task, {"job": job, "batch_id": batch_id, "settings": settings}) for job in jobs]
+        for finished, future in enumerate(as_completed(futures), start=1):
+            if future.state.is_failed():
+                logger.warning("a row of batch %s failed after its retries: %s", batch_id, future.state.message)
+            progress.update(finished, len(jobs))
+    report = report_batch(batch_id, settings.catalog_url)
+    return BulkResult(
+        report.batch_id, report.status, table.path, settings.out_dir, settings.catalog_url, report.counts, report.rows
+    )

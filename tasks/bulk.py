@@ -1,0 +1,358 @@
+"""Bulk production stages: read a prompt CSV, plan the batch, make one row's video, report the batch.
+
+Each row's video is named by its content key (``<row key>-<first 12 hex of the key>.mp4`` in the
+output folder), so a rerun finds what an earlier run made: a row whose content key is already in
+the catalog is skipped without rendering.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.context import TaskRunContext
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
+
+from magic141.presets import get_preset
+from tasks.bulk_csv import PromptCsv, ValidRow, content_key, read_prompt_csv
+from tasks.catalog import open_catalog, resolve_catalog_url
+from tasks.catalog.batches import RowRecord, add_rows, find_video, finish_batch, list_rows, set_row, start_batch
+from tasks.models import image_prior, video_pipeline
+from tasks.prior import PriorPolicy
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
+from tasks.produce import VideoJob, produce_video
+from tasks.provenance import combined_fingerprint
+from tasks.request import (
+    MAX_WORKERS,
+    QUANTIZATION_LEVELS,
+    GenerateRequest,
+    ModelSpec,
+    check_steps,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_CONCURRENCY = 256
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class BulkSettings:
+    """How every row of a batch is made and where it goes (absolute paths)."""
+
+    out_dir: str
+    catalog_url: str
+    model: ModelSpec
+    steps: int = 4
+    workers: int = 0
+    ray_address: str | None = None
+    index_dir: str | None = None
+    threshold: float = DEFAULT_THRESHOLD
+    strength: float = DEFAULT_STRENGTH
+    gpu_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """One valid row to produce: its content key and the mp4 it becomes."""
+
+    row: ValidRow
+    content_key: str
+    out: str
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What one row's task did: ``done`` (rendered here) or ``skipped`` (the key's video already existed)."""
+
+    row_number: int
+    status: str
+    video_id: str
+    output: str
+    prior_source: str | None
+    attempts: int
+
+
+def check_bulk(
+    out_dir: str | os.PathLike[str],
+    catalog_url: str | None,
+    *,
+    preset: str = "tiny",
+    weights: str | None = None,
+    quantize: str | None = None,
+    steps: int = 4,
+    workers: int = 0,
+    ray_address: str | None = None,
+    index_dir: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    strength: float = DEFAULT_STRENGTH,
+    concurrency: int = 1,
+    retries: int = 2,
+) -> BulkSettings:
+    """Check the batch-wide options before any work; raise one ``ValueError`` line naming the problem."""
+    folder = Path(out_dir).absolute()
+    if not folder.is_dir():
+        raise ValueError(f"output folder {str(folder)!r} does not exist or is not a folder; create it first")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"output folder {str(folder)!r} is not writable; choose another --out-dir")
+    get_preset(preset)
+    check_steps(steps)
+    if quantize is not None and quantize not in QUANTIZATION_LEVELS:
+        raise ValueError(f"unknown quantization level {quantize!r}; choose one of: {', '.join(QUANTIZATION_LEVELS)}")
+    if weights is not None:
+        from magic141.weights import WeightPaths
+
+        WeightPaths.resolve(weights)
+        weights = os.path.abspath(weights)
+    if not 0 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {workers}")
+    if ray_address is not None and workers == 0:
+        raise ValueError("--ray-address renders on a Ray cluster; give --workers N (N >= 1) as well")
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
+    if not 0 <= retries <= 10:
+        raise ValueError(f"retries must be between 0 and 10, got {retries}")
+    if not math.isfinite(threshold) or not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"retrieval threshold must be a cosine score in [-1, 1], got {threshold}")
+    if not math.isfinite(strength) or not 0.0 < strength <= 1.0:
+        raise ValueError(f"img2img strength must be in (0, 1], got {strength}")
+    index = None
+    if index_dir is not None:
+        if not Path(index_dir).is_dir():
+            raise ValueError(f"index folder {index_dir!r} does not exist; build one with magic141 index build")
+        index = str(Path(index_dir).absolute())
+    url = resolve_catalog_url(catalog_url, folder)
+    open_catalog(url).close()
+    return BulkSettings(
+        out_dir=str(folder), catalog_url=url, model=ModelSpec(preset, weights, quantize), steps=steps,
+        workers=workers, ray_address=ray_address, index_dir=index, threshold=threshold, strength=strength,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def row_output(out_dir: str, row_key: str, key: str) -> str:
+    """The mp4 a row becomes: its key as a slug and the first 12 hex digits of its content key."""
+    slug = _SLUG.sub("-", row_key.lower()).strip("-")[:60].strip("-") or "row"
+    return str(Path(out_dir) / f"{slug}-{key[:12]}.mp4")
+
+
+def row_policy(row: ValidRow, settings: BulkSettings) -> PriorPolicy:
+    """The prior policy of one row: its mode with the batch's index and settings."""
+    return PriorPolicy(row.prior, settings.index_dir, settings.threshold, settings.strength)
+
+
+def row_request(job: RowJob, settings: BulkSettings) -> GenerateRequest:
+    """The generation request of a planned row (guidance resolved, paths absolute)."""
+    request = job.row.to_request(job.out, settings.catalog_url, settings.model, settings.steps)
+    guidance = get_preset(settings.model.preset).guidance_scale if request.guidance is None else request.guidance
+    return replace(
+        request, guidance=guidance, workers=settings.workers, ray_address=settings.ray_address, prior=job.row.prior,
+        index_dir=settings.index_dir, prior_threshold=settings.threshold, prior_strength=settings.strength,
+    )
+
+
+@task(name="bulk-read")
+def read_prompts(csv_path: str, image_roots: list[str] | None = None) -> PromptCsv:
+    """Read and validate the prompt CSV (whole-file problems raise one ``ValueError`` line)."""
+    table = read_prompt_csv(csv_path, image_roots)
+    get_run_logger().info("%s: %d valid row(s), %d rejected", table.path, len(table.valid), len(table.rejected))
+    return table
+
+
+@task(name="gpu-limit")
+def gpu_limit_in_force(name: str | None) -> str | None:
+    """``name`` when that global concurrency limit exists on the Prefect server, else None (renders unbounded)."""
+    if name is None:
+        return None
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            get_run_logger().info("no global concurrency limit %r; renders are bounded by the concurrency only", name)
+            return None
+    return name
+
+
+def _video_fingerprint(settings: BulkSettings) -> str:
+    if settings.workers == 0:
+        return video_pipeline(settings.model).weights_fingerprint
+    from tasks.render_pool import PoolConfig, get_pool
+
+    return get_pool(PoolConfig(settings.model, settings.workers, settings.ray_address)).fingerprint
+
+
+@task(name="bulk-plan")
+def plan_batch(table: PromptCsv, settings: BulkSettings) -> tuple[str, list[RowJob]]:
+    """Start the batch, key every valid row by content and record all rows (pending or rejected with the reason).
+
+    A row that needs the text-to-image prior when the weights have none is rejected here.
+    """
+    video_fingerprint = _video_fingerprint(settings)
+    prior_fingerprint: str | None = None
+    prior_problem: str | None = None
+    if any(row_policy(row, settings).may_generate() for row in table.valid):
+        try:
+            prior_fingerprint = image_prior(settings.model).weights_fingerprint
+        except ValueError as exc:
+            prior_problem = _one_line(exc)
+    preset = get_preset(settings.model.preset)
+    jobs: list[RowJob] = []
+    records = [RowRecord(row.row_number, row.row_key, "rejected", row.reason) for row in table.rejected]
+    for row in table.valid:
+        policy = row_policy(row, settings)
+        if policy.may_generate() and prior_problem is not None:
+            records.append(RowRecord(row.row_number, row.row_key, "rejected", prior_problem))
+            continue
+        key = content_key(
+            prompt=row.prompt, negative_prompt=row.negative_prompt, seconds=row.seconds, fps=row.fps, seed=row.seed,
+            guidance=preset.guidance_scale if row.guidance is None else row.guidance, steps=settings.steps,
+            windows=row.windows, prior=row.prior, image_sha256=row.image_sha256, preset=settings.model.preset,
+            model_fingerprint=combined_fingerprint(video_fingerprint, prior_fingerprint if policy.may_generate() else None),
+            prior_settings=policy.settings(),
+        )
+        jobs.append(RowJob(row, key, row_output(settings.out_dir, row.row_key, key)))
+        records.append(RowRecord(row.row_number, row.row_key, "pending", content_key=key))
+    with open_catalog(settings.catalog_url) as catalog:
+        batch_id = start_batch(
+            catalog, csv_path=table.path, csv_sha256=table.sha256, out_dir=settings.out_dir,
+            flow_run_id=flow_run.get_id(),
+        )
+        add_rows(catalog, batch_id, sorted(records, key=lambda record: record.row_number))
+    get_run_logger().info("batch %s: %d row(s) to produce, %d rejected", batch_id, len(jobs), len(records) - len(jobs))
+    return batch_id, jobs
+
+
+def _attempt() -> int:
+    context = TaskRunContext.get()
+    return max(1, context.task_run.run_count) if context is not None else 1
+
+
+def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a failed row unless its error is a ``ValueError`` (bad input does not get better on retry)."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, ValueError)
+
+
+@task(name="bulk-row", retry_condition_fn=_retry_unless_bad_input)
+def produce_row(job: RowJob, batch_id: str, settings: BulkSettings) -> RowOutcome:
+    """Make one row's video unless its content key is already catalogued; record the row's outcome.
+
+    A failed attempt marks the row ``failed`` with the error and the attempts so far, then
+    raises so Prefect retries it; a later attempt that succeeds marks it ``done``.
+    """
+    started = time.perf_counter()
+    attempt = _attempt()
+    row = job.row
+    with open_catalog(settings.catalog_url) as catalog:
+        existing = find_video(catalog, job.content_key)
+    if existing is not None:
+        _record_row(settings, batch_id, row, "skipped", video_id=existing["id"], content_key=job.content_key,
+                    attempts=attempt, seconds=time.perf_counter() - started)
+        get_run_logger().info("row %d: content key already catalogued as video %s; skipped", row.row_number,
+                              existing["id"])
+        return RowOutcome(row.row_number, "skipped", existing["id"], existing["output_path"],
+                          existing["prior_source"], attempt)
+    try:
+        video = produce_video(
+            VideoJob(row_request(job, settings), row_policy(row, settings), job.content_key, batch_id, True,
+                     settings.gpu_limit),
+            flow_run.get_id(),
+        )
+    except Exception as exc:
+        _record_row(settings, batch_id, row, "failed", reason=f"{type(exc).__name__}: {_one_line(exc)}",
+                    content_key=job.content_key, attempts=attempt, seconds=time.perf_counter() - started)
+        raise
+    status = "done" if video.added else "skipped"
+    _record_row(settings, batch_id, row, status, video_id=video.video_id, content_key=job.content_key,
+                attempts=attempt, seconds=time.perf_counter() - started)
+    return RowOutcome(row.row_number, status, video.video_id, video.path, video.prior_source, attempt)
+
+
+def _record_row(settings: BulkSettings, batch_id: str, row: ValidRow, status: str, **values: Any) -> None:
+    with open_catalog(settings.catalog_url) as catalog:
+        set_row(catalog, batch_id, row.row_number, status, row_key=row.row_key, **values)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """The finished batch: counts per status and every row with what became of it."""
+
+    batch_id: str
+    status: str
+    counts: dict[str, int]
+    rows: list[dict[str, Any]]
+
+
+@task(name="bulk-report")
+def report_batch(batch_id: str, catalog_url: str) -> BatchReport:
+    """Finish the batch with its counts and publish the dashboard: a table of rows and a markdown summary."""
+    with open_catalog(catalog_url) as catalog:
+        rows = list_rows(catalog, batch_id=batch_id)
+        videos: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if row["video_id"] and row["video_id"] not in videos:
+                videos[row["video_id"]] = catalog.get_video(row["video_id"])
+        status = "failed" if any(row["status"] in ("failed", "pending") for row in rows) else "done"
+        batch = finish_batch(catalog, batch_id, status)
+    table = []
+    for row in rows:
+        video = videos.get(row["video_id"] or "")
+        table.append({
+            "row": row["row_number"],
+            "key": row["row_key"] or "",
+            "status": row["status"],
+            "prior_source": video["prior_source"] if video else "",
+            "seconds": video["seconds"] if video else "",
+            "output": video["output_path"] if video else "",
+            "time": round(row["seconds"], 2) if row["seconds"] is not None else "",
+            "attempts": row["attempts"],
+            "reason": row["reason"] or "",
+            "video_id": row["video_id"] or "",
+        })
+    counts = batch["counts"]
+    create_table_artifact(
+        [{name: entry[name] for name in ("row", "key", "status", "prior_source", "seconds", "output", "time")}
+         for entry in table],
+        key=f"bulk-rows-{batch_id}",
+        description=f"Rows of batch {batch_id} ({Path(batch['csv_path']).name})",
+    )
+    create_markdown_artifact(_summary_markdown(batch, table), key=f"bulk-summary-{batch_id}",
+                             description=f"Summary of batch {batch_id}")
+    get_run_logger().info("batch %s %s: %s", batch_id, status, counts)
+    return BatchReport(batch_id, status, counts, table)
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _summary_markdown(batch: dict[str, Any], table: list[dict[str, Any]]) -> str:
+    counts = batch["counts"]
+    lines = [
+        f"# Batch `{batch['id']}`",
+        "",
+        f"CSV `{batch['csv_path']}` -> `{batch['out_dir']}`: **{batch['status']}**",
+        "",
+        "| " + " | ".join(counts) + " |",
+        "|" + "---|" * len(counts),
+        "| " + " | ".join(str(value) for value in counts.values()) + " |",
+    ]
+    for status, title in (("failed", "Failures"), ("rejected", "Rejected rows")):
+        entries = [entry for entry in table if entry["status"] == status]
+        if entries:
+            lines += ["", f"## {title}", "", "| row | key | reason |", "|---|---|---|"]
+            lines += [f"| {entry['row']} | {_cell(entry['key'])} | {_cell(entry['reason'])} |" for entry in entries]
+    return "\n".join(lines) + "\n"
