@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -19,6 +20,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from tasks.bulk import check_bulk, gpu_limit_in_force, plan_batch, produce_row, read_prompts, report_batch
+from tasks.inbox import DEFAULT_SETTLE_S, claim_inbox, file_csv
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 from tasks.progress import StageProgress
 
@@ -89,3 +91,38 @@ def bulk_generate(
     return BulkResult(
         report.batch_id, report.status, table.path, settings.out_dir, settings.catalog_url, report.counts, report.rows
     )
+
+
+@flow(name="bulk-inbox", log_prints=False)
+def bulk_inbox(
+    inbox: str,
+    out_dir: str,
+    catalog_url: str | None = None,
+    index_dir: str | None = None,
+    preset: str = "tiny",
+    weights: str | None = None,
+    workers: int = 0,
+    concurrency: int | None = None,
+    settle_s: float = DEFAULT_SETTLE_S,
+    gpu_limit: str | None = GPU_LIMIT,
+) -> list[dict[str, Any]]:
+    """Run ``bulk_generate`` on every settled CSV in ``inbox``; file each in ``done/`` or ``failed/`` afterwards.
+
+    A CSV goes to ``failed/`` when it is refused as a whole or a valid row failed; rejected rows
+    alone do not fail it (their reasons are in the batch). Returns one entry per CSV.
+    """
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    handled: list[dict[str, Any]] = []
+    for claimed in claim_inbox(inbox, settle_s):
+        try:
+            result = bulk_generate(
+                claimed, out_dir, catalog_url, index_dir, [inbox], preset, weights, None, 4, workers, None,
+                concurrency, gpu_limit=gpu_limit,
+            )
+        except Exception as exc:
+            logger.warning("bulk run of %s failed: %s", claimed, exc)
+            handled.append({"csv": file_csv(claimed, False), "batch_id": None, "error": str(exc)})
+            continue
+        succeeded = result.counts.get("failed", 0) == 0 and result.counts.get("pending", 0) == 0
+        handled.append({"csv": file_csv(claimed, succeeded), "batch_id": result.batch_id, "counts": result.counts})
+    return handled

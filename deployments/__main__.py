@@ -1,0 +1,61 @@
+"""``python -m deployments``: create or update the work pools, the GPU limit and the deployments on ``PREFECT_API_URL``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from deployments.rebuild_index import NIGHTLY_CRON
+from deployments.service import GPU_POOL, INBOX_CRON, PROCESS_POOL, ServiceConfig, apply_service
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m deployments", description=__doc__)
+    parser.add_argument("--inbox", required=True, type=Path, help="folder watched for prompt CSVs")
+    parser.add_argument("--out-dir", required=True, type=Path, help="folder the videos go to")
+    parser.add_argument("--catalog", default=os.environ.get("MAGIC141_CATALOG_URL"),
+                        help="catalog URL (default: $MAGIC141_CATALOG_URL)")
+    parser.add_argument("--corpus", action="append", default=[], type=Path, help="image corpus folder (repeatable)")
+    parser.add_argument("--index-dir", type=Path, default=os.environ.get("MAGIC141_INDEX_DIR"),
+                        help="retrieval index folder (default: $MAGIC141_INDEX_DIR)")
+    parser.add_argument("--inbox-cron", default=INBOX_CRON, help=f"when the inbox is read (default {INBOX_CRON!r})")
+    parser.add_argument("--index-cron", default=NIGHTLY_CRON, help=f"when the index is rebuilt (default {NIGHTLY_CRON!r})")
+    parser.add_argument("--timezone", default="UTC")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--workers", type=int, default=0, help="Ray render actors per bulk run (0: in process)")
+    parser.add_argument("--gpu-slots", type=int, default=1, help="renders at once across all runs (the 'gpu' limit)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Apply the service; one line on stderr and status 2 for bad arguments."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    problems = [name for name, value in (("--catalog", args.catalog), ("--index-dir", args.index_dir)) if not value]
+    if problems or not args.corpus:
+        missing = ", ".join(problems + ([] if args.corpus else ["--corpus"]))
+        print(f"python -m deployments: error: give {missing}", file=sys.stderr)
+        return 2
+    config = ServiceConfig(
+        inbox=args.inbox, out_dir=args.out_dir, catalog_url=args.catalog, corpus=tuple(args.corpus),
+        index_dir=Path(args.index_dir), inbox_cron=args.inbox_cron, index_cron=args.index_cron,
+        timezone=args.timezone, preset=args.preset, weights=args.weights, workers=args.workers,
+        gpu_slots=args.gpu_slots,
+    )
+    try:
+        applied = apply_service(config)
+    except ValueError as exc:
+        print(f"python -m deployments: error: {exc}", file=sys.stderr)
+        return 2
+    for name, deployment_id in applied.items():
+        print(f"{name}: {deployment_id}")
+    print(f"start workers: prefect worker start --pool {PROCESS_POOL}  and  prefect worker start --pool {GPU_POOL}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

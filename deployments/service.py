@@ -1,0 +1,125 @@
+"""The project's Prefect service: work pools, the GPU concurrency limit and the scheduled deployments.
+
+- ``bulk-generate``: the ``bulk-inbox`` flow on a cron schedule (every 5 minutes by default) on
+  the GPU work pool: every settled CSV in the inbox becomes a batch, then moves to ``done/`` or
+  ``failed/``.
+- ``rebuild-index``: the nightly incremental index rebuild (:mod:`deployments.rebuild_index`) on
+  the process work pool.
+- Work pools ``magic141-process`` and ``magic141-gpu`` (process type; start a worker for each),
+  and the global concurrency limit ``gpu`` whose slots each render holds.
+
+:func:`apply_service` creates or updates all of it against the configured ``PREFECT_API_URL``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+    WorkPoolCreate,
+)
+from prefect.deployments.runner import RunnerDeployment
+from prefect.exceptions import ObjectNotFound
+from prefect.schedules import Cron
+from prefect.workers.process import ProcessWorker
+
+from deployments.rebuild_index import NIGHTLY_CRON, rebuild_index_deployment
+from flows.bulk import GPU_LIMIT, bulk_inbox
+
+logger = logging.getLogger(__name__)
+
+BULK_DEPLOYMENT = "bulk-generate"
+INBOX_CRON = "*/5 * * * *"
+PROCESS_POOL = "magic141-process"
+GPU_POOL = "magic141-gpu"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Where the service reads and writes, and how often it runs."""
+
+    inbox: Path
+    out_dir: Path
+    catalog_url: str
+    corpus: tuple[Path, ...]
+    index_dir: Path
+    inbox_cron: str = INBOX_CRON
+    index_cron: str = NIGHTLY_CRON
+    timezone: str = "UTC"
+    preset: str = "tiny"
+    weights: Path | None = None
+    workers: int = 0
+    gpu_slots: int = 1
+    clip_model: str = "tiny"
+
+
+def bulk_inbox_deployment(config: ServiceConfig) -> RunnerDeployment:
+    """The ``bulk-generate`` deployment: ``bulk-inbox`` on ``config.inbox_cron``, one run at a time."""
+    parameters = {
+        "inbox": str(config.inbox.absolute()),
+        "out_dir": str(config.out_dir.absolute()),
+        "catalog_url": config.catalog_url,
+        "index_dir": str(config.index_dir.absolute()),
+        "preset": config.preset,
+        "weights": None if config.weights is None else str(config.weights.absolute()),
+        "workers": config.workers,
+        "gpu_limit": GPU_LIMIT,
+    }
+    return bulk_inbox.to_deployment(
+        name=BULK_DEPLOYMENT,
+        schedules=[Cron(config.inbox_cron, timezone=config.timezone)],
+        parameters=parameters,
+        concurrency_limit=1,
+        description="Bulk production: every prompt CSV dropped into the inbox becomes a catalogued batch.",
+        tags=["bulk", "gpu"],
+    )
+
+
+def service_deployments(config: ServiceConfig) -> list[tuple[RunnerDeployment, str]]:
+    """Each deployment with the work pool it runs on."""
+    rebuild = rebuild_index_deployment(
+        config.corpus, config.index_dir, config.catalog_url, model=config.clip_model, cron=config.index_cron,
+        timezone=config.timezone,
+    )
+    return [(bulk_inbox_deployment(config), GPU_POOL), (rebuild, PROCESS_POOL)]
+
+
+def _ensure_pool(name: str, description: str) -> None:
+    pool = WorkPoolCreate(
+        name=name, type=ProcessWorker.type, description=description,
+        base_job_template=ProcessWorker.get_default_base_job_template(),
+    )
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(pool, overwrite=True)
+    logger.info("work pool %s ready", name)
+
+
+def _ensure_limit(name: str, slots: int) -> None:
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+        else:
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots, active=True))
+    logger.info("global concurrency limit %s: %d slot(s)", name, slots)
+
+
+def apply_service(config: ServiceConfig) -> dict[str, UUID]:
+    """Create or update the pools, the GPU limit and the deployments; return each deployment's id by name."""
+    if config.gpu_slots < 1:
+        raise ValueError(f"gpu slots must be at least 1, got {config.gpu_slots}")
+    _ensure_pool(PROCESS_POOL, "CPU work: retrieval-index rebuilds.")
+    _ensure_pool(GPU_POOL, "GPU machines: bulk video production (one worker per GPU machine).")
+    _ensure_limit(GPU_LIMIT, config.gpu_slots)
+    applied = {}
+    for deployment, pool in service_deployments(config):
+        applied[deployment.name] = deployment.apply(work_pool_name=pool)
+        logger.info("deployment %s applied on work pool %s", deployment.name, pool)
+    return applied

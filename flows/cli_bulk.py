@@ -1,0 +1,130 @@
+"""``magic141 bulk FILE.csv``: one catalogued video per valid row of a prompt CSV, with a batch summary.
+
+Exit status: 0 when every valid row has its video; 1 when a valid row failed, or with
+``--strict`` when any row was rejected or failed; 2 for bad input (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flows.cli_common import UserError, stderr, stdout
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
+
+DEFAULT_OUT_DIR = Path("out")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def bulk(
+    csv_file: Annotated[Path, typer.Argument(metavar="FILE.csv", help="Prompt CSV (see the README for its columns).")],
+    out_dir: Annotated[Path, typer.Option(help="Folder for the videos (created if missing).")] = DEFAULT_OUT_DIR,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 if any row was rejected or failed.")] = False,
+    index_dir: Annotated[
+        Path | None,
+        typer.Option(envvar="MAGIC141_INDEX_DIR", help="Retrieval index for the auto and retrieve priors (default: none)."),
+    ] = None,
+    image_root: Annotated[
+        list[Path] | None, typer.Option(help="Folder row images may come from (repeatable; default: the CSV's folder).")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Model preset.")] = "tiny",
+    weights: Annotated[Path | None, typer.Option(help="Weights folder or JSON file (see magic141 generate).")] = None,
+    quantize: Annotated[str | None, typer.Option(help="Quantize on the fly: int8 or int4.")] = None,
+    steps: Annotated[int, typer.Option(help="Sampler steps per window.")] = 4,
+    workers: Annotated[int, typer.Option(help="Ray render actors, one per GPU; 0 renders in this process.")] = 0,
+    ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster to render on.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Rows rendered at once (default: the number of workers, at least 1).")
+    ] = None,
+    retries: Annotated[int, typer.Option(help="Retries of a failing row before it is marked failed.")] = 2,
+    retry_delay: Annotated[float, typer.Option(help="Seconds between retries of a row.")] = 5.0,
+    threshold: Annotated[float, typer.Option(help="auto prior: cosine score from which a match is used as it is.")] = DEFAULT_THRESHOLD,
+    strength: Annotated[float, typer.Option(help="auto prior: img2img strength from the best match below it.")] = DEFAULT_STRENGTH,
+    catalog: Annotated[
+        str | None, typer.Option(help="Catalog URL (default: $MAGIC141_CATALOG_URL or catalog.db in the output folder).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the batch as JSON.")] = False,
+) -> None:
+    """Generate one video per valid row of FILE.csv; rows already made (same content key) are skipped."""
+    from tasks.bulk import check_bulk
+    from tasks.bulk_csv import read_prompt_csv
+    from tasks.catalog import CatalogError
+
+    if not csv_file.is_file():
+        raise UserError(f"prompt CSV {str(csv_file)!r} does not exist or is not a file; give the path of a CSV file")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output folder {str(out_dir)!r} is not a folder; choose another --out-dir")
+    if not out_dir.absolute().parent.is_dir():
+        raise UserError(f"parent of the output folder {str(out_dir)!r} does not exist; create it first")
+    out_dir.mkdir(exist_ok=True)
+    roots = None if not image_root else [str(root) for root in image_root]
+    rows_at_once = concurrency if concurrency is not None else max(1, workers)
+    try:
+        if retry_delay < 0:
+            raise ValueError(f"retry delay must be >= 0 seconds, got {retry_delay}")
+        settings = check_bulk(
+            out_dir, catalog, preset=preset, weights=None if weights is None else str(weights), quantize=quantize,
+            steps=steps, workers=workers, ray_address=ray_address,
+            index_dir=None if index_dir is None else str(index_dir), threshold=threshold, strength=strength,
+            concurrency=rows_at_once, retries=retries,
+        )
+        read_prompt_csv(csv_file, roots)
+    except (ValueError, CatalogError) as exc:
+        raise UserError(_one_line(exc)) from None
+    from flows.bulk import bulk_generate
+    from tasks.progress import listening
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        bars: dict[str, Any] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            if stage != "bulk":
+                return
+            if stage not in bars:
+                bars[stage] = progress.add_task("rows", total=total)
+            progress.update(bars[stage], completed=done, total=total)
+
+        with listening(on_progress):
+            try:
+                result = bulk_generate(
+                    str(csv_file.absolute()), settings.out_dir, settings.catalog_url, settings.index_dir, roots,
+                    preset, settings.model.weights, quantize, steps, workers, ray_address, rows_at_once, retries,
+                    retry_delay, threshold, strength,
+                )
+            finally:
+                if workers:
+                    from tasks.render_pool import shutdown_pools
+
+                    shutdown_pools()
+    _print_summary(result, as_json)
+    failed = result.counts.get("failed", 0) + result.counts.get("pending", 0)
+    if failed or (strict and result.counts.get("rejected", 0)):
+        raise typer.Exit(1)
+
+
+def _print_summary(result: Any, as_json: bool) -> None:
+    if as_json:
+        stdout.print_json(json.dumps({
+            "batch_id": result.batch_id, "status": result.status, "csv": result.csv_path, "out_dir": result.out_dir,
+            "catalog": result.catalog_url, "counts": result.counts, "rows": result.rows,
+        }))
+        return
+    counts = ", ".join(f"{result.counts.get(name, 0)} {name}" for name in ("done", "skipped", "failed", "rejected"))
+    for key, value in (("batch", result.batch_id), ("csv", result.csv_path), ("videos", result.out_dir),
+                       ("catalog", result.catalog_url), ("rows", f"{result.counts.get('total', 0)}: {counts}")):
+        stdout.print(f"{key:>8}: {value}", highlight=False, soft_wrap=True, markup=False)
+    table = Table("row", "key", "status", "prior", "output / reason")
+    for row in result.rows:
+        detail = row["reason"] if row["status"] in ("failed", "rejected") else row["output"]
+        table.add_row(str(row["row"]), escape(row["key"]), row["status"], row["prior_source"] or "-", escape(str(detail)))
+    stdout.print(table)
