@@ -28,6 +28,7 @@ test: $(VENV)/.synced
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/generate_overhead.py
 	$(VENV)/bin/python bench/quantization.py
+	$(VENV)/bin/python bench/long_video.py
 	$(VENV)/bin/python bench/retrieval.py   # about 30 min on 2 cores; creates bench/.autofaiss-venv
 
 lock: $(UV)
