@@ -62,7 +62,7 @@ class ActorInfo:
     """Where an actor runs."""
 
     name: str
-    node: str
+    node: str  # host name and the start of the Ray node id
     gpu_id: str | None
     pid: int
 
@@ -119,11 +119,12 @@ class RenderWorker:
     def __init__(self, model: ModelSpec, name: str, torch_threads: int | None) -> None:
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
-        gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+        context = ray.get_runtime_context()
+        gpu_ids = ray.get_gpu_ids()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.info_ = ActorInfo(
             name=name,
-            node=socket.gethostname(),
+            node=f"{socket.gethostname()}:{context.get_node_id()[:8]}",
             gpu_id=",".join(str(g) for g in gpu_ids) or None,
             pid=os.getpid(),
         )
