@@ -1,7 +1,7 @@
 """Building a new index version in stages: scan -> embed -> index -> validate -> publish.
 
 Each stage reads and writes files in the build's staging folder, so the stages can run as separate
-Prefect tasks passing only paths. Nothing becomes visible to readers before :func:`publish`, and an
+Prefect tasks passing only paths. Nothing becomes visible to readers before :func:`publish_stage`, and an
 interrupted build (exception, kill, power loss) leaves the previous version current; its staging
 folder is removed by the next build. :func:`build_index` runs every stage in one call.
 """
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -32,9 +32,12 @@ import pyarrow.parquet as pq
 from retrieval_index import ann, store
 from retrieval_index.cache import EmbeddingCache
 from retrieval_index.corpus import Skipped, check_sources, scan_corpus
-from retrieval_index.embedder import EmbedderSpec, load_embedder
+from retrieval_index.embedder import Embedder, EmbedderSpec, load_embedder
 from retrieval_index.errors import RetrievalIndexError
 from retrieval_index.fileio import write_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +179,7 @@ def scan_stage(
     return summary
 
 
-def _load_pixels(path: str, sha256: str, embedder: Any) -> Any:
+def _load_pixels(path: str, sha256: str, embedder: Embedder) -> torch.Tensor | Skipped:
     """The preprocessed image tensor, or a :class:`Skipped` naming why the file cannot be used."""
     try:
         with open(path, "rb") as handle:

@@ -63,6 +63,8 @@ def check_rebuild(
     """Check every input before work starts; raise ``ValueError`` (or ``CatalogError``) naming the problem."""
     sources = tuple(str(path) for path in check_sources(corpus))
     folder = resolve_index_dir(index_dir)
+    if folder == DEFAULT_INDEX_DIR.absolute():
+        folder.parent.mkdir(exist_ok=True)
     if folder.exists() and not folder.is_dir():
         raise RetrievalIndexError(f"index folder {folder} exists but is not a folder; choose another --index-dir")
     if not folder.parent.is_dir():
@@ -78,9 +80,10 @@ def check_rebuild(
         policy = IndexPolicy(recall_target=recall_target, min_recall=min(recall_target, IndexPolicy.min_recall))
     except ValueError as exc:
         raise RetrievalIndexError(str(exc)) from None
+    spec = EmbedderSpec(model, pretrained).check()
     url = resolve_catalog_url(catalog_url, folder.parent)
     open_catalog(url).close()
-    return RebuildRequest(sources, str(folder), url, EmbedderSpec(model, pretrained).check(), incremental, policy)
+    return RebuildRequest(sources, str(folder), url, spec, incremental, policy)
 
 
 @task(name="index-start")
