@@ -1,0 +1,90 @@
+"""``magic141 bulk`` as a user runs it: a batch summary, exit codes, and a killed batch completed by a rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import PIL.Image
+from prefect.settings import PREFECT_API_URL
+
+from tasks.catalog import open_catalog
+from tasks.ffmpeg import probe, sha256_file
+
+MAGIC141 = str(Path(sys.executable).with_name("magic141"))
+
+
+def _command(csv: Path, out: Path, catalog: str, *extra: str) -> list[str]:
+    return [MAGIC141, "bulk", str(csv), "--out-dir", str(out), "--catalog", catalog, "--retry-delay", "0", *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
+def test_killed_batch_completes_on_rerun_without_rendering_done_rows_again(prefect_api, catalog_url: str, tmp_path: Path):
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("id,prompt,seconds,fps\n" + "".join(f"r{n},scene number {n},1,6\n" for n in range(3)))
+    out = tmp_path / "out"
+    process = subprocess.Popen(_command(csv, out, catalog_url, "--concurrency", "1"), env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=(tmp_path / "killed.log").open("w"))
+    deadline = time.monotonic() + 240
+    first: list[dict] = []
+    while not first and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        with open_catalog(catalog_url) as catalog:
+            first = catalog.list_videos()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first, (tmp_path / "killed.log").read_text()[-3000:]
+    with open_catalog(catalog_url) as catalog:
+        made = {video["id"]: video for video in catalog.list_videos()}
+    assert len(made) < 3, "the kill came before the batch finished"
+    stamps = {video["output_path"]: (Path(video["output_path"]).stat().st_mtime_ns, video["output_sha256"])
+              for video in made.values()}
+
+    rerun = subprocess.run(_command(csv, out, catalog_url, "--json"), env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["counts"]["done"] + summary["counts"]["skipped"] == 3
+    assert summary["counts"]["skipped"] == len(made)
+    with open_catalog(catalog_url) as catalog:
+        videos = catalog.list_videos()
+    assert len(videos) == 3 and set(made) <= {video["id"] for video in videos}
+    for path, (mtime, sha) in stamps.items():
+        assert Path(path).stat().st_mtime_ns == mtime and sha256_file(path) == sha, "done rows were not re-rendered"
+    assert sorted(str(p) for p in out.glob("*.mp4")) == sorted(v["output_path"] for v in videos), "no orphan videos"
+    assert all(probe(video["output_path"]).frames == 6 for video in videos)
+
+
+def test_summary_exit_codes_and_bad_input(prefect_api, tmp_path: Path):
+    PIL.Image.new("RGB", (64, 48), (1, 2, 3)).save(tmp_path / "first.png")
+    csv = tmp_path / "prompts.csv"
+    csv.write_text('id,prompt,seconds,fps,image\nok,a still lake,1,6,first.png\nbad,"too, long",601,6,\n')
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    done = subprocess.run(_command(csv, tmp_path, catalog), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "1 done" in done.stdout and "1 rejected" in done.stdout and "seconds must be at most 600" in done.stdout
+    strict = subprocess.run(_command(csv, tmp_path, catalog, "--strict"), env=_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert strict.returncode == 1 and "1 skipped" in strict.stdout
+
+    (tmp_path / "binary.csv").write_bytes(b"\x00\x01prompt")
+    for args, message in (
+        ([str(tmp_path / "missing.csv")], "does not exist"),
+        ([str(tmp_path / "binary.csv")], "binary file"),
+        ([str(csv), "--concurrency", "0"], "concurrency must be between 1"),
+        ([str(csv), "--index-dir", str(tmp_path / "nope")], "index folder"),
+        ([str(csv), "--preset", "huge"], "huge"),
+    ):
+        refused = subprocess.run([MAGIC141, "bulk", *args, "--out-dir", str(tmp_path), "--catalog", catalog],
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2, (args, refused.stderr)
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("magic141: error:") and message in lines[0], refused.stderr

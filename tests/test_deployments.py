@@ -1,0 +1,81 @@
+"""The service: deployment objects, applying them to a real Prefect server, and the inbox flow filing CSVs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+
+from deployments.service import (
+    BULK_DEPLOYMENT,
+    GPU_POOL,
+    PROCESS_POOL,
+    ServiceConfig,
+    apply_service,
+    service_deployments,
+)
+from flows.bulk import bulk_inbox
+from tasks.catalog import open_catalog
+
+
+def _config(tmp_path: Path, **changes: object) -> ServiceConfig:
+    return ServiceConfig(
+        inbox=tmp_path / "inbox", out_dir=tmp_path / "videos", catalog_url=f"sqlite:///{tmp_path / 'c.db'}",
+        corpus=(tmp_path / "corpus",), index_dir=tmp_path / "index", **changes,  # type: ignore[arg-type]
+    )
+
+
+def test_deployments_have_names_schedules_parameters_and_pools(tmp_path: Path):
+    config = _config(tmp_path, inbox_cron="*/10 * * * *", gpu_slots=2)
+    deployments = {deployment.name: (deployment, pool) for deployment, pool in service_deployments(config)}
+    assert set(deployments) == {BULK_DEPLOYMENT, "rebuild-index"}
+    bulk, bulk_pool = deployments[BULK_DEPLOYMENT]
+    rebuild, rebuild_pool = deployments["rebuild-index"]
+    assert (bulk_pool, rebuild_pool) == (GPU_POOL, PROCESS_POOL)
+    assert [s.schedule.cron for s in bulk.schedules] == ["*/10 * * * *"]
+    assert [s.schedule.cron for s in rebuild.schedules] == ["0 3 * * *"]
+    assert bulk.parameters["inbox"] == str(tmp_path / "inbox") and bulk.parameters["out_dir"] == str(tmp_path / "videos")
+    assert bulk.parameters["catalog_url"] == config.catalog_url and bulk.parameters["gpu_limit"] == "gpu"
+    assert rebuild.parameters["corpus"] == [str(tmp_path / "corpus")] and rebuild.parameters["incremental"] is True
+    assert bulk.entrypoint.endswith("bulk.py:bulk_inbox")
+
+
+def test_apply_creates_pools_limit_and_deployments_on_the_server(prefect_api, tmp_path: Path):
+    applied = apply_service(_config(tmp_path, gpu_slots=2))
+    applied_again = apply_service(_config(tmp_path, gpu_slots=3, inbox_cron="*/15 * * * *"))
+    assert applied == applied_again, "applying twice updates, it does not duplicate"
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool(PROCESS_POOL).type == "process"
+        assert client.read_work_pool(GPU_POOL).type == "process"
+        limit = client.read_global_concurrency_limit_by_name("gpu")
+        assert (limit.limit, limit.active) == (3, True)
+        bulk = client.read_deployment_by_name(f"bulk-inbox/{BULK_DEPLOYMENT}")
+        rebuild = client.read_deployment_by_name("rebuild-index/rebuild-index")
+    assert bulk.work_pool_name == GPU_POOL and rebuild.work_pool_name == PROCESS_POOL
+    assert [s.schedule.cron for s in bulk.schedules] == ["*/15 * * * *"]
+    assert bulk.parameters["inbox"] == str(tmp_path / "inbox")
+
+
+def test_inbox_files_good_csvs_in_done_bad_ones_in_failed_and_leaves_fresh_ones(prefect_api, tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    (inbox / "done").mkdir(parents=True)
+    (inbox / "done" / "good.csv").write_text("taken\n")  # an older file of the same name is kept
+    (inbox / "good.csv").write_text("prompt,seconds,fps\na quiet pond,1,6\n")
+    (inbox / "broken.csv").write_bytes(b"\x00\x01 not text")
+    old = time.time() - 60
+    for name in ("good.csv", "broken.csv"):
+        os.utime(inbox / name, (old, old))
+    (inbox / "fresh.csv").write_text("prompt\nstill being written")
+    catalog = f"sqlite:///{tmp_path / 'c.db'}"
+
+    handled = bulk_inbox(str(inbox), str(tmp_path / "videos"), catalog, settle_s=30)
+
+    assert sorted(Path(entry["csv"]).relative_to(inbox).as_posix() for entry in handled) == [
+        "done/good-1.csv", "failed/broken.csv"]
+    assert (inbox / "done" / "good.csv").read_text() == "taken\n"
+    assert (inbox / "done" / "good-1.csv").read_text().startswith("prompt,seconds,fps")
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["fresh.csv"]
+    with open_catalog(catalog) as store:
+        assert len(store.list_videos()) == 1
