@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
+from prefect.client.schemas.sorting import ArtifactSort
 
 from deployments.rebuild_index import NIGHTLY_CRON, rebuild_index_deployment
 from flows.rebuild_index import rebuild_index
@@ -39,6 +41,14 @@ def test_rebuild_publishes_a_version_and_records_it(prefect_api, catalog_url: st
     assert all(item["reason"] for item in row["skipped"])
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(row["flow_run_id"]).state.is_completed()
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[row["flow_run_id"]])),
+            flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(), sort=ArtifactSort.CREATED_DESC,
+            limit=50, offset=0,
+        )
+    progress = [artifact for artifact in artifacts if artifact.type == "progress"]
+    assert len(progress) == 3 and all(float(artifact.data) == 100.0 for artifact in progress), \
+        "scan, embed and index stages each report progress"
 
     make_demo_corpus(corpus / "new", n=2, start=N_IMAGES)
     again = rebuild_index([str(corpus)], str(index_dir), catalog_url)
