@@ -20,7 +20,10 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	touch $@
 
 demo: $(VENV)/.synced
-	$(VENV)/bin/magic141 generate --prompt "A paper boat drifting down a rainy street, cinematic" --seconds 5 --fps 24 --seed 42
+	mkdir -p out/demo
+	$(VENV)/bin/python -c "from retrieval_index.demo import make_demo_corpus; make_demo_corpus('out/demo/corpus')"
+	$(VENV)/bin/magic141 index build out/demo/corpus --index-dir out/demo/index --incremental
+	$(VENV)/bin/magic141 bulk examples/prompts.csv --out-dir out/demo --index-dir out/demo/index
 
 test: $(VENV)/.synced
 	$(VENV)/bin/python -m pytest
