@@ -28,7 +28,7 @@ def _one_line(exc: BaseException) -> str:
 def index_build(
     corpus: Annotated[
         list[Path],
-        typer.Argument(metavar="CORPUS...", help="Folders of images and/or .csv/.parquet manifests with a 'path' column."),
+        typer.Argument(metavar="CORPUS", help="Folders of images and/or .csv/.parquet manifests with a 'path' column."),
     ],
     index_dir: IndexDirOption = None,
     incremental: Annotated[

@@ -393,6 +393,7 @@ def validate_stage(
         "count": len(vectors),
         "corpus": [str(Path(source).absolute()) for source in check_sources(sources)],
         "scanned": scanned["candidates"],
+        "reused_hashes": scanned["reused_hashes"],
         "embedded": embedded["embedded"],
         "cached": embedded["cached"],
         "skipped": len(skipped),

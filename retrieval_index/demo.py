@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import colorsys
 from pathlib import Path
 
@@ -74,3 +75,18 @@ def make_demo_corpus(
         (folder / "empty.png").write_bytes(b"")
         (folder / "README.txt").write_text("demo corpus\n")
     return written
+
+
+def main() -> None:
+    """``python -m retrieval_index.demo FOLDER [--n N] [--broken]``: write a demo corpus."""
+    parser = argparse.ArgumentParser(description="Write a small synthetic image corpus for the retrieval index.")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--n", type=int, default=24, help="number of distinct images")
+    parser.add_argument("--broken", action="store_true", help="also write files that are not usable images")
+    args = parser.parse_args()
+    written = make_demo_corpus(args.folder, args.n, broken=args.broken)
+    print(f"wrote {len(written)} images to {args.folder}")
+
+
+if __name__ == "__main__":
+    main()

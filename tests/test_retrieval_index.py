@@ -130,6 +130,7 @@ def test_incremental_rebuild_embeds_only_new_images(corpus: Path, tmp_path: Path
     assert second.version != first.version and open_index(index_dir).version == second.version
     manifest = store.read_manifest(store.version_dir(index_dir, second.version))
     assert manifest["embedded"] == 3 and manifest["cached"] == N_IMAGES
+    assert manifest["reused_hashes"] == N_IMAGES, "unchanged files keep their hash without being read again"
 
     full = build_index([corpus], index_dir)
     assert (full.embedded, full.cached) == (N_IMAGES + 3, 0), "without --incremental every image is embedded again"
