@@ -36,13 +36,13 @@ def timed_render(pool, seconds: float, out: Path, seed: int) -> float:
     from magic141.presets import get_preset
     from magic141.sampler import SamplerConfig
     from tasks.ffmpeg import VideoWriter
-    from tasks.render_pool import VideoJob, render_with_pool
+    from tasks.render_pool import RenderJob, render_with_pool
     from tasks.stitch import Stitcher
 
     preset = get_preset("tiny")
     num_frames = round(seconds * preset.fps)
     image = fit_image(PIL.Image.new("RGB", (preset.width, preset.height), (180, 90, 30)), preset.width, preset.height)
-    job = VideoJob(f"bench-{seed}", PROMPT, None, np.asarray(image), seed, SamplerConfig(flow_shift=preset.flow_shift))
+    job = RenderJob(f"bench-{seed}", PROMPT, None, np.asarray(image), seed, SamplerConfig(flow_shift=preset.flow_shift))
     started = time.perf_counter()
     plan = plan_video(preset, num_frames, "parallel")
     with VideoWriter(out, preset.width, preset.height, preset.fps, expected_frames=num_frames, preset="veryfast") as writer:

@@ -24,7 +24,7 @@ from magic141.windows import Window
 from tasks.ffmpeg import VideoWriter, probe, sha256_file
 from tasks.models import video_pipeline
 from tasks.progress import StageProgress
-from tasks.render_pool import ActorInfo, PoolConfig, VideoJob, WindowRecord, get_pool, render_with_pool
+from tasks.render_pool import ActorInfo, PoolConfig, RenderJob, WindowRecord, get_pool, render_with_pool
 from tasks.request import ModelSpec
 from tasks.stitch import Stitcher
 
@@ -135,7 +135,7 @@ def render_video(
             )
         else:
             pool = get_pool(PoolConfig(settings.model, settings.workers, settings.ray_address))
-            job = VideoJob(
+            job = RenderJob(
                 key=f"{out}:{seed}", prompt=prompt, negative_prompt=negative_prompt,
                 image=np.asarray(first_frame), seed=seed, sampler=sampler,
             )

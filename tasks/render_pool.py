@@ -68,7 +68,7 @@ class ActorInfo:
 
 
 @dataclass(frozen=True)
-class VideoJob:
+class RenderJob:
     """Everything that determines one video's windows, sent with each request."""
 
     key: str
@@ -141,7 +141,7 @@ class RenderWorker:
     def fingerprint(self) -> str:
         return self.pipeline.weights_fingerprint
 
-    def _conditioning(self, job: VideoJob, conditioning: Conditioning | None = None) -> Conditioning:
+    def _conditioning(self, job: RenderJob, conditioning: Conditioning | None = None) -> Conditioning:
         if job.key not in self._jobs:
             if conditioning is None:
                 image = PIL.Image.fromarray(job.image)
@@ -152,11 +152,11 @@ class RenderWorker:
         self._jobs.move_to_end(job.key)
         return self._jobs[job.key]
 
-    def prepare(self, job: VideoJob) -> Conditioning:
+    def prepare(self, job: RenderJob) -> Conditioning:
         """Encode the job's prompt and reference image; the result is shared with the other actors."""
         return self._conditioning(job).cpu()
 
-    def chained_window(self, job: VideoJob, window: Window, first_frame: np.ndarray | None) -> WindowResult:
+    def chained_window(self, job: RenderJob, window: Window, first_frame: np.ndarray | None) -> WindowResult:
         started = time.perf_counter()
         frames = self.pipeline.render_chained_window(
             self._conditioning(job), window, job.seed, job.sampler, first_frame
@@ -165,7 +165,7 @@ class RenderWorker:
 
     def predict(
         self,
-        job: VideoJob,
+        job: RenderJob,
         conditioning: Conditioning,
         timestep: torch.Tensor,
         inputs: list[tuple[Window, torch.Tensor]],
@@ -349,7 +349,7 @@ class RenderPool:
 
 def render_with_pool(
     pool: RenderPool,
-    job: VideoJob,
+    job: RenderJob,
     plan: list[Window],
     mode: str,
     on_window: Callable[[Window, np.ndarray], None],

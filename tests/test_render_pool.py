@@ -18,7 +18,7 @@ from magic141.presets import get_preset
 from magic141.sampler import SamplerConfig
 from tasks.catalog import open_catalog
 from tasks.ffmpeg import probe
-from tasks.render_pool import PoolConfig, RenderPool, VideoJob, get_pool, render_with_pool, shutdown_pools
+from tasks.render_pool import PoolConfig, RenderPool, RenderJob, get_pool, render_with_pool, shutdown_pools
 from tasks.request import GenerateRequest, ModelSpec
 
 WORKERS = 2
@@ -31,11 +31,11 @@ def pool() -> Iterator[RenderPool]:
     shutdown_pools()
 
 
-def job(prior_image: PIL.Image.Image, key: str, seed: int = 4) -> VideoJob:
-    return VideoJob(key, "a lighthouse in a storm", None, np.asarray(prior_image), seed, SamplerConfig(flow_shift=7.0))
+def job(prior_image: PIL.Image.Image, key: str, seed: int = 4) -> RenderJob:
+    return RenderJob(key, "a lighthouse in a storm", None, np.asarray(prior_image), seed, SamplerConfig(flow_shift=7.0))
 
 
-def render(pool: RenderPool, video: VideoJob, mode: str, frames: int, on_progress=None):
+def render(pool: RenderPool, video: RenderJob, mode: str, frames: int, on_progress=None):
     plan = plan_video(get_preset("tiny"), frames, mode)
     got: dict[int, np.ndarray] = {}
 
