@@ -22,6 +22,7 @@ from rich.table import Table  # noqa: E402
 
 from flows.cli_common import UserError, stderr, stdout  # noqa: E402
 from flows.cli_catalog_ext import check_export, check_row_status, export_catalog, print_batch_rows  # noqa: E402
+from flows.cli_bulk import bulk  # noqa: E402
 from flows.cli_index import index_app  # noqa: E402
 from tasks.catalog import CatalogError, open_catalog, resolve_catalog_url  # noqa: E402
 from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, validate_request  # noqa: E402
@@ -34,6 +35,8 @@ app.add_typer(catalog_app, name="catalog")
 model_app = typer.Typer(help="Convert, quantize and inspect model weights.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(index_app, name="index")
+app.command("bulk")(bulk)
+
 
 def _slug(text: str, limit: int = 40) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit].strip("-")
@@ -314,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and a non-zero status for every user error, no traceback."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="magic141", standalone_mode=False)
+        status = command.main(args=argv, prog_name="magic141", standalone_mode=False)
     except UserError as exc:
         stderr.print(f"magic141: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
@@ -330,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split()) or type(exc).__name__
         stderr.print(f"magic141: error: {message}", highlight=False, markup=False, soft_wrap=True)
         return 1
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":
