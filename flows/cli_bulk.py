@@ -65,19 +65,19 @@ def bulk(
         raise UserError(f"output folder {str(out_dir)!r} is not a folder; choose another --out-dir")
     if not out_dir.absolute().parent.is_dir():
         raise UserError(f"parent of the output folder {str(out_dir)!r} does not exist; create it first")
-    out_dir.mkdir(exist_ok=True)
     roots = None if not image_root else [str(root) for root in image_root]
     rows_at_once = concurrency if concurrency is not None else max(1, workers)
     try:
         if retry_delay < 0:
             raise ValueError(f"retry delay must be >= 0 seconds, got {retry_delay}")
+        read_prompt_csv(csv_file, roots)
+        out_dir.mkdir(exist_ok=True)
         settings = check_bulk(
             out_dir, catalog, preset=preset, weights=None if weights is None else str(weights), quantize=quantize,
             steps=steps, workers=workers, ray_address=ray_address,
             index_dir=None if index_dir is None else str(index_dir), threshold=threshold, strength=strength,
             concurrency=rows_at_once, retries=retries,
         )
-        read_prompt_csv(csv_file, roots)
     except (ValueError, CatalogError) as exc:
         raise UserError(_one_line(exc)) from None
     from flows.bulk import bulk_generate

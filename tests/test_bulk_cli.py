@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import PIL.Image
+import pytest
 from prefect.settings import PREFECT_API_URL
 
+from flows.cli import main
 from tasks.catalog import open_catalog
 from tasks.ffmpeg import probe, sha256_file
 
@@ -63,7 +65,7 @@ def test_killed_batch_completes_on_rerun_without_rendering_done_rows_again(prefe
     assert all(probe(video["output_path"]).frames == 6 for video in videos)
 
 
-def test_summary_exit_codes_and_bad_input(prefect_api, tmp_path: Path):
+def test_summary_and_exit_codes(prefect_api, tmp_path: Path):
     PIL.Image.new("RGB", (64, 48), (1, 2, 3)).save(tmp_path / "first.png")
     csv = tmp_path / "prompts.csv"
     csv.write_text('id,prompt,seconds,fps,image\nok,a still lake,1,6,first.png\nbad,"too, long",601,6,\n')
@@ -75,16 +77,25 @@ def test_summary_exit_codes_and_bad_input(prefect_api, tmp_path: Path):
                             timeout=300)
     assert strict.returncode == 1 and "1 skipped" in strict.stdout
 
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.csv"], "does not exist"),
+        (["binary.csv"], "binary file"),
+        (["prompts.csv", "--concurrency", "0"], "concurrency must be between 1"),
+        (["prompts.csv", "--index-dir", "nope"], "index folder"),
+        (["prompts.csv", "--preset", "huge"], "huge"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys):
     (tmp_path / "binary.csv").write_bytes(b"\x00\x01prompt")
-    for args, message in (
-        ([str(tmp_path / "missing.csv")], "does not exist"),
-        ([str(tmp_path / "binary.csv")], "binary file"),
-        ([str(csv), "--concurrency", "0"], "concurrency must be between 1"),
-        ([str(csv), "--index-dir", str(tmp_path / "nope")], "index folder"),
-        ([str(csv), "--preset", "huge"], "huge"),
-    ):
-        refused = subprocess.run([MAGIC141, "bulk", *args, "--out-dir", str(tmp_path), "--catalog", catalog],
-                                 capture_output=True, text=True, timeout=120)
-        assert refused.returncode == 2, (args, refused.stderr)
-        lines = refused.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("magic141: error:") and message in lines[0], refused.stderr
+    (tmp_path / "prompts.csv").write_text("prompt\na still lake\n")
+    args = [str(tmp_path / args[0]), *[str(tmp_path / a) if a == "nope" else a for a in args[1:]]]
+    status = main(["bulk", *args, "--out-dir", str(tmp_path), "--catalog", f"sqlite:///{tmp_path / 'c.db'}"])
+    captured = capsys.readouterr()
+    assert status == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("magic141: error:") and message in lines[0], captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.csv", "prompts.csv"], "nothing is created"
