@@ -20,6 +20,7 @@ DEFAULT_FRAMES = 8
 DEFAULT_COLUMNS = 4
 DEFAULT_TILE_WIDTH = 160
 JPEG_QUALITY = 88
+SHEET_MODE = 0o644  # readable like the mp4 beside it (mkstemp creates 0600)
 
 
 def contact_sheet_path(video: str | os.PathLike[str]) -> Path:
@@ -87,6 +88,7 @@ def write_contact_sheet(
     handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".part.jpg", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as out:
+            os.fchmod(out.fileno(), SHEET_MODE)
             PIL.Image.fromarray(sheet).save(out, format="JPEG", quality=JPEG_QUALITY)
             out.flush()
             os.fsync(out.fileno())
