@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from deployments.rebuild_index import NIGHTLY_CRON
+from flows.cli_common import stderr, stdout
 from deployments.service import GPU_POOL, INBOX_CRON, PROCESS_POOL, ServiceConfig, apply_service
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = [name for name, value in (("--catalog", args.catalog), ("--index-dir", args.index_dir)) if not value]
     if problems or not args.corpus:
         missing = ", ".join(problems + ([] if args.corpus else ["--corpus"]))
-        print(f"python -m deployments: error: give {missing}", file=sys.stderr)
+        stderr.print(f"python -m deployments: error: give {missing}", highlight=False, markup=False)
         return 2
     config = ServiceConfig(
         inbox=args.inbox, out_dir=args.out_dir, catalog_url=args.catalog, corpus=tuple(args.corpus),
@@ -49,11 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         applied = apply_service(config)
     except ValueError as exc:
-        print(f"python -m deployments: error: {exc}", file=sys.stderr)
+        stderr.print(f"python -m deployments: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
     for name, deployment_id in applied.items():
-        print(f"{name}: {deployment_id}")
-    print(f"start workers: prefect worker start --pool {PROCESS_POOL}  and  prefect worker start --pool {GPU_POOL}")
+        stdout.print(f"{name}: {deployment_id}", highlight=False, markup=False)
+    stdout.print(
+        f"start workers: prefect worker start --pool {PROCESS_POOL}  and  prefect worker start --pool {GPU_POOL}",
+        highlight=False,
+        markup=False,
+    )
     return 0
 
 

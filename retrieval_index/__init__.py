@@ -6,8 +6,7 @@ with :func:`open_index`::
     from retrieval_index import open_index
 
     reader = open_index("out/index")
-    for match in reader.search_text("a red circle", k=5):
-        print(match.score, match.path)
+    best = reader.search_text("a red circle", k=5)  # [Match(path, sha256, score, row), ...], best first
 """
 
 from retrieval_index.ann import IndexPolicy

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import logging
 from pathlib import Path
 
 import PIL.Image
 import PIL.ImageDraw
+
+logger = logging.getLogger(__name__)
 
 _SHAPES = ("circle", "square", "triangle", "stripes", "ring", "cross")
 BROKEN_FILES = {
@@ -84,8 +87,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=24, help="number of distinct images")
     parser.add_argument("--broken", action="store_true", help="also write files that are not usable images")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     written = make_demo_corpus(args.folder, args.n, broken=args.broken)
-    print(f"wrote {len(written)} images to {args.folder}")
+    logger.info("wrote %d images to %s", len(written), args.folder)
 
 
 if __name__ == "__main__":
