@@ -9,7 +9,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test bench lock clean
+.PHONY: demo test bench bench-gpu lock clean
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -33,6 +33,9 @@ bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/quantization.py
 	$(VENV)/bin/python bench/long_video.py
 	$(VENV)/bin/python bench/retrieval.py   # about 30 min on 2 cores; creates bench/.autofaiss-venv
+
+bench-gpu: $(VENV)/.synced
+	$(VENV)/bin/python bench/model_gpu.py --low-memory
 
 lock: $(UV)
 	$(UV) lock

@@ -6,7 +6,9 @@ the same model (and the same weights fingerprint).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,12 +101,12 @@ def build_vae(config: VAEConfig) -> AutoencoderKLHunyuanVideo:
 def build_vlm(config: TextEncoderConfig, tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
     """A LLaVA model: Llama language model with a CLIP vision tower whose tokens replace ``<image>``."""
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=config.llm_vocab_size or len(tokenizer),
         hidden_size=config.llm_hidden_size,
         intermediate_size=config.llm_intermediate_size,
         num_hidden_layers=config.llm_layers,
         num_attention_heads=config.llm_heads,
-        num_key_value_heads=config.llm_heads,
+        num_key_value_heads=config.llm_kv_heads or config.llm_heads,
         max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -132,18 +134,26 @@ def build_vlm(config: TextEncoderConfig, tokenizer: PreTrainedTokenizerFast) -> 
     return LlavaForConditionalGeneration(llava_config)
 
 
-def build_clip_text(hidden: int, layers: int, heads: int, vocab_size: int, projection: bool = False) -> torch.nn.Module:
+def build_clip_text(
+    hidden: int,
+    layers: int,
+    heads: int,
+    tokenizer: CLIPTokenizer,
+    projection: bool = False,
+    vocab_size: int | None = None,
+) -> torch.nn.Module:
+    """A CLIP text model for ``tokenizer``; ``vocab_size`` widens the embedding table to a real model's."""
     config = CLIPTextConfig(
-        vocab_size=vocab_size,
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden,
         intermediate_size=4 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         max_position_embeddings=77,
         projection_dim=hidden,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
     )
     return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
 
@@ -157,18 +167,38 @@ def build_image_processor(image_size: int) -> CLIPImageProcessor:
     )
 
 
-def build_i2v_components(preset: Preset) -> I2VComponents:
-    """The image-to-video components of ``preset`` with seeded random weights, in float32 on the CPU."""
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_i2v_components(
+    preset: Preset, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> I2VComponents:
+    """The image-to-video components of ``preset`` with seeded random weights.
+
+    Weights are created directly on ``device`` ("meta" gives shapes only, for sizing the full
+    model anywhere); the transformer and the text encoders in ``dtype``, the VAE in float32, as
+    :func:`magic141.weights.load_i2v_components` loads them.
+    """
     tokenizer = build_llama_tokenizer()
     tokenizer_2 = build_clip_tokenizer()
-    with torch.random.fork_rng(devices=[]):
+    text = preset.text
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(preset.init_seed)
-        transformer = build_transformer(preset.transformer, preset.text)
+        with _default_dtype(dtype):
+            transformer = build_transformer(preset.transformer, text)
         vae = build_vae(preset.vae)
-        text_encoder = build_vlm(preset.text, tokenizer)
-        text_encoder_2 = build_clip_text(
-            preset.text.clip_hidden_size, preset.text.clip_layers, preset.text.clip_heads, len(tokenizer_2)
-        )
+        with _default_dtype(dtype):
+            text_encoder = build_vlm(text, tokenizer)
+            text_encoder_2 = build_clip_text(
+                text.clip_hidden_size, text.clip_layers, text.clip_heads, tokenizer_2, vocab_size=text.clip_vocab_size
+            )
     components = I2VComponents(
         transformer=transformer,
         vae=vae,
@@ -227,9 +257,9 @@ def build_prior_pipeline(preset: Preset) -> StableDiffusionXLPipeline:
             norm_num_groups=min(8, config.vae_block_out_channels[0]),
             sample_size=preset.height,
         )
-        text_encoder = build_clip_text(config.text_hidden_size, config.text_layers, config.text_heads, len(tokenizer))
+        text_encoder = build_clip_text(config.text_hidden_size, config.text_layers, config.text_heads, tokenizer)
         text_encoder_2 = build_clip_text(
-            config.text_hidden_size, config.text_layers, config.text_heads, len(tokenizer), projection=True
+            config.text_hidden_size, config.text_layers, config.text_heads, tokenizer, projection=True
         )
     pipe = StableDiffusionXLPipeline(
         vae=vae,

@@ -69,6 +69,11 @@ class TextEncoderConfig:
     max_sequence_length: int = 256
     clip_max_length: int = 77
     hidden_layers_to_skip: int = 2
+    # Real models' sizes, so a random-weight build has their parameter count; None: the vocabulary
+    # of the tokenizer built in code, and as many key/value heads as query heads.
+    llm_vocab_size: int | None = None
+    llm_kv_heads: int | None = None
+    clip_vocab_size: int | None = None
 
     @property
     def image_tokens(self) -> int:
@@ -188,6 +193,9 @@ PRESETS: dict[str, Preset] = {
             clip_hidden_size=768,
             clip_layers=12,
             clip_heads=12,
+            llm_vocab_size=128320,
+            llm_kv_heads=8,
+            clip_vocab_size=49408,
         ),
         prior=PriorConfig(
             unet_block_out_channels=(320, 640, 1280),

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from magic141.components import I2VComponents, build_i2v_components, build_transformer
+from magic141.components import I2VComponents, build_i2v_components
 from magic141.presets import Preset
 from magic141.quantization import QUANTIZED_COMPONENTS, parameter_count, quantize_weights, weight_bytes
 from magic141.weights import WeightPaths, load_i2v_components
@@ -36,12 +36,8 @@ def _describe(name: str, module: torch.nn.Module, quantize: str | None) -> dict[
 
 
 def preset_components(preset: Preset, on_meta: bool) -> dict[str, torch.nn.Module]:
-    """A preset's modules in bf16 weights: real random ones, or shapes only (meta device) for big presets."""
-    if on_meta:
-        with torch.device("meta"):
-            return {"transformer": build_transformer(preset.transformer, preset.text).to(torch.bfloat16)}
-    modules = build_i2v_components(preset).modules()
-    return {name: m.to(torch.bfloat16) if name in QUANTIZED_COMPONENTS else m for name, m in modules.items()}
+    """A preset's modules, bf16 but the float32 VAE: random weights, or shapes only (meta device) for big presets."""
+    return build_i2v_components(preset, "meta" if on_meta else "cpu", torch.bfloat16).modules()
 
 
 @torch.no_grad()

@@ -17,6 +17,19 @@ def test_report_full_size_int8_transformer_is_half_of_bf16():
     assert transformer["quantized_ratio"] <= 0.52
 
 
+def test_report_full_size_lists_every_component_at_its_real_size():
+    done = run("model", "report", "--preset", "full-540p", "--json")
+    assert done.returncode == 0, done.stderr
+    sizes = {c["component"]: c for c in json.loads(done.stdout)["components"]}
+    assert set(sizes) == {"transformer", "vae", "text_encoder", "text_encoder_2"}
+    # LLaVA-Llama-3-8B (GQA, 128k vocabulary, CLIP ViT-L/14-336 tower), CLIP ViT-L/14 text, HunyuanVideo VAE.
+    assert 8.3e9 < sizes["text_encoder"]["parameters"] < 8.4e9
+    assert 122e6 < sizes["text_encoder_2"]["parameters"] < 124e6
+    assert 240e6 < sizes["vae"]["parameters"] < 250e6
+    assert sizes["vae"]["dtype"] == "float32"
+    assert sizes["text_encoder"]["dtype"] == "bfloat16"
+
+
 def test_report_probe_measures_the_quantization_error():
     done = run("model", "report", "--quantize", "int8", "--probe", "--json")
     assert done.returncode == 0, done.stderr
