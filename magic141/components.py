@@ -35,7 +35,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from magic141.conditioning import prompt_template_for
+from magic141.conditioning import PROMPT_FORMATS, prompt_template_for
 from magic141.presets import Preset, PriorConfig, TextEncoderConfig, TransformerConfig, VAEConfig
 from magic141.tokenizers import build_clip_tokenizer, build_llama_tokenizer
 
@@ -53,6 +53,7 @@ class I2VComponents:
     image_processor: CLIPImageProcessor
     scheduler: FlowMatchEulerDiscreteScheduler
     prompt_template: dict[str, Any]
+    prompt_format: str = PROMPT_FORMATS[0]  # how prompt and image become text tokens: magic141.prompt_encoding
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {

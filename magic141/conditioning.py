@@ -27,6 +27,16 @@ PROMPT_TEMPLATE = (
 )
 
 
+# How prompt and image become the DiT's text tokens (see magic141.prompt_encoding); the first is the default.
+PROMPT_FORMATS = ("hunyuan-i2v", "magic141")
+
+
+def check_prompt_format(name: str) -> str:
+    if name not in PROMPT_FORMATS:
+        raise ValueError(f"unknown prompt format {name!r}; choose one of: {', '.join(PROMPT_FORMATS)}")
+    return name
+
+
 def prompt_template_for(tokenizer: PreTrainedTokenizerBase, image_tokens: int) -> dict[str, Any]:
     """The template dict of diffusers' HunyuanVideo I2V prompt encoder, with offsets counted for ``tokenizer``.
 

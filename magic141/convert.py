@@ -23,7 +23,7 @@ import torch
 from diffusers import HunyuanVideoTransformer3DModel
 from safetensors.torch import load_file
 
-from magic141.weights import check_state_dict
+from magic141.weights import check_state_dict, write_prompt_format
 
 logger = logging.getLogger(__name__)
 
@@ -249,6 +249,7 @@ def convert_official_checkpoint(checkpoint: str | Path, out_dir: str | Path, dty
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)
+        write_prompt_format(staging, "magic141")  # the official checkpoint was trained on that conditioning
         if out.exists():
             out.rmdir()
         os.replace(staging, out)

@@ -7,6 +7,7 @@ decoded one at a time and yielded, so memory does not grow with the video's leng
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ from diffusers.video_processor import VideoProcessor
 from optimum.quanto import quantization_map
 
 from magic141.components import I2VComponents, build_i2v_components, fingerprint_modules
+from magic141.conditioning import PROMPT_FORMATS
 from magic141.presets import Preset, get_preset
+from magic141.prompt_encoding import encode_magic141
 from magic141.quantization import QUANTIZED_COMPONENTS, quantize_weights
 from magic141.weights import WeightPaths, load_i2v_components
 from magic141.sampler import PromptEmbeddings, SamplerConfig, denoise, sample_codenoise, sample_window
@@ -164,7 +167,11 @@ class Magic141Pipeline:
 
     @cached_property
     def weights_fingerprint(self) -> str:
-        return fingerprint_modules(self.components.modules())
+        """sha256 of every weight; a non-default prompt format is mixed in, since it changes every video."""
+        digest = fingerprint_modules(self.components.modules())
+        if self.components.prompt_format == PROMPT_FORMATS[0]:
+            return digest
+        return hashlib.sha256(f"{digest}:{self.components.prompt_format}".encode()).hexdigest()
 
     @property
     def vae_scaling_factor(self) -> float:
@@ -186,7 +193,12 @@ class Magic141Pipeline:
     def encode_prompt(
         self, image: PIL.Image.Image, prompt: str, negative_prompt: str | None = None
     ) -> tuple[PromptEmbeddings, PromptEmbeddings | None]:
+        """Encode in the components' prompt format (see :mod:`magic141.prompt_encoding`)."""
         text = self.preset.text
+        if self.components.prompt_format == "magic141":
+            return encode_magic141(
+                self.components, image, prompt, negative_prompt, self.device, text.max_sequence_length
+            )
 
         def encode(img: PIL.Image.Image, text_prompt: str) -> PromptEmbeddings:
             embeds, pooled, mask = self._encoder.encode_prompt(

@@ -25,7 +25,7 @@ from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, LlavaForConditionalGeneration
 
 from magic141.components import I2VComponents
-from magic141.conditioning import prompt_template_for
+from magic141.conditioning import PROMPT_FORMATS, check_prompt_format, prompt_template_for
 from optimum.quanto import quantization_map
 
 from magic141.quantization import (
@@ -132,6 +132,27 @@ def _load_model(cls: type, path: Path, dtype: torch.dtype, name: str) -> torch.n
     return model
 
 
+# Written beside a transformer's config when its prompt format is not the default (converted official weights).
+PROMPT_FORMAT_FILE = "magic141.json"
+
+
+def read_prompt_format(transformer_folder: str | Path) -> str:
+    """The prompt format a transformer folder declares; ``hunyuan-i2v`` when it declares none."""
+    marker = Path(transformer_folder) / PROMPT_FORMAT_FILE
+    if not marker.is_file():
+        return PROMPT_FORMATS[0]
+    try:
+        return check_prompt_format(json.loads(marker.read_text())["prompt_format"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{marker} is not a valid prompt-format file ({exc}); rewrite it or delete it") from None
+
+
+def write_prompt_format(transformer_folder: str | Path, prompt_format: str) -> None:
+    """Record a non-default prompt format in a transformer folder (the default needs no file)."""
+    if check_prompt_format(prompt_format) != PROMPT_FORMATS[0]:
+        (Path(transformer_folder) / PROMPT_FORMAT_FILE).write_text(json.dumps({"prompt_format": prompt_format}) + "\n")
+
+
 def load_i2v_components(paths: WeightPaths, flow_shift: float, dtype: torch.dtype = torch.bfloat16) -> I2VComponents:
     """The image-to-video components from local folders, on the CPU in ``dtype`` (the VAE in float32)."""
     tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
@@ -149,6 +170,7 @@ def load_i2v_components(paths: WeightPaths, flow_shift: float, dtype: torch.dtyp
         image_processor=CLIPImageProcessor.from_pretrained(paths.image_processor),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=flow_shift),
         prompt_template=prompt_template_for(tokenizer, (vision.image_size // vision.patch_size) ** 2),
+        prompt_format=read_prompt_format(paths.transformer),
     )
     if components.transformer.config.image_condition_type != "latent_concat":
         raise ValueError(
@@ -165,6 +187,7 @@ def save_i2v_components(components: I2VComponents, folder: str | Path) -> Path:
     root = Path(folder)
     for name, module in components.modules().items():
         module.save_pretrained(root / name, safe_serialization=True)
+    write_prompt_format(root / "transformer", components.prompt_format)
     components.tokenizer.save_pretrained(root / "tokenizer")
     components.tokenizer_2.save_pretrained(root / "tokenizer_2")
     components.image_processor.save_pretrained(root / "image_processor")
@@ -193,6 +216,7 @@ def quantize_weights_folder(source: str | Path, out: str | Path, level: str, flo
                 save_quantized(module, staging / name)
             else:
                 module.save_pretrained(staging / name, safe_serialization=True)
+        write_prompt_format(staging / "transformer", components.prompt_format)
         components.tokenizer.save_pretrained(staging / "tokenizer")
         components.tokenizer_2.save_pretrained(staging / "tokenizer_2")
         components.image_processor.save_pretrained(staging / "image_processor")

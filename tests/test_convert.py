@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from diffusers import HunyuanVideoTransformer3DModel
 
 from magic141.convert import convert_official_checkpoint, convert_official_transformer, convert_state_dict
+from magic141.weights import read_prompt_format
 from magic141.presets import get_preset
 
 
@@ -150,6 +151,7 @@ def test_convert_command_writes_safetensors_that_load(official, converted, tmp_p
     torch.save({"state_dict": {f"model.{k}": v for k, v in official.items()}}, checkpoint)
     out = convert_official_checkpoint(checkpoint, tmp_path / "transformer", dtype=torch.float32)
     assert (out / "diffusion_pytorch_model.safetensors").is_file() and (out / "config.json").is_file()
+    assert read_prompt_format(out) == "magic141", "official weights are declared for the official conditioning"
     loaded = HunyuanVideoTransformer3DModel.from_pretrained(out)
     for key, value in converted.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from magic141.pipeline import Magic141Pipeline
 from magic141.quantization import weight_bytes
 from magic141.sampler import SamplerConfig
-from magic141.weights import WeightPaths, quantize_weights_folder, save_i2v_components
+from magic141.weights import WeightPaths, quantize_weights_folder, read_prompt_format, save_i2v_components
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,20 @@ def test_int8_folder_loads_pre_quantized_and_stays_close(weights_dir, tiny_pipel
     assert np.abs(frames(quantized, prior_image) - reference).mean() < 8, "int8 stays close to full precision"
     with pytest.raises(ValueError, match="not empty"):
         quantize_weights_folder(weights_dir, out, "int8")
+
+
+def test_prompt_format_travels_with_the_transformer_folder(tiny_pipeline, tmp_path):
+    official = dataclasses.replace(tiny_pipeline.components, prompt_format="magic141")
+    root = save_i2v_components(official, tmp_path / "weights")
+    loaded = Magic141Pipeline.from_preset("tiny", weights=root, dtype=torch.float32)
+    assert loaded.components.prompt_format == "magic141"
+    assert loaded.weights_fingerprint != tiny_pipeline.weights_fingerprint, "same tensors, different conditioning"
+    quantized = quantize_weights_folder(root, tmp_path / "int8", "int8")
+    assert read_prompt_format(quantized / "transformer") == "magic141"
+    assert read_prompt_format(tmp_path / "nowhere") == "hunyuan-i2v"
+    (root / "transformer" / "magic141.json").write_text('{"prompt_format": "t5"}')
+    with pytest.raises(ValueError, match=r"not a valid prompt-format file .*unknown prompt format 't5'"):
+        Magic141Pipeline.from_preset("tiny", weights=root, dtype=torch.float32)
 
 
 def test_cli_quantization_levels_match_the_library():
