@@ -220,9 +220,9 @@ class Bench:
         return pipe.decode(latents)
 
     @torch.no_grad()
-    def diffusers_video(self, reference: Any) -> torch.Tensor:
+    def diffusers_video(self) -> torch.Tensor:
         """The same window through diffusers' I2V pipeline; (1, F - 4, 3, H, W) in [0, 1]."""
-        return reference(
+        return self.components.diffusers_pipeline()(
             image=self.image,
             prompt_embeds=self.prompt.embeds,
             prompt_attention_mask=self.prompt.attention_mask,
@@ -244,23 +244,6 @@ class Bench:
             synchronize(self.device)
             seconds = time.perf_counter() - started
         return video, {"window_seconds": seconds, "window_peak_bytes": memory["peak_bytes"]}
-
-
-def reference_pipeline(components: I2VComponents) -> Any:
-    from diffusers import HunyuanVideoImageToVideoPipeline
-
-    reference = HunyuanVideoImageToVideoPipeline(
-        transformer=components.transformer,
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        text_encoder_2=components.text_encoder_2,
-        tokenizer_2=components.tokenizer_2,
-        image_processor=components.image_processor,
-        scheduler=components.scheduler,
-    )
-    reference.set_progress_bar_config(disable=True)
-    return reference
 
 
 def level_figures(bench: Bench) -> dict[str, Any]:
@@ -303,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def side_by_side() -> dict[str, Any]:
         ours, ours_time = bench.timed_window(bench.window_video)
-        theirs, theirs_time = bench.timed_window(lambda: bench.diffusers_video(reference_pipeline(bench.components)))
+        theirs, theirs_time = bench.timed_window(bench.diffusers_video)
         ours = ((ours[:, :, 4:] + 1) / 2).clamp(0, 1).permute(0, 2, 1, 3, 4)  # diffusers drops the image's frames
         return {
             "ours_seconds": ours_time["window_seconds"],

@@ -18,6 +18,7 @@ from diffusers import (
     AutoencoderKLHunyuanVideo,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoImageToVideoPipeline,
     HunyuanVideoTransformer3DModel,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -62,6 +63,21 @@ class I2VComponents:
             "text_encoder": self.text_encoder,
             "text_encoder_2": self.text_encoder_2,
         }
+
+    def diffusers_pipeline(self) -> HunyuanVideoImageToVideoPipeline:
+        """diffusers' own HunyuanVideo I2V pipeline over these components (progress bar off)."""
+        pipe = HunyuanVideoImageToVideoPipeline(
+            transformer=self.transformer,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
+            image_processor=self.image_processor,
+            scheduler=self.scheduler,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
 
 def build_transformer(config: TransformerConfig, text: TextEncoderConfig) -> HunyuanVideoTransformer3DModel:

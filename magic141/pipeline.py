@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import HunyuanVideoImageToVideoPipeline
 from diffusers.video_processor import VideoProcessor
 from optimum.quanto import quantization_map
 
@@ -119,16 +118,7 @@ class Magic141Pipeline:
         self.device = torch.device(device)
         if low_memory and self.device.type == "cpu":
             raise ValueError("low-memory mode offloads models to the CPU between uses; it needs a GPU device")
-        self._encoder = HunyuanVideoImageToVideoPipeline(
-            transformer=components.transformer,
-            vae=components.vae,
-            text_encoder=components.text_encoder,
-            tokenizer=components.tokenizer,
-            text_encoder_2=components.text_encoder_2,
-            tokenizer_2=components.tokenizer_2,
-            image_processor=components.image_processor,
-            scheduler=components.scheduler,
-        )
+        self._encoder = components.diffusers_pipeline()
         if low_memory:
             # Each model moves to the GPU when it runs and back to the CPU when the next one starts.
             self._encoder.enable_model_cpu_offload(device=self.device)
