@@ -6,15 +6,14 @@ The ``catalog`` commands themselves live in :mod:`flows.cli`; they call these he
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import IO
 
 from rich.table import Table
 
 from flows.cli_common import UserError, stdout
+from retrieval_index.fileio import atomic_file
 from tasks.catalog import Catalog, CatalogError
 from tasks.catalog.batches import export_videos, list_rows
 from tasks.catalog.models import ROW_STATUSES
@@ -73,23 +72,15 @@ def _write_lines(store: Catalog, sink: IO[str]) -> int:
 
 
 def export_catalog(store: Catalog, out: Path | None) -> None:
-    """Write one JSON object per video to ``out`` (atomically: a temporary file renamed at the end) or stdout."""
+    """Write one JSON object per video to ``out`` (atomically, readable like any new file) or to stdout."""
     try:
         if out is None:
             _write_lines(store, sys.stdout)
             sys.stdout.flush()
             return
         target = out.absolute()
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as sink:
-                count = _write_lines(store, sink)
-                sink.flush()
-                os.fsync(sink.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_file(target, "w") as sink:
+            count = _write_lines(store, sink)
     except CatalogError as exc:
         raise UserError(str(exc)) from None
     except OSError as exc:

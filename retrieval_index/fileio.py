@@ -1,14 +1,28 @@
-"""Crash-safe file writes and checksums: a file is either absent or complete, never half-written."""
+"""Crash-safe file writes and checksums: a file is either absent or complete, never half-written.
+
+Every published file of the project goes through :func:`atomic_file` (a file object) or
+:func:`atomic_path` (a path, for tools such as ffmpeg or PIL that open the file themselves):
+the content goes into a temporary sibling, which is fsynced and renamed over the target, and
+the rename is made durable by fsyncing the folder. If the writer fails, the temporary file is
+removed and an older file at the target is left as it was. New files get the permissions any
+newly created file gets (``0666`` less the umask, e.g. ``0644``), not the owner-only ``0600``
+of :func:`tempfile.mkstemp`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO, Literal, overload
+
+_NEW_FILE_MODE = 0o666  # the kernel applies the umask (and a folder's default ACL), as for any new file
+_NAME_ATTEMPTS = 16
 
 
 def fsync_dir(folder: Path) -> None:
@@ -20,23 +34,95 @@ def fsync_dir(folder: Path) -> None:
         os.close(descriptor)
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(handle)`` into a temporary sibling, fsync it, then rename it into place."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _create_sibling(path: Path, suffix: str) -> tuple[int, Path]:
+    """Create an empty, hidden, uniquely named file beside ``path``; return its open descriptor and path."""
+    for _ in range(_NAME_ATTEMPTS):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            return os.open(candidate, flags, _NEW_FILE_MODE), candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot find a free temporary name beside {path}; remove the .{path.name}.* files there")
+
+
+@contextlib.contextmanager
+def _publishing(path: Path, suffix: str) -> Iterator[tuple[int, Path]]:
+    """Yield a new temporary sibling of ``path``; on success rename it onto ``path`` and fsync the folder.
+
+    The body must leave the temporary file's data on disk (fsynced) before it returns. On any
+    exception, ``KeyboardInterrupt`` included, the temporary file is removed and ``path`` is untouched.
+    """
+    descriptor, temporary = _create_sibling(path, suffix)
+    try:
+        yield descriptor, temporary
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 
 
+@overload
+def atomic_file(path: Path, mode: Literal["wb"] = "wb", encoding: None = None) -> AbstractContextManager[BinaryIO]: ...
+
+
+@overload
+def atomic_file(path: Path, mode: Literal["w"], encoding: str = "utf-8") -> AbstractContextManager[IO[str]]: ...
+
+
+def atomic_file(path: Path, mode: str = "wb", encoding: str | None = None) -> AbstractContextManager[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing (``"wb"`` or text ``"w"``); it replaces ``path`` on exit.
+
+    Usage: ``with atomic_file(out, "w") as sink: sink.write(text)``. ``path`` appears only after
+    the block finished without an exception; if the block raises, nothing changes at ``path``.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_file writes new files only: mode must be 'wb' or 'w', got {mode!r}")
+    return _atomic_file(Path(path), mode, (encoding or "utf-8") if mode == "w" else None)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: str, encoding: str | None) -> Iterator[IO[Any]]:
+    with _publishing(path, ".tmp") as (descriptor, _):
+        with os.fdopen(descriptor, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield the path of an empty temporary sibling of ``path`` for a tool that writes to a path; publish it on exit.
+
+    The temporary name keeps ``path``'s suffix (``.x.jpg`` stays a ``.jpg``), so tools that pick
+    the format from the name (PIL, ffmpeg) write the right one. The file exists already, so write
+    over it (ffmpeg needs ``-y``); it replaces ``path`` once the block finishes without an exception.
+    """
+    path = Path(path)
+    with _publishing(path, f".tmp{path.suffix}") as (descriptor, temporary):
+        os.close(descriptor)
+        yield temporary
+        _fsync_file(temporary)
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through ``write(handle)`` (a binary file object); see :func:`atomic_file`."""
+    with atomic_file(path) as handle:
+        write(handle)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda handle: handle.write(text.encode()))
+    with atomic_file(path, "w") as handle:
+        handle.write(text)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

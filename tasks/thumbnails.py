@@ -6,12 +6,12 @@ import logging
 import math
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 
+from retrieval_index.fileio import atomic_file
 from tasks.ffmpeg import ProbeError, ffmpeg_exe, probe
 
 logger = logging.getLogger(__name__)
@@ -20,7 +20,6 @@ DEFAULT_FRAMES = 8
 DEFAULT_COLUMNS = 4
 DEFAULT_TILE_WIDTH = 160
 JPEG_QUALITY = 88
-SHEET_MODE = 0o644  # readable like the mp4 beside it (mkstemp creates 0600)
 
 
 def contact_sheet_path(video: str | os.PathLike[str]) -> Path:
@@ -66,8 +65,9 @@ def write_contact_sheet(
 
     Tiles are ``tile_width`` pixels wide (at most the video's width) and keep the video's aspect
     ratio; a last row that is not full is black on the right. A video shorter than ``frames``
-    shows every frame. The sheet appears atomically (written beside it, then renamed) and
-    replaces an older sheet. Raises ``ProbeError`` when the video cannot be read.
+    shows every frame. The sheet appears atomically (written beside it, then renamed), readable
+    like any new file (``0644`` under the usual umask), and replaces an older sheet. Raises
+    ``ProbeError`` when the video cannot be read.
     """
     for name, value, least in (("frames", frames, 1), ("columns", columns, 1), ("tile_width", tile_width, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -85,16 +85,7 @@ def write_contact_sheet(
         top, left = (number // across) * height, (number % across) * width
         sheet[top : top + height, left : left + width] = tile
     target = contact_sheet_path(source)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".part.jpg", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            os.fchmod(out.fileno(), SHEET_MODE)
-            PIL.Image.fromarray(sheet).save(out, format="JPEG", quality=JPEG_QUALITY)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as out:
+        PIL.Image.fromarray(sheet).save(out, format="JPEG", quality=JPEG_QUALITY)
     logger.info("contact sheet of %s: %d frames in a %dx%d grid at %s", source.name, len(indices), across, down, target)
     return target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,8 @@ from tasks.catalog.batches import RowRecord, add_rows, add_video_once, set_row, 
 MAGIC141 = str(Path(sys.executable).with_name("magic141"))
 
 
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([MAGIC141, *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+def run(*args: str, cwd: Path | None = None, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MAGIC141, *args], capture_output=True, text=True, timeout=300, cwd=cwd, umask=umask,
                           env={k: v for k, v in os.environ.items() if k != "MAGIC141_CATALOG_URL"})
 
 
@@ -84,6 +85,11 @@ def test_export_jsonl_to_stdout_and_to_a_file(filled: dict[str, Any], tmp_path: 
     assert f"exported 2 videos to {target}" in written.stdout
     assert target.read_text(encoding="utf-8").splitlines() == lines
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("catalog.db")) == ["export.jsonl"]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644, "readable like any new file under umask 022"
+
+    private = tmp_path / "private.jsonl"
+    assert run("catalog", "export", "--out", str(private), "--catalog", filled["url"], umask=0o077).returncode == 0
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600, "the user's umask decides"
 
 
 @pytest.mark.parametrize(

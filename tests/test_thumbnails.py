@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +66,17 @@ def test_sheet_is_replaced_when_written_again(tmp_path: Path) -> None:
 
     with PIL.Image.open(write_contact_sheet(video, frames=4, columns=2)) as sheet:
         assert sheet.size == (128, 96)
+
+
+@pytest.mark.parametrize(("umask", "expected"), [(0o022, 0o644), (0o027, 0o640)])
+def test_sheet_is_readable_like_the_video_beside_it(tmp_path: Path, umask: int, expected: int) -> None:
+    previous = os.umask(umask)
+    try:
+        video = encode_grey_ramp(tmp_path / "v.mp4", 6)
+        sheet = write_contact_sheet(video, frames=2)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(sheet.stat().st_mode) == stat.S_IMODE(video.stat().st_mode) == expected
 
 
 def test_unreadable_video_is_a_one_line_error_and_writes_nothing(tmp_path: Path) -> None:
