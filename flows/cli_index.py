@@ -40,9 +40,17 @@ def index_build(
     catalog: Annotated[
         str | None, typer.Option(help="Catalog URL (default: $MAGIC141_CATALOG_URL or catalog.db beside the index).")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Build a new version even if the current one matches the corpus and settings."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Build a new index version over CORPUS and make it current; unusable files are listed, not fatal."""
+    """Build a new index version over CORPUS and make it current; unusable files are listed, not fatal.
+
+    When the current version was built from the same images (paths and contents) with the same
+    model and settings, nothing is built or published and the current version is reported unchanged.
+    """
     from tasks.catalog import CatalogError
     from tasks.index import check_rebuild
 
@@ -70,9 +78,10 @@ def index_build(
         with listening(on_progress):
             result = rebuild_index(
                 list(request.corpus), request.index_dir, request.catalog_url, request.spec.model,
-                request.spec.pretrained, request.incremental, request.policy.recall_target,
+                request.spec.pretrained, request.incremental, request.policy.recall_target, force,
             )
     summary = {
+        "status": "unchanged" if result.unchanged else "published",
         "version": result.version,
         "index_dir": result.index_dir,
         "images": result.count,
@@ -87,6 +96,12 @@ def index_build(
     if as_json:
         stdout.print_json(json.dumps({**summary, "skipped_files": result.skipped, "search": result.search}))
         return
+    if result.unchanged:
+        stdout.print(
+            f"unchanged: version {result.version} already indexes this corpus with these settings; "
+            f"nothing was published (pass --force to build a new version anyway)",
+            highlight=False, soft_wrap=True,
+        )
     for key, value in summary.items():
         stdout.print(f"{key:>10}: {value}", highlight=False, soft_wrap=True)
     for item in result.skipped:

@@ -1,8 +1,10 @@
-"""The ``rebuild_index`` flow: scan -> embed -> build -> validate -> publish a new retrieval-index version.
+"""The ``rebuild_index`` flow: scan -> compare -> embed -> build -> validate -> publish a new retrieval-index version.
 
 Only one build of an index folder runs at a time (a file lock). Until publish, readers keep
 serving the previous version; a build that fails or is interrupted never becomes current, and its
-catalog row says ``failed`` with the error.
+catalog row says ``failed`` with the error. When the current version was built from the same
+corpus with the same settings, the build stops after the scan: nothing is published and its
+catalog row says ``unchanged``, naming the current version.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
+from retrieval_index.builder import EmbedSummary, Validation
 from retrieval_index.store import build_lock
 from tasks.index import (
+    RebuildRequest,
     build_faiss_index,
     check_rebuild,
     embed_images,
+    find_unchanged,
+    keep_current,
     publish_build,
     record_failure,
     scan_corpus,
@@ -32,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RebuildResult:
-    """The published version and what went into it."""
+    """The published version and what went into it; with ``unchanged``, the current version, left as it was."""
 
     version: str
     build_id: str
@@ -47,6 +53,7 @@ class RebuildResult:
     search: dict[str, object]
     recall: float
     duration_s: float
+    unchanged: bool
 
 
 @flow(name="rebuild-index", log_prints=False)
@@ -58,13 +65,15 @@ def rebuild_index(
     pretrained: str | None = None,
     incremental: bool = True,
     recall_target: float = 0.95,
+    force: bool = False,
 ) -> RebuildResult:
     """Build a new version of the retrieval index over ``corpus`` (folders and/or .csv/.parquet manifests).
 
     ``index_dir`` defaults to ``$MAGIC141_INDEX_DIR`` or ``out/index``; the catalog to
     ``$MAGIC141_CATALOG_URL`` or ``catalog.db`` beside the index folder. ``model`` is ``tiny`` or an
     open_clip model name with a local ``pretrained`` weights file. ``incremental`` embeds only
-    images whose content is not in the embedding cache.
+    images whose content is not in the embedding cache. If the current version already indexes
+    this corpus with these settings, nothing is published (``unchanged``); ``force`` builds anyway.
     """
     started = time.perf_counter()
     request = check_rebuild(corpus, index_dir, catalog_url, model, pretrained, incremental, recall_target)
@@ -72,6 +81,10 @@ def rebuild_index(
         staging, build_id = start_build(request, flow_run.get_id())
         try:
             scan_corpus(staging, request.corpus, request.incremental)
+            current = None if force else find_unchanged(staging, request)
+            if current is not None:
+                kept = keep_current(staging, request, build_id, current, time.perf_counter() - started)
+                return _result(request, build_id, kept, None, started)
             embedded = embed_images(staging, request.spec, request.incremental)
             build_faiss_index(staging, request.policy)
             validation = validate_index(staging, request)
@@ -79,18 +92,26 @@ def rebuild_index(
         except BaseException as exc:
             record_failure(staging, request.catalog_url, build_id, exc, time.perf_counter() - started)
             raise
+    return _result(request, build_id, validation, embedded, started)
+
+
+def _result(
+    request: RebuildRequest, build_id: str, validation: Validation, embedded: EmbedSummary | None, started: float
+) -> RebuildResult:
+    """The flow's result: a published build (``embedded`` given) or the unchanged current version."""
     return RebuildResult(
-        version=staging.version,
+        version=validation.version,
         build_id=build_id,
         index_dir=request.index_dir,
         catalog_url=request.catalog_url,
-        model_id=embedded.model_id,
+        model_id=request.spec.model_id,
         count=validation.count,
-        embedded=embedded.embedded,
-        cached=embedded.cached,
+        embedded=0 if embedded is None else embedded.embedded,
+        cached=0 if embedded is None else embedded.cached,
         skipped=validation.skipped,
         index_type=validation.index_type,
         search=validation.search,
         recall=validation.recall,
         duration_s=time.perf_counter() - started,
+        unchanged=embedded is None,
     )

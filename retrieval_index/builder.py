@@ -4,6 +4,11 @@ Each stage reads and writes files in the build's staging folder, so the stages c
 Prefect tasks passing only paths. Nothing becomes visible to readers before :func:`publish_stage`, and an
 interrupted build (exception, kill, power loss) leaves the previous version current; its staging
 folder is removed by the next build. :func:`build_index` runs every stage in one call.
+
+After the scan, :func:`unchanged_version` tells whether the current version was built from the
+same corpus (every image's path and sha256, every skipped file and its reason) with the same
+settings (model and weights fingerprint, corpus sources, index policy, library versions); such
+a build stops there and publishes nothing, unless forced.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import pyarrow.parquet as pq
 
 from retrieval_index import ann, store
 from retrieval_index.cache import EmbeddingCache
-from retrieval_index.corpus import Skipped, check_sources, scan_corpus
+from retrieval_index.corpus import ScanResult, Skipped, check_sources, scan_corpus
 from retrieval_index.embedder import Embedder, EmbedderSpec, load_embedder
 from retrieval_index.errors import RetrievalIndexError
 from retrieval_index.fileio import write_atomic, write_json_atomic
@@ -49,6 +54,7 @@ PARTIAL_EMBEDDINGS = "embeddings.partial.npy"
 DEFAULT_BATCH_SIZE = 64
 _CACHE_FLUSH_ROWS = 4096
 _COPY_ROWS = 65_536
+_LIBRARIES = ("faiss-gpu", "open-clip-torch", "torch")
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class ScanSummary:
     images: int
     skipped: int
     reused_hashes: int
+    corpus_sha256: str
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,15 @@ def _previous_files(index_dir: Path) -> dict[str, tuple[int, int, str]]:
     }
 
 
+def corpus_fingerprint(result: ScanResult) -> str:
+    """sha256 naming the corpus as the scan found it: each image's path and content, each skipped file and why."""
+    listing = {
+        "images": sorted([item.path, item.sha256] for item in result.files),
+        "skipped": sorted([item.path, item.reason] for item in result.skipped),
+    }
+    return hashlib.sha256(json.dumps(listing, separators=(",", ":")).encode()).hexdigest()
+
+
 def scan_stage(
     staging: Staging, sources: Sequence[str | Path], incremental: bool, progress: Progress | None = None
 ) -> ScanSummary:
@@ -174,7 +190,7 @@ def scan_stage(
     write_atomic(staging.folder / SCAN_FILE, lambda handle: pq.write_table(table, handle))
     _write_skipped(staging, [asdict(item) for item in result.skipped])
     summary = ScanSummary(len(result.files) + len(result.skipped), len(result.files), len(result.skipped),
-                          result.reused_hashes)
+                          result.reused_hashes, corpus_fingerprint(result))
     _stage_record(staging, "scan", asdict(summary))
     return summary
 
@@ -350,6 +366,20 @@ def _check_consistent(staging: Staging, vectors: np.ndarray, index: faiss.Index,
         )
 
 
+def build_settings(spec: EmbedderSpec, policy: ann.IndexPolicy, sources: Sequence[str | Path]) -> dict[str, Any]:
+    """Everything besides the corpus that decides what a build produces, as the manifest stores it (JSON types)."""
+    spec = spec.check()
+    settings = {
+        "format": store.FORMAT,
+        "model": spec.to_dict(),
+        "model_id": spec.model_id,
+        "corpus": [str(Path(source).absolute()) for source in check_sources(sources)],
+        "policy": asdict(policy),
+        "libraries": {name: package_version(name) for name in _LIBRARIES},
+    }
+    return json.loads(json.dumps(settings))
+
+
 def validate_stage(
     staging: Staging, policy: ann.IndexPolicy, spec: EmbedderSpec, sources: Sequence[str | Path]
 ) -> Validation:
@@ -383,15 +413,18 @@ def validate_stage(
     skipped = read_skipped(staging)
     (staging.folder / SCAN_FILE).unlink(missing_ok=True)
     names = (store.INDEX_FILE, store.METADATA_FILE, store.EMBEDDINGS_FILE, store.SKIPPED_FILE)
+    settings = build_settings(spec, policy, sources)
     manifest = {
         "format": store.FORMAT,
         "version": staging.version,
         "created_at": datetime.now(UTC).isoformat(),
         "model_id": embedded["model_id"],
-        "model": spec.check().to_dict(),
+        "model": settings["model"],
         "dimension": embedded["dimension"],
         "count": len(vectors),
-        "corpus": [str(Path(source).absolute()) for source in check_sources(sources)],
+        "corpus": settings["corpus"],
+        "corpus_sha256": scanned["corpus_sha256"],
+        "settings": settings,
         "scanned": scanned["candidates"],
         "reused_hashes": scanned["reused_hashes"],
         "embedded": embedded["embedded"],
@@ -406,13 +439,53 @@ def validate_stage(
         "tune_queries": len(held_out),
         "tuning_trials": {str(value): recall for value, recall in sorted(tuning.trials.items())},
         "build_seconds": indexed["seconds"],
-        "libraries": {name: package_version(name) for name in ("faiss-gpu", "open-clip-torch", "torch")},
+        "libraries": settings["libraries"],
         "files": {name: store.file_entry(staging.folder / name) for name in names},
     }
     for name in ("scan", "embed", "index"):
         (staging.folder / f"{name}.json").unlink()
     write_json_atomic(staging.folder / store.MANIFEST, manifest)
     return Validation(staging.version, len(vectors), embedded["dimension"], plan.index_type, tuning.recall,
+                      manifest["search"], skipped)
+
+
+def unchanged_version(
+    staging: Staging, spec: EmbedderSpec, policy: ann.IndexPolicy, sources: Sequence[str | Path]
+) -> str | None:
+    """The current version if it was built from the corpus this build scanned, with the same settings, and is intact.
+
+    Run after :func:`scan_stage`. A current version whose files fail their checksums is never
+    reported unchanged, so the build that follows replaces it.
+    """
+    index_dir = Path(staging.index_dir)
+    try:
+        version, folder, manifest = store.open_current(index_dir)
+    except RetrievalIndexError as exc:
+        logger.info("no usable current version to compare with: %s", exc)
+        return None
+    if manifest.get("corpus_sha256") != _read_stage(staging, "scan")["corpus_sha256"]:
+        logger.info("the corpus differs from the one version %s was built from", version)
+        return None
+    settings = build_settings(spec, policy, sources)
+    recorded = manifest.get("settings") or {}
+    changed = sorted(name for name in settings.keys() | recorded.keys() if settings.get(name) != recorded.get(name))
+    if changed:
+        logger.info("build settings differ from version %s's: %s", version, ", ".join(changed))
+        return None
+    try:
+        store.verify(folder, manifest, sorted(manifest["files"]))
+    except RetrievalIndexError as exc:
+        logger.warning("version %s matches the corpus but is damaged (%s); building a new one", version, exc)
+        return None
+    return version
+
+
+def describe_version(index_dir: Path | str, version: str) -> Validation:
+    """What a published version holds, from its manifest and skipped-file list."""
+    folder = store.version_dir(Path(index_dir), version)
+    manifest = store.read_manifest(folder)
+    skipped = json.loads((folder / store.SKIPPED_FILE).read_text())
+    return Validation(version, manifest["count"], manifest["dimension"], manifest["index_type"], manifest["recall"],
                       manifest["search"], skipped)
 
 
@@ -432,7 +505,7 @@ def publish_stage(staging: Staging, keep: int = store.KEEP_VERSIONS) -> str:
 
 @dataclass(frozen=True)
 class BuildReport:
-    """A published build."""
+    """A build: the version it published, or with ``unchanged`` the current version it found up to date."""
 
     version: str
     index_dir: str
@@ -445,6 +518,7 @@ class BuildReport:
     index_type: str
     recall: float
     duration_s: float
+    unchanged: bool = False
 
 
 def build_index(
@@ -456,11 +530,14 @@ def build_index(
     policy: ann.IndexPolicy = ann.IndexPolicy(),
     batch_size: int = DEFAULT_BATCH_SIZE,
     listener: StageListener | None = None,
+    force: bool = False,
 ) -> BuildReport:
     """Build and publish a new version of the index over ``sources`` (folders and/or manifests).
 
     ``incremental`` reuses cached embeddings (and unchanged files' hashes) from earlier builds.
-    ``listener(stage, done, total)`` sees the scan, embed and index stages progress.
+    ``listener(stage, done, total)`` sees the scan, embed and index stages progress. When the
+    current version was built from the same corpus with the same settings, nothing is published
+    and the report names that version with ``unchanged=True``; ``force`` builds a new one anyway.
     """
     started = time.perf_counter()
     index_dir = Path(index_dir).absolute()
@@ -474,6 +551,10 @@ def build_index(
         staging = begin_build(index_dir)
         try:
             scan_stage(staging, sources, incremental, stage_progress("scan"))
+            current = None if force else unchanged_version(staging, spec, policy, sources)
+            if current is not None:
+                discard(staging)
+                return _unchanged_report(index_dir, current, spec.model_id, time.perf_counter() - started)
             embedded = embed_stage(staging, spec, incremental, batch_size, stage_progress("embed"))
             index_stage(staging, policy, stage_progress("index"))
             validation = validate_stage(staging, policy, spec, sources)
@@ -487,3 +568,10 @@ def build_index(
         embedded.embedded, embedded.cached, validation.skipped, validation.index_type, validation.recall,
         time.perf_counter() - started,
     )
+
+
+def _unchanged_report(index_dir: Path, version: str, model_id: str, duration_s: float) -> BuildReport:
+    current = describe_version(index_dir, version)
+    logger.info("index version %s is up to date with the corpus and settings; nothing published", version)
+    return BuildReport(version, str(index_dir), model_id, current.dimension, current.count, 0, 0, current.skipped,
+                       current.index_type, current.recall, duration_s, unchanged=True)

@@ -1,4 +1,4 @@
-"""Retrieval-index stages as Prefect tasks: start, scan, embed, index, validate, publish.
+"""Retrieval-index stages as Prefect tasks: start, scan, compare, embed, index, validate, publish.
 
 Each task is a thin wrapper over :mod:`retrieval_index.builder`, passing the staging folder (a
 path) from stage to stage, never vectors or models. Long stages publish a progress artifact.
@@ -21,6 +21,7 @@ from tasks.catalog import open_catalog, resolve_catalog_url
 from tasks.catalog.index_builds import (
     fail_abandoned_builds,
     fail_index_build,
+    mark_index_build_unchanged,
     publish_index_build,
     start_index_build,
 )
@@ -109,6 +110,34 @@ def scan_corpus(staging: builder.Staging, corpus: tuple[str, ...], incremental: 
     summary = builder.scan_stage(staging, corpus, incremental, progress.update)
     get_run_logger().info("scan: %d distinct images, %d files skipped", summary.images, summary.skipped)
     return summary
+
+
+@task(name="index-compare")
+def find_unchanged(staging: builder.Staging, request: RebuildRequest) -> str | None:
+    """The current version when it was built from the scanned corpus with the request's settings, else None."""
+    version = builder.unchanged_version(staging, request.spec, request.policy, request.corpus)
+    if version is not None:
+        get_run_logger().info("compare: version %s already indexes this corpus with these settings", version)
+    return version
+
+
+@task(name="index-keep")
+def keep_current(
+    staging: builder.Staging, request: RebuildRequest, build_id: str, version: str, duration_s: float
+) -> builder.Validation:
+    """Record the build ``unchanged``, naming the current ``version``, and drop its staging folder; publish nothing.
+
+    Run only while holding the index folder's build lock (so ``version`` cannot be pruned meanwhile).
+    """
+    current = builder.describe_version(request.index_dir, version)
+    with open_catalog(request.catalog_url) as catalog:
+        mark_index_build_unchanged(
+            catalog, build_id, version=version, dimension=current.dimension, count=current.count,
+            skipped=current.skipped, index_type=current.index_type, recall=current.recall, duration_s=duration_s,
+        )
+    builder.discard(staging)
+    get_run_logger().info("index version %s is unchanged; nothing published", version)
+    return current
 
 
 @task(name="index-embed")

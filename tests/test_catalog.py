@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,8 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, delete, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from tasks.catalog import (
     CATALOG_URL_ENV,
@@ -29,11 +32,19 @@ from tasks.catalog import (
     redact,
     resolve_catalog_url,
 )
-from tasks.catalog.models import Base
+from tasks.catalog import store
+from tasks.catalog.batches import set_row, start_batch
+from tasks.catalog.index_builds import (
+    get_index_build,
+    mark_index_build_unchanged,
+    publish_index_build,
+    start_index_build,
+)
+from tasks.catalog.models import Base, BatchRow, Video, VideoWindow
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UNREACHABLE_PG_URL = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test"
-HEAD = "0002"
+HEAD = "0003"
 _FIRST_REVISION_COLUMNS = (
     "prompt negative_prompt seed prior_source prior_image_path prior_image_sha256 preset "
     "weights_fingerprint steps guidance true_cfg seconds window_layout output_path output_sha256 "
@@ -551,3 +562,188 @@ def test_library_imports_neither_prefect_nor_ray() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def window_record(index: int) -> dict[str, Any]:
+    return {
+        "window_index": index, "frame_start": 20 * index, "frame_end": 20 * index + 21, "latent_start": 5 * index,
+        "latent_end": 5 * index + 6, "actor": "render-0", "node": "gpu-node-1", "gpu_id": "0", "seconds": 1.5,
+        "attempts": 1,
+    }
+
+
+def add_referenced_video(catalog: Catalog) -> tuple[str, str]:
+    """A batch, a video of that batch with two windows, and the batch row that made it: (batch id, video id)."""
+    batch_id = start_batch(catalog, csv_path="/data/prompts.csv", csv_sha256="c" * 64, out_dir="/data/out")
+    video_id = catalog.add_video(windows=[window_record(0), window_record(1)], **video_fields(batch_id=batch_id))
+    set_row(catalog, batch_id, 2, "done", video_id=video_id, attempts=1)
+    return batch_id, video_id
+
+
+def assert_dangling_rows_refused(catalog: Catalog) -> None:
+    with pytest.raises(IntegrityError):
+        with catalog.session("add a window", write=True) as session:
+            session.add(VideoWindow(video_id="0" * 32, **window_record(0)))
+    with pytest.raises(IntegrityError):
+        with catalog.session("add a batch row", write=True) as session:
+            session.add(BatchRow(batch_id="f" * 32, row_number=2, status="pending", attempts=0))
+    with pytest.raises(CatalogError, match=r"batch 'b0' is not in catalog .*; start the batch before adding") as info:
+        catalog.add_video(**video_fields(1, batch_id="b0"))
+    assert_one_line(info.value)
+
+
+def test_references_to_missing_rows_are_refused(catalog: Catalog) -> None:
+    batch_id, video_id = add_referenced_video(catalog)
+
+    assert_dangling_rows_refused(catalog)
+    with catalog.session("hold a connection") as held:
+        held.execute(text("SELECT 1"))
+        assert_dangling_rows_refused(catalog)  # on another connection than the one that opened the catalog
+
+    assert [row["id"] for row in catalog.list_videos()] == [video_id]
+    assert catalog.video_windows(video_id) == [window_record(0), window_record(1)]
+    with catalog.session("count windows") as session:
+        assert session.scalar(text("SELECT count(*) FROM video_windows")) == 2
+
+
+def test_deleting_a_video_deletes_its_windows(catalog: Catalog) -> None:
+    kept = catalog.add_video(windows=[window_record(0)], **video_fields(1))
+    doomed = catalog.add_video(windows=[window_record(0), window_record(1)], **video_fields(2))
+
+    with catalog.session("delete a video", write=True) as session:
+        session.execute(delete(Video).where(Video.id == doomed))
+
+    assert catalog.video_windows(doomed) == [] and catalog.video_windows(kept) == [window_record(0)]
+
+
+@pytest.fixture
+def extra_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Make the catalog's migrations end with a revision 9001 whose ``upgrade()`` runs the given body."""
+
+    def add(body: str) -> None:
+        folder = tmp_path / "migrations"
+        shutil.copytree(store.MIGRATIONS_DIR, folder, ignore=shutil.ignore_patterns("__pycache__"))
+        source = textwrap.dedent(
+            f"""
+            import sqlalchemy as sa
+            from alembic import op
+
+            revision = "9001"
+            down_revision = "{HEAD}"
+            branch_labels = None
+            depends_on = None
+
+
+            def upgrade():
+            {{body}}
+            """
+        ).replace("{body}", textwrap.indent(textwrap.dedent(body), "    "))
+        (folder / "versions" / "9001_test.py").write_text(source)
+        monkeypatch.setattr(store, "MIGRATIONS_DIR", folder)
+
+    return add
+
+
+def revision_of(url: str) -> str:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def test_a_migration_that_rebuilds_referenced_tables_keeps_the_rows_referring_to_them(
+    catalog_url: str, extra_migration: Callable[[str], None]
+) -> None:
+    with open_catalog(catalog_url) as catalog:
+        batch_id, video_id = add_referenced_video(catalog)
+    # On SQLite a table rebuild copies the table and drops the original: with foreign keys
+    # enforced, that drop would delete the video's windows and be refused for its batch row.
+    extra_migration(
+        """
+        recreate = "always" if op.get_bind().dialect.name == "sqlite" else "auto"
+        for table in ("videos", "batches"):
+            with op.batch_alter_table(table, recreate=recreate) as batch:
+                batch.add_column(sa.Column("note", sa.Text(), nullable=True))
+        """
+    )
+
+    with open_catalog(catalog_url) as catalog:
+        assert catalog.video_windows(video_id) == [window_record(0), window_record(1)]
+        assert catalog.get_video(video_id)["batch_id"] == batch_id
+        with catalog.session("read a batch row") as session:
+            assert session.scalar(text("SELECT video_id FROM batch_rows")) == video_id
+        with pytest.raises(IntegrityError):
+            with catalog.session("add a window", write=True) as session:
+                session.add(VideoWindow(video_id="0" * 32, **window_record(5)))
+    assert revision_of(catalog_url) == "9001"
+
+
+def test_a_migration_that_would_leave_dangling_references_is_rolled_back(
+    catalog_url: str, extra_migration: Callable[[str], None]
+) -> None:
+    with open_catalog(catalog_url) as catalog:
+        batch_id, video_id = add_referenced_video(catalog)
+    extra_migration('op.execute("DELETE FROM batches")')
+
+    with pytest.raises(CatalogError) as info:
+        open_catalog(catalog_url)
+
+    message = assert_one_line(info.value)
+    if catalog_url.startswith("sqlite"):
+        assert "would leave rows that refer to missing rows (1 in batch_rows -> batches, 1 in videos -> batches)" \
+            in message and "rolled back" in message
+    assert revision_of(catalog_url) == HEAD
+    engine = create_engine(catalog_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id FROM batches")).scalars().all() == [batch_id]
+            assert conn.execute(text("SELECT count(*) FROM batch_rows")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_old_sqlite_catalog_with_dangling_rows_still_opens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)  # no foreign-key enforcement, as catalogs were written before
+    try:
+        with engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", str(store.MIGRATIONS_DIR))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0002")
+            values = {**window_record(0), "video_id": "0" * 32}
+            conn.execute(
+                text(f"INSERT INTO video_windows ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})"),
+                values,
+            )
+    finally:
+        engine.dispose()
+
+    with open_catalog(url) as catalog:
+        assert catalog.video_windows("0" * 32) == [window_record(0)], "kept, not deleted by the upgrade"
+    assert "1 in video_windows -> videos" in caplog.text and revision_of(url) == HEAD
+
+
+def test_unchanged_index_builds_name_the_version_another_build_made(catalog: Catalog) -> None:
+    def start(version: str) -> str:
+        return start_index_build(catalog, version=version, corpus="/corpus", index_dir="/index", model_id="m")
+
+    made = start("v1")
+    publish_index_build(catalog, made, dimension=64, count=9, embedded=9, skipped=[], index_type="flat", recall=1.0,
+                        duration_s=2.0)
+    for fresh in ("v2", "v3"):
+        mark_index_build_unchanged(catalog, start(fresh), version="v1", dimension=64, count=9, skipped=[],
+                                   index_type="flat", recall=1.0, duration_s=0.5)
+
+    assert get_index_build(catalog, "v1")["id"] == made
+    with pytest.raises(IntegrityError):
+        start("v1")  # one build makes each version
+    with pytest.raises(CatalogError, match="no index build of version 'v2'"):
+        get_index_build(catalog, "v2")

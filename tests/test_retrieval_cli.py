@@ -62,6 +62,34 @@ def test_build_query_and_info_from_the_command_line(
     assert shown["checksums"] == "4 files verified" and shown["versions"] == [summary["version"]]
 
 
+def test_building_an_unchanged_corpus_says_so_and_force_rebuilds(
+    prefect_api, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    corpus, index_dir = tmp_path / "corpus", tmp_path / "index"
+    make_demo_corpus(corpus, n=3)
+    build = ["index", "build", str(corpus), "--index-dir", str(index_dir), "--incremental"]
+    assert main([*build, "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["status"] == "published"
+
+    assert main(build) == 0
+    told = capsys.readouterr().out
+    assert told.splitlines()[0] == (
+        f"unchanged: version {first['version']} already indexes this corpus with these settings; "
+        f"nothing was published (pass --force to build a new version anyway)"
+    )
+    assert "status: unchanged" in told
+    assert main([*build, "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["status"], again["version"]) == ("unchanged", first["version"])
+    assert (again["images"], again["embedded"]) == (3, 0)
+
+    assert main([*build, "--force", "--json"]) == 0
+    forced = json.loads(capsys.readouterr().out)
+    assert forced["status"] == "published" and forced["version"] != first["version"]
+    assert open_index(index_dir).version == forced["version"]
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path):
     done = run("index", "query", "a cat", "--index-dir", str(tmp_path / "none"))
     assert done.returncode == 2 and done.stdout == ""

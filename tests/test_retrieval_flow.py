@@ -59,6 +59,38 @@ def test_rebuild_publishes_a_version_and_records_it(prefect_api, catalog_url: st
     assert [r["embedded"] for r in rows] == [2, N_IMAGES]
 
 
+def test_unchanged_rebuild_publishes_nothing_and_records_the_current_version(
+    prefect_api, catalog_url: str, tmp_path: Path
+):
+    corpus = tmp_path / "corpus"
+    make_demo_corpus(corpus, n=4, broken=True)
+    index_dir = tmp_path / "index"
+    first = rebuild_index([str(corpus)], str(index_dir), catalog_url)
+
+    same = [rebuild_index([str(corpus)], str(index_dir), catalog_url) for _ in range(2)]
+
+    assert all(result.unchanged and result.version == first.version for result in same) and not first.unchanged
+    assert (same[0].count, same[0].skipped, same[0].recall) == (first.count, first.skipped, first.recall)
+    assert (same[0].embedded, same[0].cached) == (0, 0)
+    assert store.published_versions(index_dir) == [first.version] and open_index(index_dir).version == first.version
+    assert list((index_dir / store.STAGING).iterdir()) == []
+    with open_catalog(catalog_url) as catalog:
+        rows = {row["id"]: row for row in list_index_builds(catalog, str(index_dir))}
+        made_by = get_index_build(catalog, first.version)
+    assert made_by["id"] == first.build_id and made_by["status"] == "published"
+    for result in same:
+        row = rows[result.build_id]
+        assert row["status"] == "unchanged" and row["version"] == first.version and row["error"] is None
+        assert (row["count"], row["embedded"], row["index_type"]) == (4, 0, "flat") and row["finished_at"]
+    assert all(store.version_dir(index_dir, row["version"]).is_dir() for row in rows.values()), \
+        "no row names a version folder that does not exist"
+
+    forced = rebuild_index([str(corpus)], str(index_dir), catalog_url, force=True)
+    assert not forced.unchanged and forced.version != first.version and open_index(index_dir).version == forced.version
+    with open_catalog(catalog_url) as catalog:
+        assert get_index_build(catalog, forced.version)["status"] == "published"
+
+
 def test_failed_rebuild_is_recorded_and_publishes_nothing(prefect_api, tmp_path: Path):
     good = tmp_path / "good"
     make_demo_corpus(good, n=4)

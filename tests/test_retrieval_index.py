@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -132,7 +133,7 @@ def test_incremental_rebuild_embeds_only_new_images(corpus: Path, tmp_path: Path
     assert manifest["embedded"] == 3 and manifest["cached"] == N_IMAGES
     assert manifest["reused_hashes"] == N_IMAGES, "unchanged files keep their hash without being read again"
 
-    full = build_index([corpus], index_dir)
+    full = build_index([corpus], index_dir, force=True)
     assert (full.embedded, full.cached) == (N_IMAGES + 3, 0), "without --incremental every image is embedded again"
 
 
@@ -198,8 +199,111 @@ def test_reader_keeps_serving_its_version_while_a_new_one_is_published(corpus: P
     assert reader.search_text("stripes", k=3) == answer and reader.count == N_IMAGES
     assert open_index(index_dir).version == second.version and open_index(index_dir).count == N_IMAGES + 5
     for _ in range(3):
-        build_index([corpus], index_dir)
+        build_index([corpus], index_dir, force=True)
     assert len(store.published_versions(index_dir)) == store.KEEP_VERSIONS
+
+
+def test_a_build_of_an_unchanged_corpus_publishes_nothing(corpus: Path, tmp_path: Path):
+    index_dir = tmp_path / "index"
+    first = build_index([corpus], index_dir)
+
+    for incremental in (True, False):
+        again = build_index([corpus], index_dir, incremental=incremental)
+        assert again.unchanged and not first.unchanged
+        assert again.version == first.version and store.current_version(index_dir) == first.version
+        assert (again.count, again.index_type, again.recall) == (first.count, first.index_type, first.recall)
+        assert again.skipped == first.skipped and (again.embedded, again.cached) == (0, 0)
+    assert store.published_versions(index_dir) == [first.version]
+    assert list((index_dir / store.STAGING).iterdir()) == [], "the unchanged build removes its staging folder"
+
+    forced = build_index([corpus], index_dir, force=True, incremental=True)
+    assert not forced.unchanged and forced.version != first.version
+    assert store.published_versions(index_dir) == [first.version, forced.version]
+    assert open_index(index_dir).version == forced.version
+
+
+def picture_bytes(colour: tuple[int, int, int]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    PIL.Image.new("RGB", (40, 40), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["new image", "edited image", "renamed image", "removed image", "new broken file", "model", "policy", "sources"],
+)
+def test_any_change_of_corpus_or_settings_publishes_a_new_version(corpus: Path, tmp_path: Path, change: str):
+    index_dir = tmp_path / "index"
+    first = build_index([corpus], index_dir)
+    picture = sorted((corpus / "shapes").iterdir())[0]
+    sources: list[Path] = [corpus]
+    options: dict = {}
+    if change == "new image":
+        (corpus / "shapes" / "new.png").write_bytes(picture_bytes((1, 2, 3)))
+    elif change == "edited image":
+        picture.write_bytes(picture_bytes((1, 2, 3)))
+    elif change == "renamed image":
+        picture.rename(picture.with_name("renamed" + picture.suffix))
+    elif change == "removed image":
+        picture.unlink()
+    elif change == "new broken file":
+        (corpus / "more" / "broken.png").write_bytes(b"\x89PNG but nothing else")
+    elif change == "model":
+        import json
+
+        import open_clip
+        from safetensors.torch import save_file
+
+        from retrieval_index.embedder import TINY_CONFIG
+
+        (tmp_path / "test-change-clip.json").write_text(json.dumps(TINY_CONFIG))
+        open_clip.add_model_config(tmp_path / "test-change-clip.json")
+        weights = tmp_path / "weights.safetensors"
+        tiny = load_embedder(EmbedderSpec()).model.state_dict()
+        save_file({name: tensor.contiguous() for name, tensor in tiny.items()}, str(weights))
+        options["spec"] = EmbedderSpec("test-change-clip", str(weights))
+    elif change == "policy":
+        options["policy"] = IndexPolicy(recall_target=0.9)
+    else:
+        manifest = tmp_path / "list.csv"
+        manifest.write_text("path\n" + "\n".join(str(path) for path in sorted((corpus / "more").iterdir())) + "\n")
+        sources = [corpus, manifest]
+
+    second = build_index(sources, index_dir, incremental=True, **options)
+
+    assert not second.unchanged and second.version != first.version
+    assert open_index(index_dir).version == second.version
+    assert build_index(sources, index_dir, incremental=True, **options).unchanged, "and then it is up to date again"
+
+
+def test_a_damaged_current_version_is_rebuilt_not_kept(corpus: Path, tmp_path: Path):
+    index_dir = tmp_path / "index"
+    first = build_index([corpus], index_dir)
+    embeddings = store.version_dir(index_dir, first.version) / store.EMBEDDINGS_FILE
+    data = bytearray(embeddings.read_bytes())
+    data[-1] ^= 0xFF
+    embeddings.write_bytes(bytes(data))
+
+    again = build_index([corpus], index_dir, incremental=True)
+
+    assert not again.unchanged and again.version != first.version
+    assert open_index(index_dir).count == N_IMAGES
+
+
+def test_published_files_are_readable_like_any_new_file(corpus: Path, tmp_path: Path):
+    previous = os.umask(0o022)
+    try:
+        report = build_index([corpus], tmp_path / "index")
+    finally:
+        os.umask(previous)
+    folder = store.version_dir(tmp_path / "index", report.version)
+    published = [tmp_path / "index" / store.CURRENT, *folder.iterdir()]
+    assert folder / store.MANIFEST in published and folder / store.INDEX_FILE in published
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in published} == {
+        path.name: 0o644 for path in published
+    }, "0666 less the umask (022), as for any new file; not mkstemp's 0600"
 
 
 def test_corrupt_or_missing_index_is_a_clear_error(corpus: Path, tmp_path: Path):

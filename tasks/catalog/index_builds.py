@@ -1,8 +1,10 @@
 """Catalog records of retrieval-index builds (table ``index_builds``).
 
 A build's row is inserted as ``running`` before any work, and ends ``published`` (its version
-folder exists and is, or was, current) or ``failed`` with the error. A build whose process died
-is found by the next build of the same index folder and marked failed.
+folder exists and is, or was, current), ``unchanged`` (the current version was already built from
+the same corpus with the same settings; the row's ``version`` becomes that version and nothing
+was published) or ``failed`` with the error. A build whose process died is found by the next
+build of the same index folder and marked failed.
 """
 
 from __future__ import annotations
@@ -97,6 +99,27 @@ def publish_index_build(
     logger.info("index build %s published: %d images, recall %.3f", build_id, count, recall)
 
 
+def mark_index_build_unchanged(
+    catalog: Catalog,
+    build_id: str,
+    *,
+    version: str,
+    dimension: int,
+    count: int,
+    skipped: Sequence[dict[str, str]],
+    index_type: str,
+    recall: float,
+    duration_s: float,
+) -> None:
+    """Mark a running build unchanged: it found ``version`` (current, and on disk) up to date and published nothing."""
+    _finish(catalog, build_id, "unchanged", {
+        "version": version, "dimension": dimension, "count": count, "embedded": 0,
+        "skipped": _check_skipped(skipped), "index_type": index_type, "recall": float(recall),
+        "duration_s": float(duration_s),
+    })
+    logger.info("index build %s unchanged: version %s is up to date", build_id, version)
+
+
 def fail_index_build(
     catalog: Catalog,
     build_id: str,
@@ -131,9 +154,11 @@ def fail_abandoned_builds(catalog: Catalog, index_dir: str, reason: str) -> list
 
 
 def get_index_build(catalog: Catalog, version: str) -> dict[str, Any]:
-    """The build that made ``version``."""
+    """The build that made ``version`` (not the ``unchanged`` builds that later found it up to date)."""
     with catalog.session("look up an index build") as session:
-        build = session.scalar(select(IndexBuild).where(IndexBuild.version == version))
+        build = session.scalar(
+            select(IndexBuild).where(IndexBuild.version == version, IndexBuild.status != "unchanged")
+        )
         if build is None:
             raise CatalogError(f"no index build of version {version!r} in catalog {catalog.url}; list the builds")
         return _as_dict(build)

@@ -15,10 +15,12 @@ from sqlalchemy import (
     Float,
     Integer,
     ForeignKey,
+    Index,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -33,7 +35,7 @@ NAMING_CONVENTION = {
 
 PRIOR_SOURCES = ("user", "generate", "retrieve")
 WINDOW_MODES = ("chained", "parallel")
-INDEX_BUILD_STATUSES = ("running", "published", "failed")
+INDEX_BUILD_STATUSES = ("running", "published", "unchanged", "failed")
 BATCH_STATUSES = ("running", "done", "failed")
 ROW_STATUSES = ("pending", "done", "skipped", "failed", "rejected")
 
@@ -137,15 +139,24 @@ class VideoWindow(Base):
 
 
 class IndexBuild(Base):
-    """One build of the retrieval index, published or not."""
+    """One build of the retrieval index: running, published, failed, or unchanged.
+
+    An ``unchanged`` build found the current version already built from the same corpus with the
+    same settings and published nothing; its ``version`` is that current version. Every other
+    row's ``version`` is its own (unique among them).
+    """
 
     __tablename__ = "index_builds"
     __table_args__ = (
-        CheckConstraint("status IN ('running', 'published', 'failed')", name="status"),
+        CheckConstraint("status IN ('running', 'published', 'unchanged', 'failed')", name="status"),
+        Index(
+            "uq_index_builds_version", "version", unique=True,
+            sqlite_where=text("status <> 'unchanged'"), postgresql_where=text("status <> 'unchanged'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    version: Mapped[str] = mapped_column(String(64), unique=True)
+    version: Mapped[str] = mapped_column(String(64))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     status: Mapped[str] = mapped_column(String(16), default="running")

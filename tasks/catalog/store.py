@@ -10,6 +10,7 @@ import re
 import sqlite3
 import time
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Self
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -35,7 +37,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from tasks.catalog.models import PRIOR_SOURCES, Video, VideoWindow
+from tasks.catalog.models import PRIOR_SOURCES, Batch, Video, VideoWindow
 
 logger = logging.getLogger(__name__)
 
@@ -175,6 +177,8 @@ def _sqlite_on_connect(dbapi_connection: Any, _connection_record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        # SQLite enforces foreign keys only when asked to, per connection (PostgreSQL always does).
+        cursor.execute("PRAGMA foreign_keys = ON")
         _enable_wal(cursor)
     finally:
         cursor.close()
@@ -213,19 +217,71 @@ def _create_engine(url: URL) -> Engine:
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True)
 
 
+@contextmanager
+def _sqlite_foreign_keys_off(connection: Connection) -> Iterator[None]:
+    """Suspend SQLite's foreign-key enforcement on ``connection`` (call outside a transaction).
+
+    Alembic's batch mode rebuilds a SQLite table by copying it and dropping the original; with
+    enforcement on, that drop would delete (ON DELETE CASCADE) or refuse the rows that refer to
+    it. :func:`_check_no_new_dangling` stands in for the enforcement while it is off.
+    """
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    raw = connection.connection.driver_connection
+    raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA foreign_keys = ON")
+
+
+def _dangling_references(connection: Connection) -> Counter[tuple[str, str]]:
+    """Rows whose foreign key names a missing row, counted by (table, referenced table); SQLite only."""
+    if connection.dialect.name != "sqlite":
+        return Counter()
+    rows = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+    return Counter((str(row[0]), str(row[2])) for row in rows)
+
+
+def _check_no_new_dangling(connection: Connection, before: Counter[tuple[str, str]], revision: str | None) -> None:
+    """Refuse (roll back) a migration that left rows referring to missing rows."""
+    if before:
+        logger.warning(
+            "catalog has rows that refer to missing rows, written before foreign keys were enforced: %s",
+            ", ".join(f"{count} in {table} -> {parent}" for (table, parent), count in sorted(before.items())),
+        )
+    new = _dangling_references(connection) - before
+    if new:
+        shown = ", ".join(f"{count} in {table} -> {parent}" for (table, parent), count in sorted(new.items()))
+        raise CatalogError(
+            f"migrating the catalog to revision {revision} would leave rows that refer to missing rows "
+            f"({shown}); it was rolled back, so the catalog is unchanged; report this as a bug in the migration"
+        )
+
+
 def _migrate(connection: Connection) -> tuple[str | None, str | None]:
-    """Upgrade to head under a cross-process lock; return (revision before, after)."""
+    """Upgrade to head under a cross-process lock; return (revision before, after).
+
+    On SQLite the upgrade runs with foreign-key enforcement suspended, and is rolled back if it
+    leaves more dangling references than there were before it.
+    """
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     config.attributes["connection"] = connection
-    with _ALEMBIC_LOCK, connection.begin():
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with _ALEMBIC_LOCK, _sqlite_foreign_keys_off(connection), connection.begin():
         if connection.dialect.name == "postgresql":
             connection.execute(
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK_KEY}
             )
         before = MigrationContext.configure(connection).get_current_revision()
+        if before == head:
+            return before, before
+        dangling = _dangling_references(connection)
         command.upgrade(config, "head")
         after = MigrationContext.configure(connection).get_current_revision()
+        _check_no_new_dangling(connection, dangling, after)
     return before, after
 
 
@@ -452,6 +508,15 @@ class Catalog:
                 return CatalogError(
                     f"content key {values['content_key']} is already catalogued as video "
                     f"{same_content}; reuse that video instead of adding another"
+                )
+        batch_id = values.get("batch_id")
+        if batch_id is not None:
+            with self._session("look up a batch") as session:
+                batch_exists = session.get(Batch, batch_id) is not None
+            if not batch_exists:
+                return CatalogError(
+                    f"batch {batch_id!r} is not in catalog {self.url}; start the batch before adding "
+                    f"its videos, or leave batch_id out"
                 )
         return CatalogError(
             f"cannot add video to catalog {self.url}: {_short_reason(exc)}; check the field values"
