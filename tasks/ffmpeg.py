@@ -9,11 +9,10 @@ appears at the destination path.
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import os
 import re
-import secrets
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from typing import IO, Final
 
 import imageio_ffmpeg
 import numpy as np
+
+from retrieval_index.fileio import atomic_path, sha256_file  # sha256_file: re-exported for the pipeline's tasks
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ _COLOR_FILTER: Final[str] = (
     "format=yuv420p,"
     "setparams=range=tv:colorspace=bt709:color_primaries=bt709:color_trc=bt709"
 )
-_CHUNK: Final[int] = 1 << 20
 _STDERR_TAIL: Final[int] = 64 * 1024
 
 _STREAM_RE: Final[re.Pattern[str]] = re.compile(
@@ -130,6 +130,7 @@ class VideoWriter:
         self.frames_written = 0
         self._frame_shape = (self.height, self.width, 3)
         self._tmp: Path | None = None
+        self._publish: contextlib.ExitStack | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
@@ -138,7 +139,8 @@ class VideoWriter:
         if self._proc is not None:
             raise RuntimeError("VideoWriter is already open")
         self.frames_written = 0
-        self._tmp = self._create_temp()
+        self._publish = contextlib.ExitStack()
+        self._tmp = self._publish.enter_context(atomic_path(self.path))
         self._stderr = tempfile.TemporaryFile()
         cmd = self._command(self._tmp)
         logger.debug("starting ffmpeg: %s", cmd)
@@ -216,14 +218,12 @@ class VideoWriter:
             message = self._failure_message(f"ffmpeg exited with code {returncode}")
             self.abort()
             raise EncodeError(message)
+        publish, self._publish, self._tmp = self._publish, None, None
         try:
-            _fsync_path(tmp)
-            os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+            publish.close()  # fsync, rename onto the destination, fsync the folder
         except OSError as exc:
-            self.abort()
+            self._cleanup()
             raise EncodeError(f"could not finalize {self.path}: {exc}") from exc
-        self._tmp = None
         self._cleanup()
         logger.info(
             "encoded %d frames at %d fps (%dx%d) to %s",
@@ -236,17 +236,6 @@ class VideoWriter:
         if self._tmp is not None:
             logger.warning("discarding partial encode of %s", self.path)
         self._cleanup()
-
-    def _create_temp(self) -> Path:
-        """Create an empty, uniquely named temporary file beside the destination."""
-        while True:
-            tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.part.mp4")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            os.close(fd)
-            return tmp
 
     def _command(self, tmp: Path) -> list[str]:
         """ffmpeg argument list encoding rgb24 from stdin into ``tmp``."""
@@ -297,32 +286,10 @@ class VideoWriter:
         stderr, self._stderr = self._stderr, None
         if stderr is not None:
             stderr.close()
-        tmp, self._tmp = self._tmp, None
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
-
-
-def _fsync_path(path: Path) -> None:
-    """Flush a file's contents to stable storage."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory entry (best effort; not every platform allows it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        self._tmp = None
+        publish, self._publish = self._publish, None
+        if publish is not None:
+            publish.__exit__(EncodeError, EncodeError(f"encode of {self.path.name} abandoned"), None)
 
 
 def crossfade(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -395,12 +362,3 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         frames=count,
         duration_s=duration_s,
     )
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -110,7 +110,7 @@ def test_exception_in_block_leaves_nothing(tmp_path: Path) -> None:
         with VideoWriter(dest, W, H, 24, preset="veryfast") as w:
             w.write(_frames(5))
             assert len(_leftovers(tmp_path)) == 1
-            assert _leftovers(tmp_path)[0].endswith(".part.mp4")
+            assert _leftovers(tmp_path)[0].endswith(".tmp.mp4")
             raise KeyError("generator crashed")
     assert _leftovers(tmp_path) == []
 
