@@ -7,7 +7,7 @@ sequence length (VLM image tokens in front of the text tokens). One window of th
 1. bf16: resident weight bytes, one DiT forward (one sampler step: the guidance is embedded, so one
    pass per step), achieved TFLOP/s against the FLOPs of that forward counted below from the
    architecture, one VAE decode of the window, and the whole window (image latent, ``--steps``
-   steps, decode) with its peak device memory;
+   steps, decode) with its peak device memory and the seconds of video it makes per wall second;
 2. the same window rendered by diffusers' ``HunyuanVideoImageToVideoPipeline`` on the same weights,
    noise and embeddings in the same run: wall-time ratio and the largest pixel difference;
 3. int8 (optimum-quanto weight-only on the transformer and both text encoders, as in the paper):
@@ -249,11 +249,13 @@ class Bench:
 def level_figures(bench: Bench) -> dict[str, Any]:
     step = bench.step_seconds()
     _, window = bench.timed_window(bench.window_video)
+    video_seconds = bench.preset.window_frames / bench.preset.fps
     return {
         "weight_bytes": bench.weight_bytes(),
         "step_seconds": step,
         "tflops": bench.flops["total"] / step / 1e12,
         **window,
+        "video_seconds_per_wall_second": video_seconds / window["window_seconds"],
     }
 
 
@@ -349,14 +351,16 @@ def markdown(results: dict[str, Any], command: str) -> str:
         f"(double-stream blocks {flops['double_blocks'] / flops['total']:.0%}, "
         f"single-stream {flops['single_blocks'] / flops['total']:.0%}).",
         "",
-        "| weights | weight GB | DiT step s | TFLOP/s | window s | window peak GB |",
-        "|---|---|---|---|---|---|",
+        "| weights | weight GB | DiT step s | TFLOP/s | window s | video s per wall s | window peak GB |",
+        "|---|---|---|---|---|---|---|",
     ]
     for level in ("bf16", "int8"):
         lines.append(
             f"| {level} | {_figure(results, level, 'weight_bytes', _gb)} | "
             f"{_figure(results, level, 'step_seconds', '{:.3f}')} | {_figure(results, level, 'tflops', '{:.4g}')} | "
-            f"{_figure(results, level, 'window_seconds', '{:.2f}')} | {_figure(results, level, 'window_peak_bytes', _gb)} |"
+            f"{_figure(results, level, 'window_seconds', '{:.2f}')} | "
+            f"{_figure(results, level, 'video_seconds_per_wall_second', '{:.2f}')} | "
+            f"{_figure(results, level, 'window_peak_bytes', _gb)} |"
         )
     decode = results.get("vae_decode_seconds")
     lines += ["", f"VAE decode of the window: {decode if not isinstance(decode, float) else f'{decode:.2f} s'}."]

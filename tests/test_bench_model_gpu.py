@@ -97,6 +97,8 @@ def test_benchmark_measures_every_section_on_the_tiny_preset(model_gpu, tmp_path
         assert results[level]["step_seconds"] > 0
         assert results[level]["tflops"] > 0
         assert results[level]["window_seconds"] > 0
+        video_seconds = get_preset("tiny").window_frames / get_preset("tiny").fps
+        assert results[level]["video_seconds_per_wall_second"] == pytest.approx(video_seconds / results[level]["window_seconds"])
     assert results["int8"]["weight_bytes"] < results["bf16"]["weight_bytes"]
     assert results["vae_decode_seconds"] > 0
     # Same weights, noise and embeddings: diffusers' pipeline renders the same pixels.
