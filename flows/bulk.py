@@ -5,7 +5,8 @@ many as render workers). Each render also holds a slot of the Prefect global con
 ``gpu_limit`` when the server has one, so several batches share the GPU pool. A failing row is
 retried ``retries`` times, then marked failed with its error; the other rows go on. A row whose
 content key is already catalogued is skipped, so rerunning a CSV (after a crash, or twice) renders
-only what is missing.
+only what is missing. Before its batch starts, a run closes the batches of dead runs in its output
+folder as interrupted and removes their work folders.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from prefect import flow
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.bulk import check_bulk, gpu_limit_in_force, plan_batch, produce_row, read_prompts, report_batch
+from tasks.bulk import (
+    batch_lease,
+    check_bulk,
+    gpu_limit_in_force,
+    plan_batch,
+    produce_row,
+    read_prompts,
+    recover_out_dir,
+    report_batch,
+)
 from tasks.inbox import DEFAULT_SETTLE_S, claim_inbox, file_csv
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 from tasks.progress import StageProgress
@@ -75,19 +85,23 @@ def bulk_generate(
         ray_address=ray_address, index_dir=index_dir, threshold=threshold, strength=strength,
         concurrency=rows_at_once, retries=retries,
     )
-    table = read_prompts(csv_path, image_roots)
+    table = read_prompts(csv_path, image_roots, settings.index_dir is not None)
     settings = replace(settings, gpu_limit=gpu_limit_in_force(gpu_limit))
-    batch_id, jobs = plan_batch(table, settings)
-    progress = StageProgress("bulk", f"Batch {batch_id}: {len(jobs)} row(s) to produce")
-    progress.update(0, len(jobs))
-    row_task = produce_row.with_options(retries=retries, retry_delay_seconds=retry_delay_s)
-    with ThreadPoolTaskRunner(max_workers=rows_at_once) as runner:
-        futures = [runner.submit(row_task, {"job": job, "batch_id": batch_id, "settings": settings}) for job in jobs]
-        for finished, future in enumerate(as_completed(futures), start=1):
-            if future.state.is_failed():
-                logger.warning("a row of batch %s failed after its retries: %s", batch_id, future.state.message)
-            progress.update(finished, len(jobs))
-    report = report_batch(batch_id, settings.catalog_url)
+    recover_out_dir(settings)
+    with batch_lease(settings) as batch_id:
+        jobs = plan_batch(table, settings, batch_id)
+        progress = StageProgress("bulk", f"Batch {batch_id}: {len(jobs)} row(s) to produce")
+        progress.update(0, len(jobs))
+        row_task = produce_row.with_options(retries=retries, retry_delay_seconds=retry_delay_s)
+        with ThreadPoolTaskRunner(max_workers=rows_at_once) as runner:
+            futures = [
+                runner.submit(row_task, {"job": job, "batch_id": batch_id, "settings": settings}) for job in jobs
+            ]
+            for finished, future in enumerate(as_completed(futures), start=1):
+                if future.state.is_failed():
+                    logger.warning("a row of batch %s failed after its retries: %s", batch_id, future.state.message)
+                progress.update(finished, len(jobs))
+        report = report_batch(batch_id, settings.catalog_url)
     return BulkResult(
         report.batch_id, report.status, table.path, settings.out_dir, settings.catalog_url, report.counts, report.rows
     )

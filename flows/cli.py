@@ -25,7 +25,8 @@ from flows.cli_catalog_ext import check_export, check_row_status, export_catalog
 from flows.cli_bulk import bulk  # noqa: E402
 from flows.cli_index import index_app  # noqa: E402
 from tasks.catalog import CatalogError, open_catalog, resolve_catalog_url  # noqa: E402
-from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, validate_request  # noqa: E402
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD  # noqa: E402
+from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, check_prior, validate_request  # noqa: E402
 
 DEFAULT_OUT_DIR = Path("out")
 
@@ -53,6 +54,23 @@ def default_output(prompt: str, seed: int) -> Path:
         candidate = DEFAULT_OUT_DIR / f"{stem}-{number}.mp4"
         number += 1
     return candidate
+
+
+def _check_prior_options(
+    prior: str | None, image: Path | None, index_dir: Path | None, threshold: float | None, strength: float | None
+) -> None:
+    """Refuse bad first-frame options before anything (even the default output folder) is created."""
+    for flag, value in (("--prior-threshold", threshold), ("--prior-strength", strength)):
+        if value is not None and prior != "auto":
+            raise UserError(f"{flag} applies to --prior auto; add --prior auto or drop {flag}")
+    try:
+        check_prior(
+            prior, image=None if image is None else str(image), index_dir=None if index_dir is None else str(index_dir),
+            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+            strength=DEFAULT_STRENGTH if strength is None else strength,
+        )
+    except ValueError as exc:
+        raise UserError(" ".join(str(exc).split())) from None
 
 
 def _checked(request: GenerateRequest) -> GenerateRequest:
@@ -83,6 +101,10 @@ def generate(
     overlap: Annotated[int | None, typer.Option(help="Latent frames shared by neighbouring parallel windows (preset default).")] = None,
     workers: Annotated[int, typer.Option(help="Ray render actors, one per GPU; 0 renders in this process.")] = 0,
     ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster to render on (default: a local Ray instance).")] = None,
+    prior: Annotated[str | None, typer.Option(help="First frame: auto, user, retrieve or generate (default: user with --image, else generate).")] = None,
+    index_dir: Annotated[Path | None, typer.Option(envvar="MAGIC141_INDEX_DIR", help="Retrieval index searched by --prior auto and retrieve.")] = None,
+    prior_threshold: Annotated[float | None, typer.Option(help=f"--prior auto: cosine score from which the best match is used as it is ({DEFAULT_THRESHOLD}).")] = None,
+    prior_strength: Annotated[float | None, typer.Option(help=f"--prior auto: img2img strength from the best match below the threshold ({DEFAULT_STRENGTH}).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output .mp4 (default: out/<prompt>-s<seed>.mp4).")] = None,
     catalog: Annotated[str | None, typer.Option(help="Catalog URL (default: $MAGIC141_CATALOG_URL or sqlite in the output folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -91,6 +113,7 @@ def generate(
     seed = secrets.randbelow(2**31) if seed is None else seed
     if not prompt.strip():
         raise UserError("prompt is empty; give a text describing the video")
+    _check_prior_options(prior, image, index_dir, prior_threshold, prior_strength)
     out_path = out if out is not None else default_output(prompt, seed)
     request = _checked(
         GenerateRequest(
@@ -113,6 +136,10 @@ def generate(
             overlap=overlap,
             workers=workers,
             ray_address=ray_address,
+            prior=prior,
+            index_dir=None if index_dir is None else str(index_dir),
+            prior_threshold=DEFAULT_THRESHOLD if prior_threshold is None else prior_threshold,
+            prior_strength=DEFAULT_STRENGTH if prior_strength is None else prior_strength,
         )
     )
     from flows.generate import generate as generate_flow
@@ -143,6 +170,7 @@ def generate(
         "fps": result.fps,
         "size": f"{result.width}x{result.height}",
         "seed": request.seed,
+        "prior": result.prior_source,
         "catalog": result.catalog_url,
     }
     if as_json:

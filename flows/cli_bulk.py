@@ -70,7 +70,7 @@ def bulk(
     try:
         if retry_delay < 0:
             raise ValueError(f"retry delay must be >= 0 seconds, got {retry_delay}")
-        read_prompt_csv(csv_file, roots)
+        read_prompt_csv(csv_file, roots, index_configured=index_dir is not None)
         out_dir.mkdir(exist_ok=True)
         settings = check_bulk(
             out_dir, catalog, preset=preset, weights=None if weights is None else str(weights), quantize=quantize,

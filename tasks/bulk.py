@@ -3,15 +3,21 @@
 Each row's video is named by its content key (``<row key>-<first 12 hex of the key>.mp4`` in the
 output folder), so a rerun finds what an earlier run made: a row whose content key is already in
 the catalog is skipped without rendering.
+
+A run holds a lease on its batch (``.magic141-batch-<id>.lease`` in the output folder, see
+:mod:`tasks.produce`). Every run first recovers what dead runs left in its output folder
+(:func:`recover_out_dir`): their batches are closed as interrupted and their work folders removed;
+batches and work folders of runs that are alive are not touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,18 +31,37 @@ from prefect.runtime import flow_run
 
 from magic141.presets import get_preset
 from tasks.bulk_csv import PromptCsv, ValidRow, content_key, read_prompt_csv
-from tasks.catalog import open_catalog, resolve_catalog_url
-from tasks.catalog.batches import RowRecord, add_rows, find_video, finish_batch, list_rows, set_row, start_batch
+from tasks.catalog import CatalogError, open_catalog, redact, resolve_catalog_url
+from tasks.catalog.batches import (
+    RowRecord,
+    add_rows,
+    close_interrupted_batch,
+    find_video,
+    finish_batch,
+    list_rows,
+    set_row,
+    start_batch,
+)
+from tasks.catalog.models import new_id
 from tasks.models import image_prior, video_pipeline
 from tasks.prior import PriorPolicy
-from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
-from tasks.produce import VideoJob, produce_video
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_settings
+from tasks.produce import (
+    VideoJob,
+    heartbeat,
+    lease_expiry,
+    produce_video,
+    read_lease,
+    sweep_work_dirs,
+    write_lease,
+)
 from tasks.provenance import combined_fingerprint
 from tasks.request import (
     MAX_WORKERS,
     QUANTIZATION_LEVELS,
     GenerateRequest,
     ModelSpec,
+    check_index_dir,
     check_steps,
 )
 
@@ -44,6 +69,8 @@ logger = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 256
 _SLUG = re.compile(r"[^a-z0-9]+")
+_LEASE_PREFIX = ".magic141-batch-"
+_LEASE_SUFFIX = ".lease"
 
 
 @dataclass(frozen=True)
@@ -122,15 +149,8 @@ def check_bulk(
         raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
     if not 0 <= retries <= 10:
         raise ValueError(f"retries must be between 0 and 10, got {retries}")
-    if not math.isfinite(threshold) or not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"retrieval threshold must be a cosine score in [-1, 1], got {threshold}")
-    if not math.isfinite(strength) or not 0.0 < strength <= 1.0:
-        raise ValueError(f"img2img strength must be in (0, 1], got {strength}")
-    index = None
-    if index_dir is not None:
-        if not Path(index_dir).is_dir():
-            raise ValueError(f"index folder {index_dir!r} does not exist; build one with magic141 index build")
-        index = str(Path(index_dir).absolute())
+    check_prior_settings(threshold, strength)
+    index = None if index_dir is None else check_index_dir(index_dir)
     url = resolve_catalog_url(catalog_url, folder)
     open_catalog(url).close()
     return BulkSettings(
@@ -165,9 +185,12 @@ def row_request(job: RowJob, settings: BulkSettings) -> GenerateRequest:
 
 
 @task(name="bulk-read")
-def read_prompts(csv_path: str, image_roots: list[str] | None = None) -> PromptCsv:
-    """Read and validate the prompt CSV (whole-file problems raise one ``ValueError`` line)."""
-    table = read_prompt_csv(csv_path, image_roots)
+def read_prompts(csv_path: str, image_roots: list[str] | None = None, index_configured: bool = False) -> PromptCsv:
+    """Read and validate the prompt CSV (whole-file problems raise one ``ValueError`` line).
+
+    Without a retrieval index (``index_configured`` False), rows asking for prior ``retrieve`` are rejected.
+    """
+    table = read_prompt_csv(csv_path, image_roots, index_configured=index_configured)
     get_run_logger().info("%s: %d valid row(s), %d rejected", table.path, len(table.valid), len(table.rejected))
     return table
 
@@ -195,8 +218,8 @@ def _video_fingerprint(settings: BulkSettings) -> str:
 
 
 @task(name="bulk-plan")
-def plan_batch(table: PromptCsv, settings: BulkSettings) -> tuple[str, list[RowJob]]:
-    """Start the batch, key every valid row by content and record all rows (pending or rejected with the reason).
+def plan_batch(table: PromptCsv, settings: BulkSettings, batch_id: str) -> list[RowJob]:
+    """Start batch ``batch_id``, key every valid row by content, record every row (pending, or rejected and why).
 
     A row that needs the text-to-image prior when the weights have none is rejected here.
     """
@@ -226,13 +249,104 @@ def plan_batch(table: PromptCsv, settings: BulkSettings) -> tuple[str, list[RowJ
         jobs.append(RowJob(row, key, row_output(settings.out_dir, row.row_key, key)))
         records.append(RowRecord(row.row_number, row.row_key, "pending", content_key=key))
     with open_catalog(settings.catalog_url) as catalog:
-        batch_id = start_batch(
+        start_batch(
             catalog, csv_path=table.path, csv_sha256=table.sha256, out_dir=settings.out_dir,
-            flow_run_id=flow_run.get_id(),
+            flow_run_id=flow_run.get_id(), batch_id=batch_id,
         )
         add_rows(catalog, batch_id, sorted(records, key=lambda record: record.row_number))
     get_run_logger().info("batch %s: %d row(s) to produce, %d rejected", batch_id, len(jobs), len(records) - len(jobs))
-    return batch_id, jobs
+    return jobs
+
+
+def batch_lease_path(out_dir: str, batch_id: str) -> Path:
+    """The lease file a live run of batch ``batch_id`` holds in its output folder."""
+    return Path(out_dir) / f"{_LEASE_PREFIX}{batch_id}{_LEASE_SUFFIX}"
+
+
+def _interrupted(why: str) -> str:
+    return f"interrupted: {why}; this row was not finished, run the CSV again to make it"
+
+
+def _stopped(exc: BaseException) -> str:
+    detail = _one_line(exc) if str(exc).strip() else ""
+    return f"the run stopped with {type(exc).__name__}" + (f" ({detail})" if detail else "")
+
+
+def _close_batch(settings: BulkSettings, batch_id: str, why: str) -> bool:
+    """Close the batch as interrupted; False (logged) when the catalog cannot be written now."""
+    try:
+        with open_catalog(settings.catalog_url) as catalog:
+            close_interrupted_batch(catalog, batch_id, _interrupted(why))
+    except CatalogError as exc:
+        logger.warning("cannot close interrupted batch %s now (%s); a later run will", batch_id, _one_line(exc))
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def batch_lease(settings: BulkSettings) -> Iterator[str]:
+    """Yield a new batch id, leased to this process in the output folder while the block runs.
+
+    When the block raises (an error, Ctrl-C, a termination signal), the batch is closed as
+    interrupted. The lease file stays only if the process dies or the batch could not be closed:
+    then a later run of the output folder closes it (:func:`recover_out_dir`).
+    """
+    batch_id = new_id()
+    path = batch_lease_path(settings.out_dir, batch_id)
+    write_lease(path, batch_id=batch_id, catalog=redact(settings.catalog_url))
+    with heartbeat(path):
+        try:
+            yield batch_id
+        except BaseException as exc:
+            if _close_batch(settings, batch_id, _stopped(exc)):
+                path.unlink(missing_ok=True)
+            raise
+    path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a run cleared up after dead runs in its output folder."""
+
+    closed_batches: list[str]
+    removed_work_dirs: list[str]
+
+
+def _recover_batch(settings: BulkSettings, lease_path: Path) -> str | None:
+    """Close the batch of a dead run's lease and drop the lease; return the batch id, or None if left alone."""
+    lease = read_lease(lease_path)
+    if lease is None or not isinstance(lease.facts.get("batch_id"), str):
+        return None
+    why = lease_expiry(lease)
+    if why is None:
+        return None
+    if lease.facts.get("catalog") != redact(settings.catalog_url):
+        logger.info("lease %s of a dead run belongs to catalog %s; left for that catalog's runs",
+                    lease_path, lease.facts.get("catalog"))
+        return None
+    batch_id = lease.facts["batch_id"]
+    if not _close_batch(settings, batch_id, f"the bulk run's {why}"):
+        return None
+    lease_path.unlink(missing_ok=True)
+    return batch_id
+
+
+@task(name="bulk-recover")
+def recover_out_dir(settings: BulkSettings) -> Recovery:
+    """Close the batches of dead runs in the output folder as interrupted and remove their work folders.
+
+    A run is dead when its process no longer runs (same machine) or its lease had no heartbeat
+    for ``tasks.produce.LEASE_S`` (another machine). Live runs' batches and work folders are not
+    touched; a batch without a lease (made before leases existed) is left as it is.
+    """
+    folder = Path(settings.out_dir)
+    leases = sorted(folder.glob(f"{_LEASE_PREFIX}*{_LEASE_SUFFIX}"))
+    closed = [batch_id for path in leases if (batch_id := _recover_batch(settings, path)) is not None]
+    removed = sweep_work_dirs(folder, settings.catalog_url)
+    if closed or removed:
+        get_run_logger().warning("recovered after dead runs in %s: closed batch(es) %s, removed %d work folder(s)",
+                                 folder, ", ".join(closed) or "none", len(removed))
+    return Recovery(closed, removed)
 
 
 def _attempt() -> int:

@@ -19,10 +19,11 @@ The contract (also in the README):
   rejected and the rest go on. Checks: an empty prompt; a number that is not plain decimal
   (``nan``, ``inf``, ``1_000``, ``5s``) or out of the range ``magic141 generate`` accepts; a
   ``prior`` or ``windows`` value outside its list; ``prior user`` without an image, or an image
-  with ``prior retrieve|generate``; an image that does not exist, is not a readable image, or
-  resolves (symlinks included) outside the image roots (default: the CSV's folder; relative
-  paths are taken from the CSV's folder); an ``id`` used by an earlier row, or a row without an
-  id whose cells repeat an earlier row's; more cells than the header has columns.
+  with ``prior retrieve|generate``; ``prior retrieve`` when the run has no retrieval index; an
+  image that does not exist, is not a readable image, or resolves (symlinks included) outside
+  the image roots (default: the CSV's folder; relative paths are taken from the CSV's folder); an
+  ``id`` used by an earlier row, or a row without an id whose cells repeat an earlier row's; more
+  cells than the header has columns.
 - **Unknown columns** do not refuse the file: a row with a value in a column the contract does
   not name is rejected with the column's name, and rows that leave it empty go on (a spreadsheet
   often carries a notes column that is empty for the rows meant to run).
@@ -80,6 +81,10 @@ _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+RETRIEVE_WITHOUT_INDEX = (
+    "prior 'retrieve' needs a retrieval index and none is configured; pass --index-dir DIR (or set "
+    "MAGIC141_INDEX_DIR) to an index built with `magic141 index build`, or set prior to auto or generate"
+)
 
 
 @dataclass(frozen=True)
@@ -290,10 +295,11 @@ def _resolve_image(text: str, csv_dir: Path, roots: Sequence[Path]) -> Path:
 class _RowChecker:
     """Validates rows one by one; remembers keys to reject later duplicates."""
 
-    def __init__(self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path]) -> None:
+    def __init__(self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path], index_configured: bool) -> None:
         self.columns = columns
         self.csv_dir = csv_dir
         self.roots = roots
+        self.index_configured = index_configured
         self.first_row_of_key: dict[str, int] = {}
 
     def check(self, number: int, raw: list[str]) -> ValidRow | RejectedRow:
@@ -360,6 +366,8 @@ class _RowChecker:
                 prior = "user"
         elif prior == "user":
             problems.append("prior 'user' needs an image; fill the image cell or choose another prior")
+        if prior == "retrieve" and not self.index_configured:
+            problems.append(RETRIEVE_WITHOUT_INDEX)
 
         if problems:
             return RejectedRow(number, key, "; ".join(problems), cells)
@@ -395,11 +403,17 @@ class _RowChecker:
         return problems
 
 
-def read_prompt_csv(path: str | os.PathLike[str], image_roots: Sequence[str | os.PathLike[str]] | None = None) -> PromptCsv:
+def read_prompt_csv(
+    path: str | os.PathLike[str],
+    image_roots: Sequence[str | os.PathLike[str]] | None = None,
+    *,
+    index_configured: bool = False,
+) -> PromptCsv:
     """Read and validate a prompt CSV; raise one ``ValueError`` line if the file as a whole is unusable.
 
     ``image_roots`` are the folders row images must lie in after resolving symlinks (default:
-    the CSV's own folder).
+    the CSV's own folder). ``index_configured`` says the run has a retrieval index; without one,
+    rows asking for prior ``retrieve`` are rejected (``auto`` then generates text-to-image).
     """
     file = Path(path).absolute()
     try:
@@ -422,7 +436,7 @@ def read_prompt_csv(path: str | os.PathLike[str], image_roots: Sequence[str | os
             continue
         if columns is None or checker is None:
             columns = _header(file, raw)
-            checker = _RowChecker(columns, csv_dir, roots)
+            checker = _RowChecker(columns, csv_dir, roots, index_configured)
             continue
         row = checker.check(number, raw)
         if isinstance(row, ValidRow):

@@ -23,6 +23,7 @@ from tasks.request import ModelSpec
 logger = logging.getLogger(__name__)
 
 RETRIEVAL_K = 5
+PRIOR_FILE = "prior.png"
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def prepare_prior(
     negative_prompt: str | None = None,
     policy: PriorPolicy | None = None,
 ) -> PriorResult:
-    """Choose and make the first frame; a generated one is saved as ``prior.png`` in ``work_dir``.
+    """Choose and make the first frame; a generated one is saved as :data:`PRIOR_FILE` in ``work_dir``.
 
     Without ``policy``: ``image`` if given, else text-to-image (the ``generate`` command's behaviour).
     """
@@ -112,7 +113,7 @@ def prepare_prior(
     else:
         picture = prior(prompt, seed=seed, negative_prompt=negative_prompt)
     model_seconds = time.perf_counter() - model_started
-    path = Path(work_dir) / "prior.png"
+    path = Path(work_dir) / PRIOR_FILE
     picture.save(path)
     run_logger.info(
         "prior: generated %dx%d image with the %s text-to-image model (%s)", *picture.size, model.preset,

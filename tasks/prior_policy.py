@@ -70,9 +70,14 @@ def _match_record(match: RetrievalMatch) -> dict[str, Any]:
     return {"path": str(match.path), "sha256": match.sha256, "score": float(match.score), "row": int(match.row)}
 
 
-def _check_settings(mode: str, threshold: float, strength: float) -> None:
+def check_prior_mode(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is one of :data:`PRIOR_MODES`."""
     if mode not in PRIOR_MODES:
         raise ValueError(f"prior {mode!r} is not one of {', '.join(PRIOR_MODES)}; choose one of them")
+
+
+def check_prior_settings(threshold: float, strength: float) -> None:
+    """Raise ``ValueError`` unless the ``auto`` threshold is a cosine score and the img2img strength is in (0, 1]."""
     if not math.isfinite(threshold) or not -1.0 <= threshold <= 1.0:
         raise ValueError(f"retrieval threshold must be a cosine score in [-1, 1], got {threshold}")
     if not math.isfinite(strength) or not 0.0 < strength <= 1.0:
@@ -102,7 +107,8 @@ def decide_prior(
     pipeline takes image prompts; without one, ``auto`` conditions through img2img.
     Raises ``ValueError`` with one line when the mode cannot be honoured.
     """
-    _check_settings(mode, threshold, strength)
+    check_prior_mode(mode)
+    check_prior_settings(threshold, strength)
     ranked = [] if matches is None else _ranked(matches)
     details: dict[str, Any] = {
         "mode": mode,
@@ -120,12 +126,15 @@ def decide_prior(
             raise ValueError("prior 'user' needs an image; give the row an image or choose another prior")
         return decided("user", "none", "the row gives its own image", image=Path(image))
     if image is not None:
-        raise ValueError(f"prior {mode!r} would ignore the row's image; drop the image or choose prior 'user'")
+        raise ValueError(f"prior {mode!r} would ignore the given image; drop the image or choose prior 'user'")
     if mode == "generate":
         return decided("generate", "none", "prior 'generate' asked")
     if mode == "retrieve":
         if matches is None:
-            raise ValueError("prior 'retrieve' needs a retrieval index and none is configured; build one or choose prior 'generate'")
+            raise ValueError(
+                "prior 'retrieve' needs a retrieval index and none is configured; "
+                "give an index folder (--index-dir) or choose prior 'generate'"
+            )
         if not ranked:
             raise ValueError("prior 'retrieve' found no match in the retrieval index; add images to the corpus or choose prior 'generate'")
         return decided("retrieve", "none", "prior 'retrieve' asked: best match used", image=Path(ranked[0].path))

@@ -13,26 +13,38 @@ For a video with a content key (bulk rows), an existing final file is another wr
 writer catalogues the key, this one discards its copy and reports the other's video; when no row
 appears within :data:`ORPHAN_GRACE_S` of the file's creation, the file is an orphan of an
 interrupted run and is replaced.
+
+Work folders are leased: each holds ``owner.json`` naming the process that made it (host, machine
+identity, pid and the pid's start time), and a heartbeat thread touches it every
+:data:`HEARTBEAT_S`. :func:`sweep_work_dirs` removes the work folders of runs that are gone: on the
+same machine, when the owner process no longer runs; for another machine, when the lease had no
+heartbeat for :data:`LEASE_S`. A live run's folder is never touched. Bulk batches use the same
+leases (:func:`write_lease`, :func:`heartbeat`, :func:`read_lease`, :func:`lease_expiry`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect.concurrency.sync import concurrency
 
-from tasks.catalog import open_catalog
-from tasks.catalog.batches import find_video
-from tasks.prior import PriorPolicy, prepare_prior
+from tasks.catalog import open_catalog, redact
+from tasks.catalog.batches import find_video, find_video_by_output
+from tasks.prior import PRIOR_FILE, PriorPolicy, prepare_prior
 from tasks.provenance import combined_fingerprint, library_versions
 from tasks.record import record_video, record_video_once
 from tasks.render import RenderSettings, render_video
@@ -42,7 +54,254 @@ from tasks.thumbnails import contact_sheet_path, write_contact_sheet
 logger = logging.getLogger(__name__)
 
 ORPHAN_GRACE_S = 60.0
+HEARTBEAT_S = 30.0
+LEASE_S = 600.0
+OWNER_FILE = "owner.json"
+STAGED_VIDEO = "video.mp4"
 _POLL_S = 0.5
+# tempfile.mkdtemp(prefix=".<stem>.", suffix=".work"): eight characters of [a-z0-9_] in between.
+_WORK_DIR_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.work")
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The process that holds a lease.
+
+    ``machine`` is the kernel boot id and pid namespace ("" where unknown): a pid is only
+    meaningful on the same host name *and* machine. ``started`` is the process start time in
+    clock ticks since boot (Linux), so a reused pid is not mistaken for the owner.
+    """
+
+    host: str
+    machine: str
+    pid: int
+    started: str | None
+
+    @classmethod
+    def current(cls) -> Owner:
+        return cls(socket.gethostname(), _machine(), os.getpid(), _process_start(os.getpid()))
+
+    def is_local(self) -> bool:
+        """Whether this process can see the owner's pid (same host name and machine identity)."""
+        here = Owner.current()
+        return (self.host, self.machine) == (here.host, here.machine)
+
+    def describe(self) -> str:
+        return f"process {self.pid} on {self.host}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A lease file as read: its owner, what it holds (``facts``) and when it was last touched."""
+
+    path: Path
+    owner: Owner
+    facts: dict[str, Any]
+    touched: float
+
+
+def _machine() -> str:
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return f"{boot_id} {namespace}"
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a running process (None if it is gone, a zombie, or /proc is unavailable)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime field 22
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _process_alive(owner: Owner) -> bool:
+    if owner.started is not None:
+        return _process_start(owner.pid) == owner.started
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Heartbeat:
+    """Touches the lease files this process holds every :data:`HEARTBEAT_S` (one daemon thread)."""
+
+    def __init__(self) -> None:
+        self._paths: set[Path] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            self._paths.add(path)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._beat, name="magic141-lease-heartbeat", daemon=True)
+                self._thread.start()
+
+    def discard(self, path: Path) -> None:
+        with self._lock:
+            self._paths.discard(path)
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_S)
+            with self._lock:
+                paths = list(self._paths)
+            for path in paths:
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+
+_HEARTBEAT = _Heartbeat()
+
+
+def write_lease(path: Path, **facts: Any) -> None:
+    """Create the lease file ``path`` for this process, with ``facts`` (JSON values); fails if it exists."""
+    record = {**asdict(Owner.current()), "created_at": datetime.now(UTC).isoformat(), **facts}
+    with open(path, "x", encoding="utf-8") as handle:
+        json.dump(record, handle)
+
+
+def read_lease(path: Path) -> Lease | None:
+    """The lease at ``path``, or None when it is missing, unreadable or not a lease (e.g. still being written)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        touched = path.stat().st_mtime
+        started = record.pop("started")
+        owner = Owner(str(record.pop("host")), str(record.pop("machine")), int(record.pop("pid")),
+                      None if started is None else str(started))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return Lease(path, owner, record, touched)
+
+
+def lease_expiry(lease: Lease) -> str | None:
+    """Why the lease's owner is gone, or None while it may still run.
+
+    On the owner's machine the process itself is checked; for another machine only the age of
+    the last heartbeat counts (a pid means nothing there).
+    """
+    if lease.owner.is_local():
+        return None if _process_alive(lease.owner) else f"{lease.owner.describe()} is no longer running"
+    silent = time.time() - lease.touched
+    if silent < LEASE_S:
+        return None
+    return f"{lease.owner.describe()} sent no heartbeat for {silent:.0f} s"
+
+
+@contextlib.contextmanager
+def heartbeat(path: Path) -> Iterator[None]:
+    """Touch the lease file ``path`` every :data:`HEARTBEAT_S` while the block runs."""
+    _HEARTBEAT.add(path)
+    try:
+        yield
+    finally:
+        _HEARTBEAT.discard(path)
+
+
+@contextlib.contextmanager
+def held_lease(path: Path, **facts: Any) -> Iterator[None]:
+    """Hold a lease file at ``path`` with a heartbeat while the block runs; it stays behind only if the process dies."""
+    write_lease(path, **facts)
+    try:
+        with heartbeat(path):
+            yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def work_folder(out: Path, catalog_url: str) -> Iterator[Path]:
+    """A fresh hidden work folder beside ``out``, leased to this process, removed when the block ends."""
+    work_dir = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", suffix=".work", dir=out.parent))
+    try:
+        with held_lease(work_dir / OWNER_FILE, output=str(out), catalog=redact(catalog_url)):
+            yield work_dir
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _last_change(folder: Path) -> float:
+    times = [folder.stat().st_mtime]
+    for entry in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            times.append(entry.lstat().st_mtime)
+    return max(times)
+
+
+def _idle(folder: Path) -> str | None:
+    """Why a work folder without an owner record is abandoned, or None while it may be in use."""
+    idle = time.time() - _last_change(folder)
+    return f"it has no owner record and nothing in it changed for {idle:.0f} s" if idle >= LEASE_S else None
+
+
+def _published_from(folder: Path, out: Path) -> dict[Path, int]:
+    """Each final file that is still a hard link to its copy in the work folder, with that copy's inode."""
+    staged = folder / STAGED_VIDEO
+    copies = {
+        out: staged, prior_image_path(out): folder / PRIOR_FILE, contact_sheet_path(out): contact_sheet_path(staged),
+    }
+    linked: dict[Path, int] = {}
+    for final, copy in copies.items():
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samefile(final, copy):
+                linked[final] = copy.stat().st_ino
+    return linked
+
+
+def _discard_uncatalogued_output(folder: Path, lease: Lease, catalog_url: str) -> None:
+    """Remove the files a dead run published from ``folder`` when it died before cataloguing its video."""
+    output = lease.facts.get("output")
+    if not isinstance(output, str):
+        return
+    out = Path(output)
+    published = _published_from(folder, out)
+    if out not in published:
+        return
+    if lease.facts.get("catalog") != redact(catalog_url):
+        logger.warning("%s was published by a dead run into catalog %s; it is left for that catalog's runs",
+                       out, lease.facts.get("catalog"))
+        return
+    with open_catalog(catalog_url) as catalog:
+        if find_video_by_output(catalog, str(out)) is not None:
+            return
+    logger.warning("removing %s: the run that published it died before cataloguing it", out)
+    _remove_if_ours(published)
+
+
+def sweep_work_dirs(folder: str | os.PathLike[str], catalog_url: str) -> list[str]:
+    """Remove the work folders in ``folder`` whose runs are gone; return their paths.
+
+    A folder without an owner record (made before owner records existed) counts as abandoned
+    when nothing in it changed for :data:`LEASE_S`. A video a dead run had published under its
+    final name but not catalogued goes with its folder, so no file is left that the catalog does
+    not know; catalogued files are never removed.
+    """
+    removed: list[str] = []
+    for entry in sorted(Path(folder).iterdir()):
+        if not _WORK_DIR_NAME.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        lease = read_lease(entry / OWNER_FILE)
+        try:
+            why = lease_expiry(lease) if lease is not None else _idle(entry)
+        except FileNotFoundError:
+            continue
+        if why is None:
+            continue
+        logger.warning("removing work folder %s: %s", entry, why)
+        if lease is not None:
+            _discard_uncatalogued_output(entry, lease, catalog_url)
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(str(entry))
+    return removed
 
 
 @dataclass(frozen=True)
@@ -113,6 +372,17 @@ def _claim(staged: Path, out: Path, catalog_url: str, content_key: str | None) -
         time.sleep(min(_POLL_S, ORPHAN_GRACE_S - age))
 
 
+def _publish(work_dir: Path, made: Path, final: Path) -> int:
+    """Put ``made`` at ``final``, replacing what is there, and keep it in the work folder too; return its inode.
+
+    The work folder keeps a hard link, so a sweep after a crash can tell the files this run published.
+    """
+    spare = work_dir / f"{final.name}.publish"
+    os.link(made, spare)
+    os.replace(spare, final)
+    return made.stat().st_ino
+
+
 def _remove_if_ours(files: dict[Path, int]) -> None:
     """Remove each published file that is still the one this run put there (same inode)."""
     for path, inode in files.items():
@@ -126,8 +396,7 @@ def produce_video(job: VideoJob, flow_run_id: str | None) -> ProducedVideo:
     started = time.perf_counter()
     request = job.request
     out = Path(request.out)
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", suffix=".work", dir=out.parent))
-    try:
+    with work_folder(out, request.catalog_url) as work_dir:
         prior = prepare_prior(
             request.prompt, request.seed, request.model, str(work_dir), request.image, request.negative_prompt,
             job.policy,
@@ -142,7 +411,7 @@ def produce_video(job: VideoJob, flow_run_id: str | None) -> ProducedVideo:
             workers=request.workers,
             ray_address=request.ray_address,
         )
-        staged = work_dir / "video.mp4"
+        staged = work_dir / STAGED_VIDEO
         with gpu_slot(job.gpu_limit):
             rendered = render_video(
                 request.prompt, prior.path, str(staged), request.num_frames, request.fps, request.seed, settings,
@@ -158,13 +427,11 @@ def produce_video(job: VideoJob, flow_run_id: str | None) -> ProducedVideo:
         prior_path = prior.path
         if prior.source == "generate":
             prior_path = str(prior_image_path(out))
-            published[Path(prior_path)] = Path(prior.path).stat().st_ino
-            os.replace(prior.path, prior_path)
+            published[Path(prior_path)] = _publish(work_dir, Path(prior.path), Path(prior_path))
         thumbnail_path = None
         if sheet is not None:
             thumbnail_path = str(contact_sheet_path(out))
-            published[Path(thumbnail_path)] = sheet.stat().st_ino
-            os.replace(sheet, thumbnail_path)
+            published[Path(thumbnail_path)] = _publish(work_dir, sheet, Path(thumbnail_path))
         timings = {
             "prior": prior.seconds,
             "prior_model": prior.model_seconds,
@@ -184,8 +451,6 @@ def produce_video(job: VideoJob, flow_run_id: str | None) -> ProducedVideo:
         if not added:
             _remove_if_ours(published)
         return _as_produced(video_id, added, rendered, str(out), prior.source, thumbnail_path, timings)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _fields(

@@ -12,6 +12,7 @@ import PIL.Image
 
 from magic141.presets import get_preset
 from magic141.windows import WINDOW_MODES
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_mode, check_prior_settings
 
 MAX_SECONDS = 600.0
 MAX_STEPS = 100
@@ -55,8 +56,8 @@ class GenerateRequest:
     ray_address: str | None = None
     prior: str | None = None  # auto, user, retrieve or generate; None: the image if given, else text-to-image
     index_dir: str | None = None  # retrieval index folder for the auto and retrieve priors
-    prior_threshold: float = 0.3  # auto: cosine score from which the best match is used as it is
-    prior_strength: float = 0.6  # auto: img2img strength from the best match below the threshold
+    prior_threshold: float = DEFAULT_THRESHOLD  # auto: cosine score from which the best match is used as it is
+    prior_strength: float = DEFAULT_STRENGTH  # auto: img2img strength from the best match below the threshold
 
     @property
     def num_frames(self) -> int:
@@ -153,6 +154,66 @@ def check_image(path: str) -> None:
         raise ValueError(f"image {path!r} is not a readable image ({reason}); give a PNG/JPEG/WebP file") from None
 
 
+def check_index_dir(index_dir: str) -> str:
+    """Return the absolute path of ``index_dir``; raise ``ValueError`` unless it holds a published retrieval index."""
+    folder = Path(index_dir).absolute()
+    if not folder.is_dir():
+        raise ValueError(
+            f"index folder {index_dir!r} does not exist; build one with `magic141 index build CORPUS --index-dir "
+            f"{folder}` or give another --index-dir"
+        )
+    from retrieval_index import store
+
+    store.open_current(folder)
+    return str(folder)
+
+
+def _prior_source(prior: str) -> str:
+    return "the retrieval index" if prior == "retrieve" else "the text-to-image model"
+
+
+def check_prior(
+    prior: str | None,
+    *,
+    image: str | None,
+    index_dir: str | None,
+    threshold: float = DEFAULT_THRESHOLD,
+    strength: float = DEFAULT_STRENGTH,
+) -> str | None:
+    """Check the first-frame options; return the absolute index folder when the prior will search it, else None.
+
+    ``retrieve`` needs a configured, built index; ``user`` needs ``--image``; ``retrieve`` and
+    ``generate`` refuse an ``--image`` they would ignore. An index given with another prior (or
+    with an image, which ``auto`` then uses) is not searched, so it is not checked either.
+    """
+    if prior is None:
+        return None
+    check_prior_mode(prior)
+    check_prior_settings(threshold, strength)
+    if prior == "user" and image is None:
+        raise ValueError("--prior user takes the first frame from --image; give --image PATH or choose another --prior")
+    if prior in ("retrieve", "generate") and image is not None:
+        raise ValueError(
+            f"--prior {prior} takes the first frame from {_prior_source(prior)} and would ignore --image; "
+            f"drop --image, or keep it with --prior user"
+        )
+    if prior == "retrieve" and index_dir is None:
+        raise ValueError(
+            "--prior retrieve needs a retrieval index and none is configured; pass --index-dir DIR (or set "
+            "MAGIC141_INDEX_DIR) to an index built with `magic141 index build`, or choose --prior generate"
+        )
+    if prior in ("auto", "retrieve") and image is None and index_dir is not None:
+        return check_index_dir(index_dir)
+    return None
+
+
+def needs_text_to_image(request: GenerateRequest) -> bool:
+    """Whether the text-to-image model may make the first frame of ``request``."""
+    if request.image is not None:
+        return False
+    return request.prior in (None, "auto", "generate")
+
+
 def prior_image_path(out: Path) -> Path:
     """Where a generated first frame is kept, beside its video."""
     return out.with_suffix(".prior.png")
@@ -203,7 +264,7 @@ def validate_request(request: GenerateRequest) -> GenerateRequest:
         from magic141.weights import WeightPaths
 
         paths = WeightPaths.resolve(request.weights)
-        if paths.prior is None and request.image is None:
+        if paths.prior is None and needs_text_to_image(request):
             raise ValueError(f"weights {request.weights!r} have no text-to-image prior (prior/); pass --image or add one")
         weights = os.path.abspath(request.weights)
     if request.quantize is not None and request.quantize not in QUANTIZATION_LEVELS:
@@ -214,20 +275,9 @@ def validate_request(request: GenerateRequest) -> GenerateRequest:
     if request.image is not None:
         check_image(request.image)
         image = os.path.abspath(request.image)
+    index_dir = check_prior(request.prior, image=image, index_dir=request.index_dir,
+                            threshold=request.prior_threshold, strength=request.prior_strength)
     check_output(request.out)
-    index_dir = None
-    if request.prior is not None:
-        from tasks.prior_policy import decide_prior
-
-        # The decision with an empty index answer checks the mode, the image and the settings.
-        decide_prior("generate" if request.prior == "retrieve" else request.prior, image=image,
-                     threshold=request.prior_threshold, strength=request.prior_strength)
-        if request.prior == "retrieve" and request.index_dir is None:
-            raise ValueError("prior 'retrieve' needs a retrieval index; give --index-dir or choose prior 'generate'")
-        if request.index_dir is not None:
-            if not Path(request.index_dir).is_dir():
-                raise ValueError(f"index folder {request.index_dir!r} does not exist; build one with magic141 index build")
-            index_dir = os.path.abspath(request.index_dir)
     return replace(
         request, image=image, out=os.path.abspath(request.out), guidance=guidance, weights=weights, index_dir=index_dir
     )

@@ -16,8 +16,10 @@ from tasks.catalog.batches import (
     RowRecord,
     add_rows,
     add_video_once,
+    close_interrupted_batch,
     export_videos,
     find_video,
+    find_video_by_output,
     finish_batch,
     get_batch,
     list_rows,
@@ -82,6 +84,51 @@ def test_batch_lifecycle_and_counts(catalog: Catalog) -> None:
     json.dumps(list_rows(catalog))
 
 
+def test_interrupted_batch_is_closed_with_what_became_of_each_row(catalog: Catalog) -> None:
+    batch_id = start_batch(catalog, csv_path="/data/p.csv", csv_sha256="c" * 64, out_dir="/out", batch_id="ab" * 16)
+    other = new_batch(catalog, "other.csv")
+    assert batch_id == "ab" * 16
+    add_rows(catalog, batch_id, [
+        RowRecord(2, "made-here", content_key="k2"), RowRecord(3, "made-elsewhere", content_key="k3"),
+        RowRecord(4, "unfinished", content_key="k4"), RowRecord(5, "bad", "rejected", "seconds must be > 0"),
+        RowRecord(6, "retrying", content_key="k6"),
+    ])
+    mine, _ = add_video_once(catalog, **video_fields(2, "k2", batch_id=batch_id))
+    theirs, _ = add_video_once(catalog, **video_fields(3, "k3", batch_id=other))
+    set_row(catalog, batch_id, 6, "failed", reason="ray actor died", attempts=1)
+
+    reason = "interrupted: process 4242 on node-a is no longer running; run the CSV again"
+    closed = close_interrupted_batch(catalog, batch_id, reason)
+
+    assert closed is not None and closed["status"] == "failed" and closed["finished_at"]
+    assert closed["counts"] == {"pending": 0, "done": 1, "skipped": 1, "failed": 2, "rejected": 1, "total": 5}
+    rows = {row["row_key"]: row for row in list_rows(catalog, batch_id=batch_id)}
+    assert (rows["made-here"]["status"], rows["made-here"]["video_id"]) == ("done", mine)
+    assert (rows["made-elsewhere"]["status"], rows["made-elsewhere"]["video_id"]) == ("skipped", theirs)
+    assert (rows["unfinished"]["status"], rows["unfinished"]["reason"]) == ("failed", reason)
+    assert rows["retrying"]["reason"] == "ray actor died", "rows that already failed keep their error"
+    assert close_interrupted_batch(catalog, batch_id, "again") is None, "a closed batch is left as it is"
+    assert get_batch(catalog, batch_id) == closed
+    assert get_batch(catalog, other)["status"] == "running", "other batches are not touched"
+    assert close_interrupted_batch(catalog, "0" * 32, reason) is None
+
+
+def test_interrupted_batch_whose_rows_were_all_made_is_done(catalog: Catalog) -> None:
+    batch_id = new_batch(catalog)
+    add_rows(catalog, batch_id, [RowRecord(2, "a", content_key="k2")])
+    add_video_once(catalog, **video_fields(2, "k2", batch_id=batch_id))
+
+    closed = close_interrupted_batch(catalog, batch_id, "interrupted: the run stopped")
+
+    assert closed is not None and closed["status"] == "done" and closed["counts"]["done"] == 1
+
+
+def test_video_is_found_by_its_output_path(catalog: Catalog) -> None:
+    video_id, _ = add_video_once(catalog, **video_fields(1))
+    assert find_video_by_output(catalog, "/out/1.mp4")["id"] == video_id
+    assert find_video_by_output(catalog, "/out/2.mp4") is None
+
+
 def test_adding_rows_again_keeps_what_was_recorded(catalog: Catalog) -> None:
     batch_id = new_batch(catalog)
     add_rows(catalog, batch_id, [RowRecord(2, "a"), RowRecord(3, "b")])
@@ -131,6 +178,7 @@ def test_failed_row_can_succeed_later(catalog: Catalog) -> None:
         (lambda c, b: add_rows(c, b, [RowRecord(2, "a", "done")]), "rows start pending or rejected"),
         (lambda c, b: add_rows(c, "0" * 32, [RowRecord(2, "a")]), "no batch"),
         (lambda c, b: finish_batch(c, b, "running"), "a batch finishes done or failed"),
+        (lambda c, b: close_interrupted_batch(c, b, ""), "an interrupted batch needs a reason"),
         (lambda c, b: list_rows(c, status="lost"), "row status 'lost' is invalid"),
         (lambda c, b: add_video_once(c, **video_fields(1, key="")), "needs a content_key"),
     ],

@@ -16,6 +16,7 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.cli import main
 from tasks.catalog import open_catalog
+from tasks.catalog.batches import get_batch, list_rows
 from tasks.ffmpeg import probe, sha256_file
 
 MAGIC141 = str(Path(sys.executable).with_name("magic141"))
@@ -29,6 +30,10 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
 
 
+def _work_dirs(out: Path) -> list[Path]:
+    return sorted(out.glob(".*.work")) if out.is_dir() else []
+
+
 def test_killed_batch_completes_on_rerun_without_rendering_done_rows_again(prefect_api, catalog_url: str, tmp_path: Path):
     csv = tmp_path / "prompts.csv"
     csv.write_text("id,prompt,seconds,fps\n" + "".join(f"r{n},scene number {n},1,6\n" for n in range(3)))
@@ -37,7 +42,7 @@ def test_killed_batch_completes_on_rerun_without_rendering_done_rows_again(prefe
                                stdout=subprocess.DEVNULL, stderr=(tmp_path / "killed.log").open("w"))
     deadline = time.monotonic() + 240
     first: list[dict] = []
-    while not first and time.monotonic() < deadline and process.poll() is None:
+    while not (first and _work_dirs(out)) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.2)
         with open_catalog(catalog_url) as catalog:
             first = catalog.list_videos()
@@ -46,7 +51,10 @@ def test_killed_batch_completes_on_rerun_without_rendering_done_rows_again(prefe
     assert first, (tmp_path / "killed.log").read_text()[-3000:]
     with open_catalog(catalog_url) as catalog:
         made = {video["id"]: video for video in catalog.list_videos()}
+        (killed_batch,) = {video["batch_id"] for video in made.values()}
+        assert get_batch(catalog, killed_batch)["status"] == "running"
     assert len(made) < 3, "the kill came before the batch finished"
+    assert _work_dirs(out) and list(out.glob(".magic141-batch-*.lease")), "the killed run left its work and lease"
     stamps = {video["output_path"]: (Path(video["output_path"]).stat().st_mtime_ns, video["output_sha256"])
               for video in made.values()}
 
@@ -63,6 +71,15 @@ def test_killed_batch_completes_on_rerun_without_rendering_done_rows_again(prefe
         assert Path(path).stat().st_mtime_ns == mtime and sha256_file(path) == sha, "done rows were not re-rendered"
     assert sorted(str(p) for p in out.glob("*.mp4")) == sorted(v["output_path"] for v in videos), "no orphan videos"
     assert all(probe(video["output_path"]).frames == 6 for video in videos)
+    assert _work_dirs(out) == [] and list(out.glob(".magic141-batch-*")) == [], "the rerun cleared what the kill left"
+    with open_catalog(catalog_url) as catalog:
+        closed = get_batch(catalog, killed_batch)
+        rows = list_rows(catalog, batch_id=killed_batch)
+    assert closed["status"] == "failed" and closed["counts"]["pending"] == 0
+    unfinished = [row for row in rows if row["status"] == "failed"]
+    assert unfinished and len(unfinished) + closed["counts"]["done"] == 3
+    assert all(row["reason"].startswith(f"interrupted: the bulk run's process {process.pid} on ") for row in unfinished)
+    assert all("run the CSV again" in row["reason"] for row in unfinished)
 
 
 def test_summary_and_exit_codes(prefect_api, tmp_path: Path):
@@ -86,16 +103,20 @@ def test_summary_and_exit_codes(prefect_api, tmp_path: Path):
         (["binary.csv"], "binary file"),
         (["prompts.csv", "--concurrency", "0"], "concurrency must be between 1"),
         (["prompts.csv", "--index-dir", "nope"], "index folder"),
+        (["prompts.csv", "--index-dir", "unbuilt-index"], "no index at"),
         (["prompts.csv", "--preset", "huge"], "huge"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys):
     (tmp_path / "binary.csv").write_bytes(b"\x00\x01prompt")
     (tmp_path / "prompts.csv").write_text("prompt\na still lake\n")
-    args = [str(tmp_path / args[0]), *[str(tmp_path / a) if a == "nope" else a for a in args[1:]]]
+    (tmp_path / "unbuilt-index").mkdir()
+    args = [str(tmp_path / args[0]), *[str(tmp_path / a) if a in ("nope", "unbuilt-index") else a for a in args[1:]]]
     status = main(["bulk", *args, "--out-dir", str(tmp_path), "--catalog", f"sqlite:///{tmp_path / 'c.db'}"])
     captured = capsys.readouterr()
     assert status == 2, captured.err
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("magic141: error:") and message in lines[0], captured.err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.csv", "prompts.csv"], "nothing is created"
+    created = sorted(p.name for p in tmp_path.iterdir())
+    assert created == ["binary.csv", "prompts.csv", "unbuilt-index"], "nothing is created"
+    assert list((tmp_path / "unbuilt-index").iterdir()) == []

@@ -110,6 +110,9 @@ BAD_ROWS = {
     "unknown windows": ("cat,1,24,1,,,sliding", "windows 'sliding' is not one of chained, parallel"),
     "user prior without image": ("cat,1,24,1,,user", "prior 'user' needs an image"),
     "image with generate": ("cat,1,24,1,,generate,,first.png", "prior 'generate' would ignore it"),
+    "image with retrieve": ("cat,1,24,1,,retrieve,,first.png", "prior 'retrieve' would ignore it"),
+    "retrieve without an index": ("cat,1,24,1,,retrieve", "prior 'retrieve' needs a retrieval index and none is "
+                                  "configured; pass --index-dir DIR (or set MAGIC141_INDEX_DIR)"),
     "missing image": ("cat,1,24,1,,,,nope.png", "does not exist"),
     "image not an image": ("cat,1,24,1,,,,notes.png", "is not a readable image"),
     "image outside the folder": ("cat,1,24,1,,,,../outside.png", "outside the image folders"),
@@ -143,6 +146,21 @@ def test_bad_row_is_rejected_and_the_rest_go_on(case: str, tmp_path: Path, pictu
     assert rejected.row_number == 3 and reason in rejected.reason, rejected.reason
     assert "\n" not in rejected.reason
     assert rejected.cells["prompt"] == cells.split(",")[0].strip('"').strip()
+
+
+def test_retrieve_rows_need_an_index_and_auto_rows_do_not(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "id,prompt,prior\nfound,a red fox,retrieve\nchosen,a blue boat,auto\nplain,a cat,\n")
+
+    without = read_prompt_csv(path)
+    with_index = read_prompt_csv(path, index_configured=True)
+
+    assert [row.row_key for row in without.valid] == ["chosen", "plain"], "auto falls back to text-to-image"
+    (rejected,) = without.rejected
+    assert rejected.row_key == "found" and rejected.reason.startswith("prior 'retrieve' needs a retrieval index")
+    assert "--index-dir" in rejected.reason and "\n" not in rejected.reason
+    assert [(row.row_key, row.prior) for row in with_index.valid] == [
+        ("found", "retrieve"), ("chosen", "auto"), ("plain", "auto")]
+    assert with_index.rejected == ()
 
 
 def test_every_problem_of_a_row_is_named(tmp_path: Path) -> None:

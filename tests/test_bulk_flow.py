@@ -10,6 +10,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.bulk import bulk_generate
+from retrieval_index import build_index
+from retrieval_index.demo import make_demo_corpus
 from tasks.catalog import open_catalog
 from tasks.catalog.batches import get_batch, list_rows
 from tasks.ffmpeg import probe, sha256_file
@@ -104,3 +106,34 @@ def test_a_row_that_keeps_failing_is_marked_failed_and_the_others_finish(prefect
     assert sorted(row["row_key"] for row in done) == ["first", "third"]
     assert all(probe(row["output"]).frames == 6 for row in result.rows if row["status"] == "done")
     assert not list(tmp_path.glob("second-*")), "the failed row leaves no files"
+
+
+def test_retrieve_rows_are_rejected_up_front_without_an_index_and_use_it_when_given(prefect_api, tmp_path: Path):
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("id,prompt,seconds,fps,prior\nfound,a yellow triangle,1,6,retrieve\nchosen,a red circle,1,6,auto\n")
+    catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    plain, indexed = tmp_path / "plain", tmp_path / "indexed"
+    plain.mkdir()
+    indexed.mkdir()
+
+    without = bulk_generate(str(csv), str(plain), catalog_url, retry_delay_s=0)
+
+    rows = {row["key"]: row for row in without.rows}
+    assert (rows["found"]["status"], rows["chosen"]["status"]) == ("rejected", "done")
+    assert rows["found"]["reason"].startswith("prior 'retrieve' needs a retrieval index and none is configured")
+    assert "--index-dir" in rows["found"]["reason"] and rows["chosen"]["prior_source"] == "generate"
+    assert without.counts["failed"] == 0 and [p.name for p in plain.glob("found-*")] == []
+
+    corpus = tmp_path / "corpus"
+    pictures = make_demo_corpus(corpus, n=4)
+    build_index([corpus], tmp_path / "index")
+    with_index = bulk_generate(str(csv), str(indexed), catalog_url, index_dir=str(tmp_path / "index"),
+                               threshold=-1.0, retry_delay_s=0)
+
+    assert with_index.counts["done"] == 2 and with_index.counts["rejected"] == 0
+    with open_catalog(catalog_url) as catalog:
+        for row in with_index.rows:
+            video = catalog.get_video(row["video_id"])
+            assert video["prior_source"] == "retrieve" and Path(video["prior_image_path"]) in pictures
+            assert video["prior_details"]["mode"] == ("retrieve" if row["key"] == "found" else "auto")
+            assert video["prior_details"]["matches"][0]["path"] == video["prior_image_path"]

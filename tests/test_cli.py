@@ -12,6 +12,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
+from retrieval_index import build_index
+from retrieval_index.demo import make_demo_corpus
 from tasks.catalog import open_catalog
 from tasks.ffmpeg import probe, sha256_file
 
@@ -19,8 +21,9 @@ MAGIC141 = str(Path(sys.executable).with_name("magic141"))
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    inherited = {name: value for name, value in os.environ.items() if name != "MAGIC141_INDEX_DIR"}
     return subprocess.run([MAGIC141, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+                          env={**inherited, **(env or {})}, cwd=cwd)
 
 
 def test_generate_then_show_against_a_prefect_server(prefect_api, tmp_path: Path):
@@ -55,6 +58,8 @@ def _write_bad_files(tmp: Path) -> None:
     Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp / "truncated.png")
     (tmp / "truncated.png").write_bytes((tmp / "truncated.png").read_bytes()[:60])
     (tmp / "plain-file").write_text("x")
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(tmp / "first.png")
+    (tmp / "unbuilt-index").mkdir()
 
 
 # Arguments that must be refused; "{tmp}" is the test's folder.
@@ -81,6 +86,18 @@ BAD_INPUTS = {
     "true cfg without negative prompt": ["--true-cfg", "4"],
     "unknown window mode": ["--windows", "sliding"],
     "ray address without workers": ["--ray-address", "127.0.0.1:6379"],
+    "unknown prior": ["--prior", "camera"],
+    "retrieve without an index": ["--prior", "retrieve"],
+    "retrieve with an image": ["--prior", "retrieve", "--index-dir", "{tmp}/unbuilt-index",
+                               "--image", "{tmp}/first.png"],
+    "generate with an image": ["--prior", "generate", "--image", "{tmp}/first.png"],
+    "user prior without image": ["--prior", "user"],
+    "index folder missing": ["--prior", "retrieve", "--index-dir", "{tmp}/nope"],
+    "index folder never built": ["--prior", "auto", "--index-dir", "{tmp}/unbuilt-index"],
+    "threshold without auto": ["--prior-threshold", "0.5"],
+    "strength with retrieve": ["--prior", "retrieve", "--prior-strength", "0.5"],
+    "threshold out of range": ["--prior", "auto", "--prior-threshold", "1.5"],
+    "strength zero": ["--prior", "auto", "--prior-strength", "0"],
 }
 
 
@@ -104,3 +121,64 @@ def test_catalog_show_unknown_id_is_one_line(tmp_path: Path):
     catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
     done = run("catalog", "show", "abc123", "--catalog", catalog)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no video" in done.stderr
+
+
+# (arguments, the whole error line after "magic141: error: "); "{tmp}" is the test's folder.
+PRIOR_ERRORS = [
+    (["--prior", "retrieve", "--image", "{tmp}/first.png"],
+     "--prior retrieve takes the first frame from the retrieval index and would ignore --image; "
+     "drop --image, or keep it with --prior user"),
+    (["--prior", "retrieve"],
+     "--prior retrieve needs a retrieval index and none is configured; pass --index-dir DIR (or set "
+     "MAGIC141_INDEX_DIR) to an index built with `magic141 index build`, or choose --prior generate"),
+    (["--prior", "auto", "--index-dir", "{tmp}/unbuilt-index"],
+     "no index at {tmp}/unbuilt-index; build one with `magic141 index build CORPUS --index-dir {tmp}/unbuilt-index`"),
+    (["--prior-threshold", "0.5"],
+     "--prior-threshold applies to --prior auto; add --prior auto or drop --prior-threshold"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), PRIOR_ERRORS)
+def test_prior_errors_name_the_conflict_and_the_fix_before_anything_is_made(
+    args: list[str], message: str, tmp_path: Path
+):
+    _write_bad_files(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    done = run("generate", "--prompt", "a cat", "--seconds", "1", *[a.replace("{tmp}", str(tmp_path)) for a in args],
+               cwd=tmp_path)
+
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"magic141: error: {message.replace('{tmp}', str(tmp_path))}"]
+    assert sorted(tmp_path.iterdir()) == before, "not even the default out/ folder is created"
+
+
+def test_prior_options_choose_the_first_frame_and_are_catalogued(prefect_api, tmp_path: Path):
+    corpus, index_dir = tmp_path / "corpus", tmp_path / "index"
+    pictures = make_demo_corpus(corpus, n=4)
+    build_index([corpus], index_dir)
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    common = ("--prompt", "a yellow triangle", "--seconds", "1", "--fps", "6", "--seed", "3", "--catalog", catalog,
+              "--json")
+
+    retrieved = run("generate", *common, "--prior", "retrieve", "--index-dir", str(index_dir),
+                    "--out", str(tmp_path / "retrieved.mp4"), env=env)
+    blended = run("generate", *common, "--prior", "auto", "--prior-threshold", "1", "--prior-strength", "0.4",
+                  "--out", str(tmp_path / "blended.mp4"), env={**env, "MAGIC141_INDEX_DIR": str(index_dir)})
+
+    assert retrieved.returncode == 0, retrieved.stderr
+    assert blended.returncode == 0, blended.stderr
+    with open_catalog(catalog) as store:
+        first = store.get_video(json.loads(retrieved.stdout)["id"])
+        second = store.get_video(json.loads(blended.stdout)["id"])
+    assert json.loads(retrieved.stdout)["prior"] == first["prior_source"] == "retrieve"
+    assert Path(first["prior_image_path"]) in pictures
+    assert first["prior_details"]["mode"] == "retrieve"
+    assert first["prior_details"]["matches"][0]["path"] == first["prior_image_path"]
+    assert json.loads(blended.stdout)["prior"] == second["prior_source"] == "generate"
+    details = second["prior_details"]
+    assert (details["mode"], details["conditioning"], details["threshold"], details["strength"]) == (
+        "auto", "img2img", 1.0, 0.4)
+    assert details["matches"] and "< threshold 1" in details["reason"]
+    assert second["prior_image_path"] == str(tmp_path / "blended.prior.png")
+    assert probe(tmp_path / "retrieved.mp4").frames == probe(tmp_path / "blended.mp4").frames == 6

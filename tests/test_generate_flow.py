@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+import time
+
 import PIL.Image
 import pytest
 from prefect.client.orchestration import get_client
@@ -13,6 +16,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from flows.generate import generate
 from tasks.catalog import open_catalog
 from tasks.ffmpeg import probe, sha256_file
+from tasks.produce import LEASE_S
 from tasks.request import GenerateRequest
 
 
@@ -32,6 +36,7 @@ def test_generated_video_is_complete_and_catalogued(prefect_api, catalog_url: st
     assert row["prompt"] == "a red fox in snow" and row["seed"] == 9 and row["steps"] == 4
     assert row["prior_source"] == "generate"
     assert row["prior_image_sha256"] == sha256_file(row["prior_image_path"])
+    assert (row["prior_details"]["mode"], row["prior_details"]["source"]) == ("generate", "generate")
     assert row["preset"] == "tiny" and len(row["weights_fingerprint"]) == 64
     assert sum(w["keep"] for w in row["window_layout"]) == 30
     assert {"prior", "render", "render_model", "total"} <= set(row["stage_timings"])
@@ -80,6 +85,7 @@ def test_user_image_and_same_seed_reproduce_the_same_file(prefect_api, tmp_path:
     with open_catalog(url) as catalog:
         row = catalog.get_video(runs[0].video_id)
     assert row["prior_source"] == "user" and row["prior_image_path"] == str(image)
+    assert row["prior_details"]["reason"] == "the row gives its own image"
     assert row["prior_image_sha256"] == sha256_file(image)
     assert probe(tmp_path / "a.mp4").frames == 24
 
@@ -107,3 +113,18 @@ def test_bad_request_inside_the_flow_fails_before_any_work(prefect_api, tmp_path
         generate(GenerateRequest(prompt="x", out=str(tmp_path / "x.mp4"),
                                  catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}", fps=500))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_work_folders_abandoned_in_the_output_folder_are_removed(prefect_api, tmp_path: Path):
+    abandoned, fresh = tmp_path / ".old.k3j9x2aa.work", tmp_path / ".new.k3j9x2aa.work"
+    for folder in (abandoned, fresh):
+        folder.mkdir()
+        (folder / "prior.png").write_bytes(b"half written")
+    for path in (abandoned / "prior.png", abandoned):
+        os.utime(path, (time.time() - LEASE_S - 1,) * 2)
+
+    generate(GenerateRequest(prompt="dunes", out=str(tmp_path / "d.mp4"),
+                             catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}", seconds=1, seed=1))
+
+    assert not abandoned.exists(), "a work folder nobody touched for the lease time is removed"
+    assert fresh.is_dir(), "a work folder that may still be in use is kept"

@@ -30,3 +30,44 @@ def test_bad_window_options_are_refused(tmp_path: Path, fields: dict, message: s
 def test_good_window_options_pass(tmp_path: Path):
     checked = validate_request(request(tmp_path, windows="parallel", overlap=3, workers=2, ray_address="auto"))
     assert (checked.windows, checked.overlap, checked.workers, checked.ray_address) == ("parallel", 3, 2, "auto")
+
+
+@pytest.fixture
+def first_frame(tmp_path: Path) -> str:
+    import PIL.Image
+
+    path = tmp_path / "first.png"
+    PIL.Image.new("RGB", (32, 24), (10, 20, 30)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"prior": "retrieve", "image": "IMAGE", "index_dir": "."},
+         "--prior retrieve takes the first frame from the retrieval index and would ignore --image; drop --image, "
+         "or keep it with --prior user"),
+        ({"prior": "generate", "image": "IMAGE"},
+         "--prior generate takes the first frame from the text-to-image model and would ignore --image"),
+        ({"prior": "retrieve"},
+         "--prior retrieve needs a retrieval index and none is configured; pass --index-dir DIR"),
+        ({"prior": "user"}, "--prior user takes the first frame from --image; give --image PATH"),
+        ({"prior": "camera"}, "prior 'camera' is not one of auto, user, retrieve, generate"),
+        ({"prior": "auto", "prior_threshold": 2.0}, "retrieval threshold must be a cosine score in [-1, 1], got 2.0"),
+        ({"prior": "auto", "prior_strength": 0.0}, "img2img strength must be in (0, 1], got 0.0"),
+        ({"prior": "auto", "index_dir": "MISSING"}, "index folder 'MISSING' does not exist; build one with"),
+    ],
+)
+def test_bad_prior_options_are_refused(tmp_path: Path, first_frame: str, fields: dict, message: str):
+    fields = {name: {"IMAGE": first_frame, "MISSING": str(tmp_path / "none")}.get(value, value)
+              for name, value in fields.items()}
+    with pytest.raises(ValueError) as info:
+        validate_request(request(tmp_path, **fields))
+    assert str(info.value).startswith(message.replace("MISSING", str(tmp_path / "none"))), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_an_index_is_checked_only_when_the_prior_searches_it(tmp_path: Path, first_frame: str):
+    missing = str(tmp_path / "none")
+    for fields in ({}, {"prior": "generate"}, {"prior": "auto", "image": first_frame}):
+        assert validate_request(request(tmp_path, index_dir=missing, **fields)).index_dir is None

@@ -9,7 +9,10 @@ A batch starts ``running`` (:func:`start_batch`); its rows are recorded ``pendin
 - ``done``, ``skipped`` and ``rejected`` are final: recording the same status again returns the
   row as it is (the first writer wins), another status is an error.
 
-:func:`finish_batch` stores the count of rows per status. Videos are added through
+:func:`finish_batch` stores the count of rows per status. A batch whose run ended without
+finishing it (killed, or stopped by an error) is closed by :func:`close_interrupted_batch`: its
+pending rows become ``done``/``skipped`` when their video was catalogued after all, else
+``failed`` with the interruption as the reason. Videos are added through
 :func:`add_video_once`, which never creates two videos with one content key.
 
 Several threads, processes or machines may record at once. The unique constraints
@@ -28,7 +31,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tasks.catalog.models import BATCH_STATUSES, ROW_STATUSES, Batch, BatchRow, Video, VideoWindow, utcnow
+from tasks.catalog.models import BATCH_STATUSES, ROW_STATUSES, Batch, BatchRow, Video, VideoWindow, new_id, utcnow
 from tasks.catalog.store import Catalog, CatalogError, video_as_dict
 
 logger = logging.getLogger(__name__)
@@ -112,11 +115,20 @@ def _write_retrying(catalog: Catalog, action: str, work: Callable[[Session], T])
 
 
 def start_batch(
-    catalog: Catalog, *, csv_path: str, csv_sha256: str, out_dir: str, flow_run_id: str | None = None
+    catalog: Catalog,
+    *,
+    csv_path: str,
+    csv_sha256: str,
+    out_dir: str,
+    flow_run_id: str | None = None,
+    batch_id: str | None = None,
 ) -> str:
-    """Record a new running batch and return its id."""
+    """Record a new running batch and return its id (``batch_id``, or a fresh one)."""
     with catalog.session("start a batch", write=True) as session:
-        batch = Batch(csv_path=str(csv_path), csv_sha256=csv_sha256, out_dir=str(out_dir), flow_run_id=flow_run_id)
+        batch = Batch(
+            id=batch_id or new_id(), csv_path=str(csv_path), csv_sha256=csv_sha256, out_dir=str(out_dir),
+            flow_run_id=flow_run_id,
+        )
         session.add(batch)
         session.flush()
         batch_id = batch.id
@@ -217,32 +229,87 @@ def _set_row(session: Session, batch_id: str, row_number: int, status: str, chan
     return _row_dict(row)
 
 
+def _close(session: Session, batch: Batch, status: str) -> dict[str, Any]:
+    """Store the number of rows per status (and ``total``), the status and the finish time."""
+    counted = dict(
+        session.execute(
+            select(BatchRow.status, func.count()).where(BatchRow.batch_id == batch.id).group_by(BatchRow.status)
+        ).all()
+    )
+    counts = {name: int(counted.get(name, 0)) for name in ROW_STATUSES}
+    counts["total"] = sum(counts.values())
+    batch.counts = counts
+    batch.status = status
+    batch.finished_at = utcnow()
+    session.flush()
+    return _batch_dict(batch)
+
+
 def finish_batch(catalog: Catalog, batch_id: str, status: str = "done") -> dict[str, Any]:
     """Close the batch: store the number of rows per status (and ``total``) and the finish time."""
     if status not in BATCH_STATUSES or status == "running":
         raise CatalogError(f"a batch finishes done or failed, got {status!r}")
     with catalog.session("finish a batch", write=True) as session:
-        batch = _require_batch(session, batch_id)
-        counted = dict(
-            session.execute(
-                select(BatchRow.status, func.count()).where(BatchRow.batch_id == batch_id).group_by(BatchRow.status)
-            ).all()
-        )
-        counts = {name: int(counted.get(name, 0)) for name in ROW_STATUSES}
-        counts["total"] = sum(counts.values())
-        batch.counts = counts
-        batch.status = status
-        batch.finished_at = utcnow()
-        session.flush()
-        finished = _batch_dict(batch)
-    logger.info("batch %s finished %s: %s", batch_id, status, counts)
+        finished = _close(session, _require_batch(session, batch_id), status)
+    logger.info("batch %s finished %s: %s", batch_id, status, finished["counts"])
     return finished
+
+
+def _settle_pending_row(session: Session, row: BatchRow, reason: str) -> None:
+    video = None
+    if row.content_key:
+        video = session.scalar(select(Video).where(Video.content_key == row.content_key))
+    if video is None:
+        row.status, row.reason = "failed", reason
+    else:
+        row.status, row.video_id = ("done" if video.batch_id == row.batch_id else "skipped"), video.id
+    row.updated_at = utcnow()
+
+
+def _close_interrupted(session: Session, batch_id: str, reason: str) -> dict[str, Any] | None:
+    batch = session.scalar(select(Batch).where(Batch.id == batch_id).with_for_update())
+    if batch is None or batch.status != "running":
+        return None
+    pending = session.scalars(
+        select(BatchRow).where(BatchRow.batch_id == batch_id, BatchRow.status == "pending").with_for_update()
+    ).all()
+    for row in pending:
+        _settle_pending_row(session, row, reason)
+    session.flush()
+    failed = session.scalar(
+        select(func.count()).select_from(BatchRow).where(BatchRow.batch_id == batch_id, BatchRow.status == "failed")
+    )
+    return _close(session, batch, "failed" if failed else "done")
+
+
+def close_interrupted_batch(catalog: Catalog, batch_id: str, reason: str) -> dict[str, Any] | None:
+    """Close a batch whose run ended without finishing it; return the closed batch, or None if it was not running.
+
+    Each pending row whose content key was catalogued after all becomes ``done`` (this batch made
+    the video) or ``skipped`` (another did); every other pending row becomes ``failed`` with
+    ``reason``. The batch ends ``failed`` if a row failed, else ``done``. A batch that is missing
+    or already closed is left as it is, so several runs may try this at once.
+    """
+    if not reason:
+        raise CatalogError("an interrupted batch needs a reason for its unfinished rows; pass the interruption")
+    with catalog.session("close an interrupted batch", write=True) as session:
+        closed = _close_interrupted(session, batch_id, reason)
+    if closed is not None:
+        logger.warning("closed interrupted batch %s as %s: %s", batch_id, closed["status"], reason)
+    return closed
 
 
 def find_video(catalog: Catalog, content_key: str) -> dict[str, Any] | None:
     """The video made from this content key, or None."""
     with catalog.session("look up a video") as session:
         video = session.scalar(select(Video).where(Video.content_key == content_key))
+        return None if video is None else video_as_dict(video)
+
+
+def find_video_by_output(catalog: Catalog, output_path: str) -> dict[str, Any] | None:
+    """The video catalogued at this output path, or None."""
+    with catalog.session("look up a video") as session:
+        video = session.scalar(select(Video).where(Video.output_path == str(output_path)))
         return None if video is None else video_as_dict(video)
 
 
