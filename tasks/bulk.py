@@ -46,15 +46,8 @@ from tasks.catalog.models import new_id
 from tasks.models import image_prior, video_pipeline
 from tasks.prior import PriorPolicy
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_settings
-from tasks.produce import (
-    VideoJob,
-    heartbeat,
-    lease_expiry,
-    produce_video,
-    read_lease,
-    sweep_work_dirs,
-    write_lease,
-)
+from tasks.leases import heartbeat, lease_expiry, read_lease, write_lease
+from tasks.produce import VideoJob, produce_video, sweep_work_dirs
 from tasks.provenance import combined_fingerprint
 from tasks.request import (
     MAX_WORKERS,
@@ -336,7 +329,7 @@ def recover_out_dir(settings: BulkSettings) -> Recovery:
     """Close the batches of dead runs in the output folder as interrupted and remove their work folders.
 
     A run is dead when its process no longer runs (same machine) or its lease had no heartbeat
-    for ``tasks.produce.LEASE_S`` (another machine). Live runs' batches and work folders are not
+    for ``tasks.leases.LEASE_S`` (another machine). Live runs' batches and work folders are not
     touched; a batch without a lease (made before leases existed) is left as it is.
     """
     folder = Path(settings.out_dir)

@@ -27,7 +27,8 @@ from flows.bulk import bulk_generate
 from tasks.bulk import batch_lease, batch_lease_path, check_bulk, recover_out_dir
 from tasks.catalog import open_catalog, redact
 from tasks.catalog.batches import RowRecord, add_rows, add_video_once, get_batch, list_rows, start_batch
-from tasks.produce import LEASE_S, OWNER_FILE, work_folder, write_lease
+from tasks.leases import LEASE_S, write_lease
+from tasks.produce import OWNER_FILE, work_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,7 +38,8 @@ REPO = Path(__file__).resolve().parent.parent
 KILLED_RUN = """
 import os, sys, time
 from pathlib import Path
-from tasks.produce import heartbeat, work_folder, write_lease
+from tasks.leases import heartbeat, write_lease
+from tasks.produce import work_folder
 
 out, url, batch_id, lease = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 write_lease(lease, batch_id=batch_id, catalog=sys.argv[5])

@@ -16,7 +16,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from flows.generate import generate
 from tasks.catalog import open_catalog
 from tasks.ffmpeg import probe, sha256_file
-from tasks.produce import LEASE_S
+from tasks.leases import LEASE_S
 from tasks.request import GenerateRequest
 
 
