@@ -26,7 +26,7 @@ from flows.cli_bulk import bulk  # noqa: E402
 from flows.cli_index import index_app  # noqa: E402
 from tasks.catalog import CatalogError, open_catalog, resolve_catalog_url  # noqa: E402
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD  # noqa: E402
-from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, check_prior, validate_request  # noqa: E402
+from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, check_output, check_prior, validate_request  # noqa: E402
 
 DEFAULT_OUT_DIR = Path("out")
 
@@ -45,8 +45,7 @@ def _slug(text: str, limit: int = 40) -> str:
 
 
 def default_output(prompt: str, seed: int) -> Path:
-    """``out/<prompt-slug>-s<seed>.mp4``, numbered if taken; creates ``out/``."""
-    DEFAULT_OUT_DIR.mkdir(exist_ok=True)
+    """``out/<prompt-slug>-s<seed>.mp4``, numbered if taken (``out/`` is created once the request is valid)."""
     stem = f"{_slug(prompt)}-s{seed}"
     candidate = DEFAULT_OUT_DIR / f"{stem}.mp4"
     number = 1
@@ -73,9 +72,13 @@ def _check_prior_options(
         raise UserError(" ".join(str(exc).split())) from None
 
 
-def _checked(request: GenerateRequest) -> GenerateRequest:
+def _checked(request: GenerateRequest, default_out: bool) -> GenerateRequest:
+    """The validated request; with ``default_out`` the default output folder is created only after that."""
     try:
-        request = validate_request(request)
+        request = validate_request(request, check_out=not default_out)
+        if default_out:
+            DEFAULT_OUT_DIR.mkdir(exist_ok=True)
+            check_output(request.out)
         open_catalog(request.catalog_url).close()
     except (ValueError, CatalogError) as exc:
         raise UserError(str(exc)) from None
@@ -140,7 +143,8 @@ def generate(
             index_dir=None if index_dir is None else str(index_dir),
             prior_threshold=DEFAULT_THRESHOLD if prior_threshold is None else prior_threshold,
             prior_strength=DEFAULT_STRENGTH if prior_strength is None else prior_strength,
-        )
+        ),
+        default_out=out is None,
     )
     from flows.generate import generate as generate_flow
     from tasks.progress import listening

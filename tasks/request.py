@@ -245,8 +245,12 @@ def _gpu_visible() -> bool:
     return torch.cuda.is_available()
 
 
-def validate_request(request: GenerateRequest) -> GenerateRequest:
-    """Check every field; return the request with absolute paths and the preset's default guidance."""
+def validate_request(request: GenerateRequest, check_out: bool = True) -> GenerateRequest:
+    """Check every field; return the request with absolute paths and the preset's default guidance.
+
+    ``check_out=False`` leaves the output path to the caller (``check_output``), for a caller that
+    creates the output folder only once everything else is known to be valid.
+    """
     check_prompt(request.prompt)
     preset = get_preset(request.preset)
     check_duration(request.seconds, request.fps)
@@ -277,7 +281,8 @@ def validate_request(request: GenerateRequest) -> GenerateRequest:
         image = os.path.abspath(request.image)
     index_dir = check_prior(request.prior, image=image, index_dir=request.index_dir,
                             threshold=request.prior_threshold, strength=request.prior_strength)
-    check_output(request.out)
+    if check_out:
+        check_output(request.out)
     return replace(
         request, image=image, out=os.path.abspath(request.out), guidance=guidance, weights=weights, index_dir=index_dir
     )

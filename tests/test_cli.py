@@ -101,20 +101,39 @@ BAD_INPUTS = {
 }
 
 
+def run_here(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[int, str, str]:
+    """``magic141 ARGS`` in this process (as the console script runs it), in ``tmp_path``: status, stdout, stderr."""
+    from flows.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAGIC141_INDEX_DIR", raising=False)
+    status = main([a.replace("{tmp}", str(tmp_path)) for a in args])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
 @pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_is_one_line_and_leaves_nothing(case: str, tmp_path: Path):
+def test_bad_input_is_one_line_and_leaves_nothing(case: str, tmp_path: Path, monkeypatch, capsys):
     _write_bad_files(tmp_path)
     before = sorted(tmp_path.iterdir())
     args = {"--prompt": "a cat", "--out": str(tmp_path / "v.mp4"), "--catalog": f"sqlite:///{tmp_path / 'catalog.db'}"}
-    overrides = [a.replace("{tmp}", str(tmp_path)) for a in BAD_INPUTS[case]]
+    overrides = BAD_INPUTS[case]
     args.update(zip(overrides[::2], overrides[1::2]))
-    done = run("generate", "--seconds", "1", *[x for pair in args.items() for x in pair], cwd=tmp_path)
+    status, out, err = run_here(["generate", "--seconds", "1", *[x for pair in args.items() for x in pair]],
+                                tmp_path, monkeypatch, capsys)
 
-    assert done.returncode == 2, done
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("magic141: error: "), done.stderr
-    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("magic141: error: "), err
+    assert "Traceback" not in err and out == ""
     assert sorted(tmp_path.iterdir()) == before, "no video, catalog or work file is created"
+
+
+@pytest.mark.parametrize("args", [["--seconds", "0"], ["--fps", "500"], ["--preset", "huge"], ["--steps", "0"]])
+def test_bad_input_without_out_does_not_create_the_default_folder(args: list[str], tmp_path, monkeypatch, capsys):
+    status, _, err = run_here(["generate", "--prompt", "a cat", *args], tmp_path, monkeypatch, capsys)
+    assert status == 2 and err.startswith("magic141: error: ")
+    assert list(tmp_path.iterdir()) == [], "out/ is created only for a valid request"
 
 
 def test_catalog_show_unknown_id_is_one_line(tmp_path: Path):
@@ -140,15 +159,14 @@ PRIOR_ERRORS = [
 
 @pytest.mark.parametrize(("args", "message"), PRIOR_ERRORS)
 def test_prior_errors_name_the_conflict_and_the_fix_before_anything_is_made(
-    args: list[str], message: str, tmp_path: Path
+    args: list[str], message: str, tmp_path: Path, monkeypatch, capsys
 ):
     _write_bad_files(tmp_path)
     before = sorted(tmp_path.iterdir())
-    done = run("generate", "--prompt", "a cat", "--seconds", "1", *[a.replace("{tmp}", str(tmp_path)) for a in args],
-               cwd=tmp_path)
+    status, out, err = run_here(["generate", "--prompt", "a cat", "--seconds", "1", *args], tmp_path, monkeypatch, capsys)
 
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip().splitlines() == [f"magic141: error: {message.replace('{tmp}', str(tmp_path))}"]
+    assert status == 2 and out == ""
+    assert err.strip().splitlines() == [f"magic141: error: {message.replace('{tmp}', str(tmp_path))}"]
     assert sorted(tmp_path.iterdir()) == before, "not even the default out/ folder is created"
 
 
