@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from test_cli import run
+import pytest
+from test_cli import run, run_here
 
 
 def test_report_full_size_int8_transformer_is_half_of_bf16():
@@ -37,10 +39,18 @@ def test_report_probe_measures_the_quantization_error():
     assert 0 < probe["relative_output_error"] < 0.05
 
 
-def test_bad_model_commands_are_one_line(tmp_path):
-    for args in (["model", "report", "--quantize", "int3"], ["model", "report", "--preset", "huge"],
-                 ["model", "convert", "--official", str(tmp_path / "none.pth"), "--out", str(tmp_path / "o")],
-                 ["model", "quantize", "--weights", str(tmp_path / "none"), "--out", str(tmp_path / "q")]):
-        done = run(*args)
-        assert done.returncode == 2, done
-        assert len(done.stderr.strip().splitlines()) == 1 and done.stderr.startswith("magic141: error: ")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["model", "report", "--quantize", "int3"],
+        ["model", "report", "--preset", "huge"],
+        ["model", "report", "--preset", "full-540p", "--quantize", "int8", "--probe"],
+        ["model", "convert", "--official", "{tmp}/none.pth", "--out", "{tmp}/o"],
+        ["model", "quantize", "--weights", "{tmp}/none", "--out", "{tmp}/q"],
+    ],
+)
+def test_bad_model_commands_are_one_line(args: list[str], tmp_path: Path, monkeypatch, capsys):
+    status, out, err = run_here(args, tmp_path, monkeypatch, capsys)
+    assert status == 2, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("magic141: error: ") and out == ""
+    assert list(tmp_path.iterdir()) == [], "nothing is written"
