@@ -112,7 +112,7 @@ class Magic141Pipeline:
         vae_tiling: bool = True,
     ) -> None:
         """``vae_tiling`` encodes and decodes frames larger than 256 px in overlapping tiles, as the
-        official inference does by default: a 960x544 window then decodes in a few GB instead of tens."""
+        official inference does by default, so the decoder's memory does not grow with the frame size."""
         self.components = components
         self.preset = preset
         self.device = torch.device(device)
