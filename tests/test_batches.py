@@ -100,7 +100,7 @@ def test_interrupted_batch_is_closed_with_what_became_of_each_row(catalog: Catal
     reason = "interrupted: process 4242 on node-a is no longer running; run the CSV again"
     closed = close_interrupted_batch(catalog, batch_id, reason)
 
-    assert closed is not None and closed["status"] == "failed" and closed["finished_at"]
+    assert closed is not None and closed["status"] == "interrupted" and closed["finished_at"]
     assert closed["counts"] == {"pending": 0, "done": 1, "skipped": 1, "failed": 2, "rejected": 1, "total": 5}
     rows = {row["row_key"]: row for row in list_rows(catalog, batch_id=batch_id)}
     assert (rows["made-here"]["status"], rows["made-here"]["video_id"]) == ("done", mine)
@@ -111,6 +111,44 @@ def test_interrupted_batch_is_closed_with_what_became_of_each_row(catalog: Catal
     assert get_batch(catalog, batch_id) == closed
     assert get_batch(catalog, other)["status"] == "running", "other batches are not touched"
     assert close_interrupted_batch(catalog, "0" * 32, reason) is None
+
+
+def test_interrupted_batch_with_nothing_left_unmade_ends_as_its_rows_say(catalog: Catalog) -> None:
+    batch_id = new_batch(catalog)
+    add_rows(catalog, batch_id, [RowRecord(2, "a", content_key="k2"), RowRecord(3, "b", content_key="k3")])
+    add_video_once(catalog, **video_fields(2, "k2", batch_id=batch_id))
+    set_row(catalog, batch_id, 3, "failed", reason="ray actor died", attempts=3)
+
+    closed = close_interrupted_batch(catalog, batch_id, "interrupted: the run stopped")
+
+    assert closed is not None and closed["status"] == "failed", "a row failed on its own; none was cut short"
+
+
+def test_batches_of_a_0003_catalog_can_end_interrupted_after_the_upgrade(catalog_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, text
+
+    from tasks.catalog.store import MIGRATIONS_DIR
+
+    engine = create_engine(catalog_url)
+    try:
+        with engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0003")
+            conn.execute(text(
+                "INSERT INTO batches (id, started_at, csv_path, csv_sha256, out_dir, status) "
+                "VALUES (:id, CURRENT_TIMESTAMP, '/p.csv', :sha, '/out', 'running')"
+            ), {"id": "cd" * 16, "sha": "c" * 64})
+    finally:
+        engine.dispose()
+
+    with open_catalog(catalog_url) as catalog:
+        add_rows(catalog, "cd" * 16, [RowRecord(2, "unfinished", content_key="k2")])
+        closed = close_interrupted_batch(catalog, "cd" * 16, "interrupted: the run stopped")
+    assert closed is not None and closed["status"] == "interrupted"
 
 
 def test_interrupted_batch_whose_rows_were_all_made_is_done(catalog: Catalog) -> None:

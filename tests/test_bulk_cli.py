@@ -75,7 +75,7 @@ def test_killed_batch_completes_on_rerun_without_rendering_done_rows_again(prefe
     with open_catalog(catalog_url) as catalog:
         closed = get_batch(catalog, killed_batch)
         rows = list_rows(catalog, batch_id=killed_batch)
-    assert closed["status"] == "failed" and closed["counts"]["pending"] == 0
+    assert closed["status"] == "interrupted" and closed["counts"]["pending"] == 0
     unfinished = [row for row in rows if row["status"] == "failed"]
     assert unfinished and len(unfinished) + closed["counts"]["done"] == 3
     assert all(row["reason"].startswith(f"interrupted: the bulk run's process {process.pid} on ") for row in unfinished)

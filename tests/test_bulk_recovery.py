@@ -153,7 +153,7 @@ def test_dead_runs_are_closed_and_cleaned_and_live_ones_left_alone(prefect_api, 
         assert batch_lease_path(str(out), batch_id).is_file()
     for batch_id in (killed, reused, silent):
         assert not batch_lease_path(str(out), batch_id).exists()
-        assert _status(catalog_url, batch_id) == "failed"
+        assert _status(catalog_url, batch_id) == "interrupted"
     with open_catalog(catalog_url) as catalog:
         (row,) = list_rows(catalog, batch_id=killed)
         (silent_row,) = list_rows(catalog, batch_id=silent)
@@ -231,7 +231,7 @@ def test_a_run_stopped_by_an_error_closes_its_own_batch(tmp_path: Path):
         assert batch_lease_path(str(out), batch_id).is_file()
         raise KeyboardInterrupt
 
-    assert _status(catalog_url, batch_id) == "failed"
+    assert _status(catalog_url, batch_id) == "interrupted"
     with open_catalog(catalog_url) as catalog:
         (row,) = list_rows(catalog, batch_id=batch_id)
     assert row["status"] == "failed" and row["reason"].startswith("interrupted: the run stopped with KeyboardInterrupt;")

@@ -44,7 +44,7 @@ from tasks.catalog.models import Base, BatchRow, Video, VideoWindow
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UNREACHABLE_PG_URL = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test"
-HEAD = "0003"
+HEAD = "0004"
 _FIRST_REVISION_COLUMNS = (
     "prompt negative_prompt seed prior_source prior_image_path prior_image_sha256 preset "
     "weights_fingerprint steps guidance true_cfg seconds window_layout output_path output_sha256 "

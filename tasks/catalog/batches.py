@@ -31,7 +31,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tasks.catalog.models import BATCH_STATUSES, ROW_STATUSES, Batch, BatchRow, Video, VideoWindow, new_id, utcnow
+from tasks.catalog.models import ROW_STATUSES, Batch, BatchRow, Video, VideoWindow, new_id, utcnow
 from tasks.catalog.store import Catalog, CatalogError, video_as_dict
 
 logger = logging.getLogger(__name__)
@@ -247,15 +247,16 @@ def _close(session: Session, batch: Batch, status: str) -> dict[str, Any]:
 
 def finish_batch(catalog: Catalog, batch_id: str, status: str = "done") -> dict[str, Any]:
     """Close the batch: store the number of rows per status (and ``total``) and the finish time."""
-    if status not in BATCH_STATUSES or status == "running":
-        raise CatalogError(f"a batch finishes done or failed, got {status!r}")
+    if status not in ("done", "failed"):
+        raise CatalogError(f"a batch finishes done or failed (interrupted ones are closed by recovery), got {status!r}")
     with catalog.session("finish a batch", write=True) as session:
         finished = _close(session, _require_batch(session, batch_id), status)
     logger.info("batch %s finished %s: %s", batch_id, status, finished["counts"])
     return finished
 
 
-def _settle_pending_row(session: Session, row: BatchRow, reason: str) -> None:
+def _settle_pending_row(session: Session, row: BatchRow, reason: str) -> bool:
+    """Settle a pending row of an interrupted batch; True when it was left unmade (now ``failed``)."""
     video = None
     if row.content_key:
         video = session.scalar(select(Video).where(Video.content_key == row.content_key))
@@ -264,6 +265,7 @@ def _settle_pending_row(session: Session, row: BatchRow, reason: str) -> None:
     else:
         row.status, row.video_id = ("done" if video.batch_id == row.batch_id else "skipped"), video.id
     row.updated_at = utcnow()
+    return video is None
 
 
 def _close_interrupted(session: Session, batch_id: str, reason: str) -> dict[str, Any] | None:
@@ -273,9 +275,10 @@ def _close_interrupted(session: Session, batch_id: str, reason: str) -> dict[str
     pending = session.scalars(
         select(BatchRow).where(BatchRow.batch_id == batch_id, BatchRow.status == "pending").with_for_update()
     ).all()
-    for row in pending:
-        _settle_pending_row(session, row, reason)
+    unmade = [row for row in pending if _settle_pending_row(session, row, reason)]
     session.flush()
+    if unmade:
+        return _close(session, batch, "interrupted")
     failed = session.scalar(
         select(func.count()).select_from(BatchRow).where(BatchRow.batch_id == batch_id, BatchRow.status == "failed")
     )
@@ -287,7 +290,8 @@ def close_interrupted_batch(catalog: Catalog, batch_id: str, reason: str) -> dic
 
     Each pending row whose content key was catalogued after all becomes ``done`` (this batch made
     the video) or ``skipped`` (another did); every other pending row becomes ``failed`` with
-    ``reason``. The batch ends ``failed`` if a row failed, else ``done``. A batch that is missing
+    ``reason``. The batch ends ``interrupted`` if a row was left unmade, else ``failed`` or ``done``
+    as a finished run would have. A batch that is missing
     or already closed is left as it is, so several runs may try this at once.
     """
     if not reason:

@@ -36,7 +36,7 @@ NAMING_CONVENTION = {
 PRIOR_SOURCES = ("user", "generate", "retrieve")
 WINDOW_MODES = ("chained", "parallel")
 INDEX_BUILD_STATUSES = ("running", "published", "unchanged", "failed")
-BATCH_STATUSES = ("running", "done", "failed")
+BATCH_STATUSES = ("running", "done", "failed", "interrupted")
 ROW_STATUSES = ("pending", "done", "skipped", "failed", "rejected")
 
 
@@ -178,7 +178,7 @@ class Batch(Base):
     """One run of a prompt CSV through the bulk flow."""
 
     __tablename__ = "batches"
-    __table_args__ = (CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),)
+    __table_args__ = (CheckConstraint(f"status IN ({', '.join(repr(s) for s in BATCH_STATUSES)})", name="status"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)
