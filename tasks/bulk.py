@@ -17,17 +17,20 @@ import logging
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
+from prefect.states import Crashed
 
 from magic141.presets import get_preset
 from tasks.bulk_csv import PromptCsv, ValidRow, content_key, read_prompt_csv
@@ -265,15 +268,27 @@ def _stopped(exc: BaseException) -> str:
     return f"the run stopped with {type(exc).__name__}" + (f" ({detail})" if detail else "")
 
 
-def _close_batch(settings: BulkSettings, batch_id: str, why: str) -> bool:
-    """Close the batch as interrupted; False (logged) when the catalog cannot be written now."""
+def _close_batch(settings: BulkSettings, batch_id: str, why: str) -> tuple[bool, str | None]:
+    """Close the batch as interrupted: (whether the catalog could be written now, the batch's flow run id)."""
     try:
         with open_catalog(settings.catalog_url) as catalog:
-            close_interrupted_batch(catalog, batch_id, _interrupted(why))
+            closed = close_interrupted_batch(catalog, batch_id, _interrupted(why))
     except CatalogError as exc:
         logger.warning("cannot close interrupted batch %s now (%s); a later run will", batch_id, _one_line(exc))
-        return False
-    return True
+        return False, None
+    return True, None if closed is None else closed.get("flow_run_id")
+
+
+def _crash_flow_run(flow_run_id: str, why: str) -> None:
+    """Show a dead run's flow run as Crashed in the Prefect UI, where it would otherwise stay Running."""
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(uuid.UUID(flow_run_id))
+            if run.state is not None and not run.state.is_final():
+                client.set_flow_run_state(run.id, Crashed(message=f"bulk run died: {why}"), force=True)
+                logger.info("flow run %s (%s) marked Crashed: %s", run.name, flow_run_id, why)
+    except (ObjectNotFound, ValueError, httpx.HTTPError) as exc:  # another Prefect API, or none reachable now
+        logger.info("flow run %s of a dead bulk run not updated: %s", flow_run_id, _one_line(exc))
 
 
 @contextlib.contextmanager
@@ -291,7 +306,7 @@ def batch_lease(settings: BulkSettings) -> Iterator[str]:
         try:
             yield batch_id
         except BaseException as exc:
-            if _close_batch(settings, batch_id, _stopped(exc)):
+            if _close_batch(settings, batch_id, _stopped(exc))[0]:
                 path.unlink(missing_ok=True)
             raise
     path.unlink(missing_ok=True)
@@ -318,8 +333,11 @@ def _recover_batch(settings: BulkSettings, lease_path: Path) -> str | None:
                     lease_path, lease.facts.get("catalog"))
         return None
     batch_id = lease.facts["batch_id"]
-    if not _close_batch(settings, batch_id, f"the bulk run's {why}"):
+    closed, flow_run_id = _close_batch(settings, batch_id, f"the bulk run's {why}")
+    if not closed:
         return None
+    if flow_run_id:
+        _crash_flow_run(flow_run_id, why)
     lease_path.unlink(missing_ok=True)
     return batch_id
 

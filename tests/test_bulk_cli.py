@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import PIL.Image
 import pytest
+from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
 from flows.cli import main
@@ -80,6 +82,10 @@ def test_killed_batch_completes_on_rerun_without_rendering_done_rows_again(prefe
     assert unfinished and len(unfinished) + closed["counts"]["done"] == 3
     assert all(row["reason"].startswith(f"interrupted: the bulk run's process {process.pid} on ") for row in unfinished)
     assert all("run the CSV again" in row["reason"] for row in unfinished)
+    with get_client(sync_client=True) as client:
+        killed_run = client.read_flow_run(uuid.UUID(closed["flow_run_id"]))
+    assert killed_run.state.is_crashed(), "the Prefect UI no longer shows the killed run as Running"
+    assert f"process {process.pid}" in killed_run.state.message
 
 
 def test_summary_and_exit_codes(prefect_api, tmp_path: Path):
