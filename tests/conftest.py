@@ -74,3 +74,21 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'catalog.db'}"
     return request.getfixturevalue("pg_url")
+
+
+def _upgrade_schema(conn, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from tasks.catalog.store import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
+
+
+@pytest.fixture
+def upgrade_schema():
+    """``upgrade_schema(conn, revision)`` migrates the catalog schema on an open connection (upgrade tests)."""
+    return _upgrade_schema

@@ -124,20 +124,13 @@ def test_interrupted_batch_with_nothing_left_unmade_ends_as_its_rows_say(catalog
     assert closed is not None and closed["status"] == "failed", "a row failed on its own; none was cut short"
 
 
-def test_batches_of_a_0003_catalog_can_end_interrupted_after_the_upgrade(catalog_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
+def test_batches_of_a_0003_catalog_can_end_interrupted_after_the_upgrade(catalog_url: str, upgrade_schema) -> None:
     from sqlalchemy import create_engine, text
-
-    from tasks.catalog.store import MIGRATIONS_DIR
 
     engine = create_engine(catalog_url)
     try:
         with engine.begin() as conn:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS_DIR))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0003")
+            upgrade_schema(conn, "0003")
             conn.execute(text(
                 "INSERT INTO batches (id, started_at, csv_path, csv_sha256, out_dir, status) "
                 "VALUES (:id, CURRENT_TIMESTAMP, '/p.csv', :sha, '/out', 'running')"

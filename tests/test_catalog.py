@@ -311,19 +311,11 @@ def test_migrated_schema_matches_models(catalog_url: str) -> None:
     assert diffs == []
 
 
-def test_upgrade_from_first_revision_keeps_videos(catalog_url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from tasks.catalog.store import MIGRATIONS_DIR
-
+def test_upgrade_from_first_revision_keeps_videos(catalog_url: str, upgrade_schema) -> None:
     engine = create_engine(catalog_url)
     try:
         with engine.begin() as conn:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS_DIR))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0001")
+            upgrade_schema(conn, "0001")
             old = {k: v for k, v in video_fields(3).items() if k in _FIRST_REVISION_COLUMNS}
             old["window_layout"] = json.dumps(old["window_layout"])
             old["stage_timings"] = json.dumps(old["stage_timings"])
@@ -705,19 +697,13 @@ def test_a_migration_that_would_leave_dangling_references_is_rolled_back(
 
 
 def test_old_sqlite_catalog_with_dangling_rows_still_opens(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, upgrade_schema
 ) -> None:
-    from alembic import command
-    from alembic.config import Config
-
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)  # no foreign-key enforcement, as catalogs were written before
     try:
         with engine.begin() as conn:
-            config = Config()
-            config.set_main_option("script_location", str(store.MIGRATIONS_DIR))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0002")
+            upgrade_schema(conn, "0002")
             values = {**window_record(0), "video_id": "0" * 32}
             conn.execute(
                 text(f"INSERT INTO video_windows ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})"),
