@@ -17,10 +17,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import typer  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from flows.cli_common import UserError, stderr, stdout  # noqa: E402
+from flows.cli_common import UserError, progress_bars, stderr, stdout  # noqa: E402
 from flows.cli_catalog_ext import check_export, check_row_status, export_catalog, print_batch_rows  # noqa: E402
 from flows.cli_bulk import bulk  # noqa: E402
 from flows.cli_index import index_app  # noqa: E402
@@ -147,25 +146,15 @@ def generate(
         default_out=out is None,
     )
     from flows.generate import generate as generate_flow
-    from tasks.progress import listening
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr, transient=False) as progress:
-        bars: dict[str, Any] = {}
+    with progress_bars():
+        try:
+            result = generate_flow(request)
+        finally:
+            if request.workers:
+                from tasks.render_pool import shutdown_pools
 
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in bars:
-                bars[stage] = progress.add_task(stage, total=total)
-            progress.update(bars[stage], completed=done, total=total)
-
-        with listening(on_progress):
-            try:
-                result = generate_flow(request)
-            finally:
-                if request.workers:
-                    from tasks.render_pool import shutdown_pools
-
-                    shutdown_pools()
+                shutdown_pools()
     summary = {
         "id": result.video_id,
         "video": result.path,

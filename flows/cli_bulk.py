@@ -12,10 +12,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flows.cli_common import UserError, stderr, stdout
+from flows.cli_common import UserError, progress_bars, stdout
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 
 DEFAULT_OUT_DIR = Path("out")
@@ -81,31 +80,19 @@ def bulk(
     except (ValueError, CatalogError) as exc:
         raise UserError(_one_line(exc)) from None
     from flows.bulk import bulk_generate
-    from tasks.progress import listening
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr, transient=False) as progress:
-        bars: dict[str, Any] = {}
+    with progress_bars({"bulk": "rows"}):
+        try:
+            result = bulk_generate(
+                str(csv_file.absolute()), settings.out_dir, settings.catalog_url, settings.index_dir, roots,
+                preset, settings.model.weights, quantize, steps, workers, ray_address, rows_at_once, retries,
+                retry_delay, threshold, strength,
+            )
+        finally:
+            if workers:
+                from tasks.render_pool import shutdown_pools
 
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage != "bulk":
-                return
-            if stage not in bars:
-                bars[stage] = progress.add_task("rows", total=total)
-            progress.update(bars[stage], completed=done, total=total)
-
-        with listening(on_progress):
-            try:
-                result = bulk_generate(
-                    str(csv_file.absolute()), settings.out_dir, settings.catalog_url, settings.index_dir, roots,
-                    preset, settings.model.weights, quantize, steps, workers, ray_address, rows_at_once, retries,
-                    retry_delay, threshold, strength,
-                )
-            finally:
-                if workers:
-                    from tasks.render_pool import shutdown_pools
-
-                    shutdown_pools()
+                shutdown_pools()
     _print_summary(result, as_json)
     failed = result.counts.get("failed", 0) + result.counts.get("pending", 0)
     if failed or (strict and result.counts.get("rejected", 0)):

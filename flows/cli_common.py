@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -10,3 +15,27 @@ stderr = Console(stderr=True)
 
 class UserError(Exception):
     """A problem with what the user asked for: reported as one line, exit status 2."""
+
+
+@contextlib.contextmanager
+def progress_bars(labels: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Draw a bar on stderr for each progress stage the flow reports (:mod:`tasks.progress`) while the block runs.
+
+    ``labels`` maps the stages to show onto their bar names; without it every stage is shown by its name.
+    """
+    from tasks.progress import listening
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        bars: dict[str, Any] = {}
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            label = stage if labels is None else labels.get(stage)
+            if label is None:
+                return
+            if stage not in bars:
+                bars[stage] = progress.add_task(label, total=total)
+            progress.update(bars[stage], completed=done, total=total)
+
+        with listening(on_progress):
+            yield

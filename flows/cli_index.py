@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flows.cli_common import UserError, stderr, stdout
+from flows.cli_common import UserError, progress_bars, stdout
 
 index_app = typer.Typer(help="Build, query and inspect the CLIP/FAISS retrieval index.", no_args_is_help=True)
 
@@ -62,24 +61,12 @@ def index_build(
     except (ValueError, CatalogError) as exc:
         raise UserError(_one_line(exc)) from None
     from flows.rebuild_index import rebuild_index
-    from tasks.progress import listening
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=stderr, transient=False) as progress:
-        bars: dict[str, Any] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in _STAGE_LABELS:
-                return
-            if stage not in bars:
-                bars[stage] = progress.add_task(_STAGE_LABELS[stage], total=total)
-            progress.update(bars[stage], completed=done, total=total)
-
-        with listening(on_progress):
-            result = rebuild_index(
-                list(request.corpus), request.index_dir, request.catalog_url, request.spec.model,
-                request.spec.pretrained, request.incremental, request.policy.recall_target, force,
-            )
+    with progress_bars(_STAGE_LABELS):
+        result = rebuild_index(
+            list(request.corpus), request.index_dir, request.catalog_url, request.spec.model,
+            request.spec.pretrained, request.incremental, request.policy.recall_target, force,
+        )
     summary = {
         "status": "unchanged" if result.unchanged else "published",
         "version": result.version,
