@@ -278,11 +278,20 @@ def _user_errors(action: Any, *args: Any, **kwargs: Any) -> Any:
 def model_convert(
     official: Annotated[Path, typer.Option(help="Official Magic 1-For-1 transformer checkpoint (.pth or .safetensors).")],
     out: Annotated[Path, typer.Option(help="New folder for the converted transformer (diffusers layout, safetensors).")],
+    rope_axes: Annotated[str | None, typer.Option(
+        help="Rotary split T,H,W of the attention head, for heads not 128 wide (HunyuanVideo's is 16,56,56)."
+    )] = None,
 ) -> None:
     """Convert the official transformer checkpoint to diffusers' HunyuanVideo layout."""
     from magic141.convert import convert_official_checkpoint
 
-    written = _user_errors(convert_official_checkpoint, official, out)
+    axes = None
+    if rope_axes is not None:
+        try:
+            axes = tuple(int(part) for part in rope_axes.split(","))
+        except ValueError:
+            raise UserError(f"--rope-axes {rope_axes!r} is not three integers T,H,W such as 16,56,56") from None
+    written = _user_errors(convert_official_checkpoint, official, out, rope_axes_dim=axes)
     stdout.print(f"converted transformer written to {written}", highlight=False, soft_wrap=True)
 
 

@@ -23,6 +23,7 @@ import torch
 from diffusers import HunyuanVideoTransformer3DModel
 from safetensors.torch import load_file
 
+from magic141.presets import get_preset
 from magic141.weights import check_state_dict, write_prompt_format
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ DROPPED_PREFIXES = ("text_guidance_in.", "audio_guidance_in.", "vae.")
 # Wrappers that training code puts around the transformer's own keys.
 WRAPPER_PREFIXES = ("hydit_unimodel.guidance_model.feedforward_model.", "_orig_mod.", "module.", "model.")
 CONTAINER_KEYS = ("state_dict", "module", "model")
+# HunyuanVideo-13B's rotary split of a 128-wide attention head over (time, height, width), which the
+# checkpoint does not record; checkpoints with other head widths must name theirs.
+HUNYUAN_ROPE_AXES = get_preset("full-540p").transformer.rope_axes_dim
 
 # Top-level modules: original prefix -> diffusers prefix.
 TOP_LEVEL = {
@@ -185,8 +189,31 @@ def convert_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return converted
 
 
-def official_transformer_config(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
-    """The diffusers config of the transformer an official state dict belongs to, read off its shapes."""
+def rope_axes_for(head_dim: int, rope_axes_dim: tuple[int, ...] | None) -> tuple[int, int, int]:
+    """The rotary split of a ``head_dim``-wide head: HunyuanVideo's for 128, else the given one, checked."""
+    if rope_axes_dim is None:
+        if head_dim != sum(HUNYUAN_ROPE_AXES):
+            raise ValueError(
+                f"checkpoint's attention heads are {head_dim} wide, not HunyuanVideo's {sum(HUNYUAN_ROPE_AXES)}; "
+                f"name their rotary split with --rope-axes T,H,W (even numbers summing to {head_dim})"
+            )
+        return HUNYUAN_ROPE_AXES
+    axes = tuple(rope_axes_dim)
+    if len(axes) != 3 or sum(axes) != head_dim or any(a <= 0 or a % 2 for a in axes):
+        raise ValueError(
+            f"rope axes {','.join(map(str, axes))} do not fit {head_dim}-wide attention heads; "
+            f"give three even numbers T,H,W summing to {head_dim}"
+        )
+    return axes[0], axes[1], axes[2]
+
+
+def official_transformer_config(
+    state: Mapping[str, torch.Tensor], rope_axes_dim: tuple[int, ...] | None = None
+) -> dict[str, Any]:
+    """The diffusers config of the transformer an official state dict belongs to, read off its shapes.
+
+    The rotary split is not in the state dict: HunyuanVideo's for 128-wide heads, else ``rope_axes_dim``.
+    """
 
     def count(prefix: str) -> int:
         return len({key.split(".")[len(prefix.split("."))] for key in state if key.startswith(prefix + ".")})
@@ -210,18 +237,19 @@ def official_transformer_config(state: Mapping[str, torch.Tensor]) -> dict[str, 
         "guidance_embeds": "guidance_in.mlp.0.weight" in state,
         "text_embed_dim": state["txt_in.input_embedder.weight"].shape[1],
         "pooled_projection_dim": state["vector_in.in_layer.weight"].shape[1],
+        "rope_axes_dim": rope_axes_for(head_dim, rope_axes_dim),
         "image_condition_type": "latent_concat",
     }
 
 
 def convert_official_transformer(
-    state: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16
+    state: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16, rope_axes_dim: tuple[int, ...] | None = None
 ) -> HunyuanVideoTransformer3DModel:
     """Build the diffusers transformer holding an official state dict's weights (in ``dtype``)."""
     for key in ("img_in.proj.weight", "double_blocks.0.img_attn_q_norm.weight", "final_layer.linear.weight"):
         if key not in state:
             raise ValueError(f"checkpoint lacks {key!r}; is it a Magic 1-For-1 / HunyuanVideo transformer?")
-    config = official_transformer_config(state)
+    config = official_transformer_config(state, rope_axes_dim)
     latent = config["out_channels"]
     if config["in_channels"] != 2 * latent + 1:
         raise ValueError(
@@ -240,12 +268,17 @@ def convert_official_transformer(
     return model.eval()
 
 
-def convert_official_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16) -> Path:
+def convert_official_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    dtype: torch.dtype = torch.bfloat16,
+    rope_axes_dim: tuple[int, ...] | None = None,
+) -> Path:
     """``magic141 model convert``: write the converted transformer as safetensors in diffusers layout."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"output folder {str(out)!r} is not empty; choose a new folder")
-    model = convert_official_transformer(load_official_checkpoint(checkpoint), dtype)
+    model = convert_official_transformer(load_official_checkpoint(checkpoint), dtype, rope_axes_dim)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)

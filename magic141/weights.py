@@ -177,9 +177,27 @@ def load_i2v_components(paths: WeightPaths, flow_shift: float, dtype: torch.dtyp
             f"transformer in {paths.transformer} is not a 2C+1 image-to-video model "
             f"(image_condition_type={components.transformer.config.image_condition_type!r})"
         )
+    check_components_fit(components, paths)
     for module in components.modules().values():
         module.eval().requires_grad_(False)
     return components
+
+
+def check_components_fit(components: I2VComponents, paths: WeightPaths) -> None:
+    """Refuse component folders of different models, naming the widths that disagree."""
+    transformer = components.transformer.config
+    for name, what, width, expected, field in (
+        ("text_encoder", "hidden size", components.text_encoder.config.text_config.hidden_size,
+         transformer.text_embed_dim, "text_embed_dim"),
+        ("text_encoder_2", "hidden size", components.text_encoder_2.config.hidden_size,
+         transformer.pooled_projection_dim, "pooled_projection_dim"),
+        ("vae", "latent channels", components.vae.config.latent_channels, transformer.out_channels, "out_channels"),
+    ):
+        if width != expected:
+            raise ValueError(
+                f"{name} in {getattr(paths, name)} has {what} {width}, but the transformer in {paths.transformer} "
+                f"expects {expected} ({field}); use components of one model"
+            )
 
 
 def save_i2v_components(components: I2VComponents, folder: str | Path) -> Path:

@@ -12,58 +12,10 @@ from diffusers import HunyuanVideoTransformer3DModel
 from magic141.convert import convert_official_checkpoint, convert_official_transformer, convert_state_dict
 from magic141.weights import read_prompt_format
 from magic141.presets import get_preset
+from official_checkpoint import original_state_dict
 
 
-def original_state_dict(hidden: int, head_dim: int, double: int, single: int, refiner: int, text_dim: int,
-                        pooled_dim: int, latent: int = 16, mlp_ratio: int = 4, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """Random tensors named and shaped as the official Magic141VideoDiffusionTransformer's state dict."""
-    mlp = mlp_ratio * hidden
-    shapes: dict[str, tuple[int, ...]] = {
-        "img_in.proj.weight": (hidden, 2 * latent + 1, 1, 2, 2), "img_in.proj.bias": (hidden,),
-        "time_in.mlp.0.weight": (hidden, 256), "time_in.mlp.0.bias": (hidden,),
-        "time_in.mlp.2.weight": (hidden, hidden), "time_in.mlp.2.bias": (hidden,),
-        "vector_in.in_layer.weight": (hidden, pooled_dim), "vector_in.in_layer.bias": (hidden,),
-        "vector_in.out_layer.weight": (hidden, hidden), "vector_in.out_layer.bias": (hidden,),
-        "text_guidance_in.mlp.0.weight": (hidden, 256), "text_guidance_in.mlp.0.bias": (hidden,),
-        "text_guidance_in.mlp.2.weight": (hidden, hidden), "text_guidance_in.mlp.2.bias": (hidden,),
-        "txt_in.input_embedder.weight": (hidden, text_dim), "txt_in.input_embedder.bias": (hidden,),
-        "txt_in.t_embedder.mlp.0.weight": (hidden, 256), "txt_in.t_embedder.mlp.0.bias": (hidden,),
-        "txt_in.t_embedder.mlp.2.weight": (hidden, hidden), "txt_in.t_embedder.mlp.2.bias": (hidden,),
-        "txt_in.c_embedder.linear_1.weight": (hidden, text_dim), "txt_in.c_embedder.linear_1.bias": (hidden,),
-        "txt_in.c_embedder.linear_2.weight": (hidden, hidden), "txt_in.c_embedder.linear_2.bias": (hidden,),
-        "final_layer.linear.weight": (4 * latent, hidden), "final_layer.linear.bias": (4 * latent,),
-        "final_layer.adaLN_modulation.1.weight": (2 * hidden, hidden), "final_layer.adaLN_modulation.1.bias": (2 * hidden,),
-    }
-    linear = {"qkv": (3 * hidden, hidden), "proj": (hidden, hidden), "fc1": (mlp, hidden), "fc2": (hidden, mlp)}
-    for n in range(refiner):
-        p = f"txt_in.individual_token_refiner.blocks.{n}."
-        for name, shape in (("norm1", (hidden,)), ("norm2", (hidden,)), ("self_attn_qkv", linear["qkv"]),
-                            ("self_attn_proj", linear["proj"]), ("mlp.fc1", linear["fc1"]), ("mlp.fc2", linear["fc2"]),
-                            ("adaLN_modulation.1", (2 * hidden, hidden))):
-            shapes[p + name + ".weight"] = shape
-            shapes[p + name + ".bias"] = (shape[0],)
-    for n in range(double):
-        p = f"double_blocks.{n}."
-        for side in ("img", "txt"):
-            for name, shape in ((f"{side}_mod.linear", (6 * hidden, hidden)), (f"{side}_attn_qkv", linear["qkv"]),
-                                (f"{side}_attn_proj", linear["proj"]), (f"{side}_mlp.fc1", linear["fc1"]),
-                                (f"{side}_mlp.fc2", linear["fc2"])):
-                shapes[p + name + ".weight"] = shape
-                shapes[p + name + ".bias"] = (shape[0],)
-            shapes[p + f"{side}_attn_q_norm.weight"] = (head_dim,)
-            shapes[p + f"{side}_attn_k_norm.weight"] = (head_dim,)
-    for n in range(single):
-        p = f"single_blocks.{n}."
-        for name, shape in (("linear1", (3 * hidden + mlp, hidden)), ("linear2", (hidden, hidden + mlp)),
-                            ("modulation.linear", (3 * hidden, hidden))):
-            shapes[p + name + ".weight"] = shape
-            shapes[p + name + ".bias"] = (shape[0],)
-        shapes[p + "q_norm.weight"] = (head_dim,)
-        shapes[p + "k_norm.weight"] = (head_dim,)
-    generator = torch.Generator().manual_seed(0)
-    if device == "meta":
-        return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-    return {k: torch.randn(s, generator=generator) * 0.1 for k, s in shapes.items()}
+ROPE = (4, 6, 6)  # the rotary split of the small checkpoint's 16-wide heads
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +25,7 @@ def official() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def converted(official) -> HunyuanVideoTransformer3DModel:
-    return convert_official_transformer(official, torch.float32)
+    return convert_official_transformer(official, torch.float32, rope_axes_dim=ROPE)
 
 
 def test_config_is_read_off_the_checkpoint(converted):
@@ -81,7 +33,7 @@ def test_config_is_read_off_the_checkpoint(converted):
     assert (c.in_channels, c.out_channels, c.num_attention_heads, c.attention_head_dim) == (33, 16, 2, 16)
     assert (c.num_layers, c.num_single_layers, c.num_refiner_layers) == (2, 2, 1)
     assert (c.text_embed_dim, c.pooled_projection_dim, c.guidance_embeds) == (24, 12, False)
-    assert c.image_condition_type == "latent_concat"
+    assert c.image_condition_type == "latent_concat" and tuple(c.rope_axes_dim) == ROPE
 
 
 @torch.no_grad()
@@ -130,6 +82,15 @@ def test_full_size_keys_and_shapes_match_diffusers():
     assert len(official) == 856, "852 transformer tensors and the 4 unused text_guidance_in tensors"
     model = convert_official_transformer(official)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(12.8e9, rel=0.01)
+    assert tuple(model.config.rope_axes_dim) == t.rope_axes_dim, "128-wide heads get HunyuanVideo's rotary split"
+
+
+def test_heads_of_another_width_need_their_rotary_split_named(official):
+    with pytest.raises(ValueError, match="16 wide, not HunyuanVideo's 128; name their rotary split with --rope-axes"):
+        convert_official_transformer(official)
+    for axes in ((4, 6, 7), (4, 4, 4), (8, 8), (0, 8, 8)):
+        with pytest.raises(ValueError, match="do not fit 16-wide attention heads; give three even numbers"):
+            convert_official_transformer(official, rope_axes_dim=axes)
 
 
 def test_unknown_missing_and_misshaped_keys_are_named(official):
@@ -137,26 +98,26 @@ def test_unknown_missing_and_misshaped_keys_are_named(official):
         convert_state_dict({**official, "double_blocks.0.extra.weight": torch.zeros(1)})
     missing = {k: v for k, v in official.items() if k != "single_blocks.1.q_norm.weight"}
     with pytest.raises(ValueError, match=r"1 missing: single_transformer_blocks.1.attn.norm_q.weight"):
-        convert_official_transformer(missing)
+        convert_official_transformer(missing, rope_axes_dim=ROPE)
     wrong = {**official, "final_layer.linear.bias": torch.zeros(3)}
     with pytest.raises(ValueError, match=r"wrong shape: proj_out.bias \(3,\) != \(64,\)"):
-        convert_official_transformer(wrong)
+        convert_official_transformer(wrong, rope_axes_dim=ROPE)
     narrow = {**official, "img_in.proj.weight": torch.zeros(32, 16, 1, 2, 2)}
     with pytest.raises(ValueError, match="2C\\+1"):
-        convert_official_transformer(narrow)
+        convert_official_transformer(narrow, rope_axes_dim=ROPE)
 
 
 def test_convert_command_writes_safetensors_that_load(official, converted, tmp_path: Path):
     checkpoint = tmp_path / "dmd_4_step_i2v.pth"
     torch.save({"state_dict": {f"model.{k}": v for k, v in official.items()}}, checkpoint)
-    out = convert_official_checkpoint(checkpoint, tmp_path / "transformer", dtype=torch.float32)
+    out = convert_official_checkpoint(checkpoint, tmp_path / "transformer", dtype=torch.float32, rope_axes_dim=ROPE)
     assert (out / "diffusion_pytorch_model.safetensors").is_file() and (out / "config.json").is_file()
     assert read_prompt_format(out) == "magic141", "official weights are declared for the official conditioning"
     loaded = HunyuanVideoTransformer3DModel.from_pretrained(out)
     for key, value in converted.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
     with pytest.raises(ValueError, match="not empty"):
-        convert_official_checkpoint(checkpoint, out)
+        convert_official_checkpoint(checkpoint, out, rope_axes_dim=ROPE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dmd_4_step_i2v.pth", "transformer"]
 
 
@@ -168,5 +129,5 @@ def test_checkpoints_with_arbitrary_objects_are_not_unpickled(official, tmp_path
     checkpoint = tmp_path / "unsafe.pth"
     torch.save({"state_dict": official, "extra": NotATensor()}, checkpoint)
     with pytest.raises(ValueError, match="not unpickled for safety"):
-        convert_official_checkpoint(checkpoint, tmp_path / "out")
+        convert_official_checkpoint(checkpoint, tmp_path / "out", rope_axes_dim=ROPE)
     assert not (tmp_path / "out").exists()

@@ -46,6 +46,7 @@ def test_report_probe_measures_the_quantization_error():
         ["model", "report", "--preset", "huge"],
         ["model", "report", "--preset", "full-540p", "--quantize", "int8", "--probe"],
         ["model", "convert", "--official", "{tmp}/none.pth", "--out", "{tmp}/o"],
+        ["model", "convert", "--official", "{tmp}/none.pth", "--out", "{tmp}/o", "--rope-axes", "16;56;56"],
         ["model", "quantize", "--weights", "{tmp}/none", "--out", "{tmp}/q"],
     ],
 )

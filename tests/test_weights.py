@@ -61,6 +61,20 @@ def test_missing_and_misshaped_tensors_stop_the_load_with_their_names(weights_di
     assert "\n" not in message
 
 
+def test_components_of_different_models_are_refused_by_name(weights_dir, tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    other = CLIPTextModel(CLIPTextConfig(hidden_size=24, intermediate_size=48, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=1000))
+    other.save_pretrained(tmp_path / "other_clip", safe_serialization=True)
+    config = tmp_path / "weights.json"
+    names = ("transformer", "vae", "text_encoder", "tokenizer", "tokenizer_2", "image_processor")
+    config.write_text(json.dumps({**{n: str(weights_dir / n) for n in names}, "text_encoder_2": "other_clip"}))
+    with pytest.raises(ValueError, match=r"text_encoder_2 in .*other_clip has hidden size 24, but the transformer in "
+                                         r".* expects 16 \(pooled_projection_dim\); use components of one model"):
+        Magic141Pipeline.from_preset("tiny", weights=config)
+
+
 def test_missing_folder_is_named(tmp_path):
     with pytest.raises(ValueError, match="weights folder .* does not exist"):
         WeightPaths.resolve(tmp_path / "nowhere")
