@@ -23,7 +23,6 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 
 FLAT, HNSW, IVF_FLAT, IVF_PQ = "flat", "hnsw", "ivf_flat", "ivf_pq"
-INDEX_TYPES = (FLAT, HNSW, IVF_FLAT, IVF_PQ)
 _ADD_CHUNK = 65_536
 _MIN_POINTS_PER_CENTROID = 39  # faiss warns below this many training points per k-means centroid
 

@@ -13,12 +13,6 @@ import PIL.ImageDraw
 logger = logging.getLogger(__name__)
 
 _SHAPES = ("circle", "square", "triangle", "stripes", "ring", "cross")
-BROKEN_FILES = {
-    "truncated.png": "a PNG cut off half-way",
-    "notes.jpg": "text with an image suffix",
-    "empty.png": "an empty file",
-    "README.txt": "a text file",
-}
 
 
 def _draw(index: int, size: int) -> PIL.Image.Image:
@@ -57,8 +51,10 @@ def make_demo_corpus(
     """Write ``n`` distinct images (PNG and JPEG, in two subfolders) into ``folder``; return their paths.
 
     Image ``i`` is always the same picture: ``start`` picks where the numbering begins, so corpora
-    made with disjoint ranges share no image. With ``broken`` also write the files of
-    :data:`BROKEN_FILES` (none of them usable as images); they are not in the returned list.
+    made with disjoint ranges share no image. With ``broken`` also write four files that are not
+    usable images, at the top of ``folder`` and not in the returned list: ``truncated.png`` (a PNG
+    cut off half-way), ``notes.jpg`` (text with an image suffix), ``empty.png`` (an empty file) and
+    ``README.txt`` (a text file).
     """
     folder = Path(folder)
     written = []
