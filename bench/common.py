@@ -8,6 +8,8 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+from retrieval_index.fileio import write_text_atomic
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 
 
@@ -35,4 +37,4 @@ def write_section(name: str, body: str) -> None:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    BENCHMARKS.write_text(text)
+    write_text_atomic(BENCHMARKS, text)

@@ -24,7 +24,7 @@ from diffusers import HunyuanVideoTransformer3DModel
 from safetensors.torch import load_file
 
 from magic141.presets import get_preset
-from magic141.weights import check_state_dict, write_prompt_format
+from magic141.weights import check_new_folder, check_state_dict, write_prompt_format
 
 logger = logging.getLogger(__name__)
 
@@ -275,9 +275,7 @@ def convert_official_checkpoint(
     rope_axes_dim: tuple[int, ...] | None = None,
 ) -> Path:
     """``magic141 model convert``: write the converted transformer as safetensors in diffusers layout."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"output folder {str(out)!r} is not empty; choose a new folder")
+    out = check_new_folder(out_dir)
     model = convert_official_transformer(load_official_checkpoint(checkpoint), dtype, rope_axes_dim)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
     try:

@@ -67,8 +67,6 @@ class TextEncoderConfig:
     clip_layers: int
     clip_heads: int
     max_sequence_length: int = 256
-    clip_max_length: int = 77
-    hidden_layers_to_skip: int = 2
     # Real models' sizes, so a random-weight build has their parameter count; None: the vocabulary
     # of the tokenizer built in code, and as many key/value heads as query heads.
     llm_vocab_size: int | None = None

@@ -212,14 +212,22 @@ def save_i2v_components(components: I2VComponents, folder: str | Path) -> Path:
     return root
 
 
+def check_new_folder(out: str | Path) -> Path:
+    """``out`` as a folder a command may fill: absent or empty, in a folder that exists."""
+    target = Path(out)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ValueError(f"output folder {str(target)!r} is not empty; choose a new folder")
+    if not target.absolute().parent.is_dir():
+        raise ValueError(f"folder {str(target.absolute().parent)!r} does not exist; create it or choose another --out")
+    return target
+
+
 def quantize_weights_folder(source: str | Path, out: str | Path, level: str, flow_shift: float = 7.0) -> Path:
     """``magic141 model quantize``: a weights folder whose transformer and text encoders are pre-quantized.
 
     Written to a temporary sibling folder and renamed when complete, so ``out`` never holds a partial copy.
     """
-    target = Path(out)
-    if target.exists() and any(target.iterdir()):
-        raise ValueError(f"output folder {str(target)!r} is not empty; choose a new folder")
+    target = check_new_folder(out)
     check_level(level)
     paths = WeightPaths.resolve(source)
     components = load_i2v_components(paths, flow_shift, torch.bfloat16)

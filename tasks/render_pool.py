@@ -242,11 +242,6 @@ class RenderPool:
     def workers(self) -> int:
         return len(self._actors)
 
-    @property
-    def handles(self) -> list[Any]:
-        """The actor handles in worker order."""
-        return list(self._actors)
-
     def refresh(self, timeout_s: float = 600.0) -> list[ActorInfo]:
         """Wait until every actor answers (restarted ones included) and update :attr:`actors`."""
         deadline = time.monotonic() + timeout_s

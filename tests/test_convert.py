@@ -118,6 +118,8 @@ def test_convert_command_writes_safetensors_that_load(official, converted, tmp_p
         torch.testing.assert_close(loaded.state_dict()[key], value)
     with pytest.raises(ValueError, match="not empty"):
         convert_official_checkpoint(checkpoint, out, rope_axes_dim=ROPE)
+    with pytest.raises(ValueError, match="missing' does not exist; create it or choose another --out"):
+        convert_official_checkpoint(checkpoint, tmp_path / "missing" / "transformer", rope_axes_dim=ROPE)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dmd_4_step_i2v.pth", "transformer"]
 
 

@@ -40,6 +40,11 @@ BATCH_STATUSES = ("running", "done", "failed", "interrupted")
 ROW_STATUSES = ("pending", "done", "skipped", "failed", "rejected")
 
 
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """SQL check that ``column`` holds one of ``values``."""
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
 def new_id() -> str:
     """Return a fresh video id (uuid4 hex)."""
     return uuid.uuid4().hex
@@ -82,8 +87,8 @@ class Video(Base):
 
     __tablename__ = "videos"
     __table_args__ = (
-        CheckConstraint("prior_source IN ('user', 'generate', 'retrieve')", name="prior_source"),
-        CheckConstraint("windows_mode IN ('chained', 'parallel')", name="windows_mode"),
+        CheckConstraint(one_of("prior_source", PRIOR_SOURCES), name="prior_source"),
+        CheckConstraint(one_of("windows_mode", WINDOW_MODES), name="windows_mode"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -148,7 +153,7 @@ class IndexBuild(Base):
 
     __tablename__ = "index_builds"
     __table_args__ = (
-        CheckConstraint("status IN ('running', 'published', 'unchanged', 'failed')", name="status"),
+        CheckConstraint(one_of("status", INDEX_BUILD_STATUSES), name="status"),
         Index(
             "uq_index_builds_version", "version", unique=True,
             sqlite_where=text("status <> 'unchanged'"), postgresql_where=text("status <> 'unchanged'"),
@@ -178,7 +183,7 @@ class Batch(Base):
     """One run of a prompt CSV through the bulk flow."""
 
     __tablename__ = "batches"
-    __table_args__ = (CheckConstraint(f"status IN ({', '.join(repr(s) for s in BATCH_STATUSES)})", name="status"),)
+    __table_args__ = (CheckConstraint(one_of("status", BATCH_STATUSES), name="status"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True, default=utcnow)
@@ -197,9 +202,7 @@ class BatchRow(Base):
     __tablename__ = "batch_rows"
     __table_args__ = (
         UniqueConstraint("batch_id", "row_number"),
-        CheckConstraint(
-            "status IN ('pending', 'done', 'skipped', 'failed', 'rejected')", name="status"
-        ),
+        CheckConstraint(one_of("status", ROW_STATUSES), name="status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
