@@ -2,11 +2,13 @@
 
 A source is a folder (walked recursively; hidden entries are ignored; symlinks whose target lies
 outside the folder are reported and not followed) or a manifest: a ``.csv`` or ``.parquet`` file
-with a ``path`` column, relative paths taken from the manifest's folder. Every candidate file is
-read once: its sha256 names its content (the first path with a given content wins, later ones
-are reported as duplicates) and its header must identify an image. Nothing a file contains can
-stop a scan: unreadable, non-image and otherwise unusable files are returned as :class:`Skipped`
-with the reason.
+with a ``path`` column, relative paths taken from the manifest's folder. A manifest's entries must
+lie inside the manifest's folder after symlinks: an absolute or ``..`` path leading elsewhere, or a
+symlink whose target lies elsewhere, is reported and never read. Every candidate file is read
+once: its sha256 names its content (the first path with a given content wins, later ones are
+reported as duplicates) and its header must identify an image. Nothing a file contains can stop a
+scan: unreadable, non-image and otherwise unusable files are returned as :class:`Skipped` with the
+reason.
 """
 
 from __future__ import annotations
@@ -88,8 +90,12 @@ def check_sources(sources: Sequence[Path | str]) -> list[Path]:
     return checked
 
 
-def read_manifest(manifest: Path) -> list[str]:
-    """The paths a manifest lists, made absolute against the manifest's folder."""
+def read_manifest(manifest: Path, skipped: list[Skipped]) -> list[str]:
+    """The paths a manifest lists, made absolute against the manifest's folder, that lie inside that folder.
+
+    An entry leading outside the folder (absolute, through ``..``, or through a symlink) is
+    appended to ``skipped`` with the reason, naming the folder; it is never read.
+    """
     try:
         if manifest.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
@@ -117,7 +123,25 @@ def read_manifest(manifest: Path) -> list[str]:
             f"cannot read manifest {str(manifest)!r}: {_one_line(exc)}; check it is a readable CSV or Parquet file"
         ) from exc
     folder = manifest.parent
-    return [str(folder / value.strip()) for value in values if isinstance(value, str) and value.strip()]
+    paths = [str(folder / value.strip()) for value in values if isinstance(value, str) and value.strip()]
+    return [path for path in paths if _confined(path, str(folder), skipped)]
+
+
+def _confined(path: str, root: str, skipped: list[Skipped]) -> bool:
+    """Whether ``path`` lies inside ``root`` after symlinks; if not, say why in ``skipped``."""
+    try:
+        target = os.path.realpath(path)
+    except (OSError, ValueError) as exc:
+        skipped.append(Skipped(path, f"not a usable path: {_one_line(exc)}"))
+        return False
+    if _is_inside(target, os.path.realpath(root)):
+        return True
+    if _is_inside(os.path.normpath(path), os.path.normpath(root)):
+        reason = f"symlink leading outside the manifest's folder {root}; not followed"
+    else:
+        reason = f"path outside the manifest's folder {root}; not read (list only files inside that folder)"
+    skipped.append(Skipped(path, reason))
+    return False
 
 
 def _is_inside(path: str, root: str) -> bool:
@@ -157,7 +181,7 @@ def _candidates(sources: Sequence[Path], skipped: list[Skipped]) -> list[str]:
         if source.is_dir():
             found.extend(_walk(source, skipped))
         else:
-            found.extend(read_manifest(source))
+            found.extend(read_manifest(source, skipped))
     return found
 
 

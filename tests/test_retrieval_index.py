@@ -100,25 +100,56 @@ def test_build_indexes_good_images_and_reports_broken(corpus: Path, tmp_path: Pa
 
 def test_manifests_csv_and_parquet(corpus: Path, tmp_path: Path):
     images = sorted((corpus / "shapes").iterdir())[:4]
-    manifest = tmp_path / "lists" / "images.csv"
-    manifest.parent.mkdir()
-    lines = ["path,caption"] + [f"{os.path.relpath(path, manifest.parent)},x" for path in images[:3]]
+    manifest = corpus / "images.csv"
+    lines = ["path,caption"] + [f"{path.relative_to(corpus)},x" for path in images[:3]]
     manifest.write_text("\n".join([*lines, "missing.png,y", str(corpus / "notes.jpg") + ",z"]) + "\n")
-    parquet = tmp_path / "lists" / "more.parquet"
-    pq.write_table(pa.table({"path": [str(images[3]), str(images[0])]}), parquet)
+    parquet = corpus / "lists" / "more.parquet"
+    parquet.parent.mkdir()
+    pq.write_table(pa.table({"path": [str(images[3]), "../" + str(images[0].relative_to(corpus))]}), parquet)
 
-    result = scan_corpus([manifest, parquet])
+    result = scan_corpus([manifest, corpus / "lists" / "more.parquet"])
 
-    assert [Path(item.path).resolve() for item in result.files] == [path.resolve() for path in images]
+    assert [Path(item.path).resolve() for item in result.files] == [path.resolve() for path in images[:3]]
     why = {Path(item.path).name: item.reason for item in result.skipped}
     assert why["missing.png"] == "file not found" and why["notes.jpg"].startswith("not an image")
-    assert why[images[0].name].startswith("duplicate of ")
+    assert why[images[3].name] == why[images[0].name] == (
+        f"path outside the manifest's folder {parquet.parent}; not read (list only files inside that folder)"
+    ), "a parquet manifest's entries are confined to its own folder too"
     bad = tmp_path / "bad.csv"
     bad.write_text("file\na.png\n")
     with pytest.raises(RetrievalIndexError, match="has no 'path' column"):
         scan_corpus([bad])
     with pytest.raises(RetrievalIndexError, match="does not exist"):
         scan_corpus([tmp_path / "nowhere"])
+
+
+def test_manifest_entries_outside_its_folder_are_skipped_never_read(corpus: Path, tmp_path: Path):
+    outside = make_demo_corpus(tmp_path / "elsewhere", n=3, start=50)
+    inside = sorted((corpus / "shapes").iterdir())[:3]
+    (corpus / "escape.png").symlink_to(outside[2])
+    (corpus / "alias.png").symlink_to(inside[2])
+    manifest = corpus / "list.csv"
+    entries = [
+        str(outside[0]),  # absolute, outside
+        os.path.relpath(outside[1], corpus),  # ../elsewhere/..., outside
+        "escape.png",  # a symlink inside the folder leading outside
+        str(inside[0].relative_to(corpus)),  # relative, inside
+        str(inside[1]),  # absolute, inside
+        "alias.png",  # a symlink inside the folder leading inside
+        "shapes/../" + str(inside[2].relative_to(corpus)),  # '..' that stays inside (same content as alias.png)
+    ]
+    manifest.write_text("path\n" + "\n".join(entries) + "\n")
+
+    result = scan_corpus([manifest])
+
+    assert {Path(item.path).resolve() for item in result.files} == {path.resolve() for path in inside}
+    assert not {Path(item.path).resolve() for item in result.files} & {path.resolve() for path in outside}
+    why = {item.path: item.reason for item in result.skipped}
+    not_read = f"path outside the manifest's folder {corpus}; not read (list only files inside that folder)"
+    assert why[str(outside[0])] == not_read
+    assert why[str(corpus / entries[1])] == not_read
+    assert why[str(corpus / "escape.png")] == f"symlink leading outside the manifest's folder {corpus}; not followed"
+    assert len(result.skipped) == 4, "besides the three escaping entries, only the duplicate of alias.png"
 
 
 def test_incremental_rebuild_embeds_only_new_images(corpus: Path, tmp_path: Path):
