@@ -8,9 +8,18 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
+from prefect.exceptions import PrefectException
+from prefect.settings import PREFECT_API_URL
+
 from deployments.rebuild_index import NIGHTLY_CRON
-from flows.cli_common import stderr, stdout
 from deployments.service import GPU_POOL, INBOX_CRON, PROCESS_POOL, ServiceConfig, apply_service
+from flows.cli_common import stderr, stdout
+
+START_SERVER = (
+    "start the server with 'prefect server start' and set PREFECT_API_URL to its API address "
+    "(e.g. http://127.0.0.1:4200/api)"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,31 +36,53 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timezone", default="UTC")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--weights", type=Path)
+    parser.add_argument("--clip-model", default="tiny",
+                        help="CLIP model of the nightly index rebuild: 'tiny' (random, for demos) or an open_clip "
+                             "name such as ViT-B-32 (default: tiny)")
+    parser.add_argument("--clip-weights", type=Path, metavar="FILE",
+                        help="local weights file of --clip-model (needed for every model but tiny)")
     parser.add_argument("--workers", type=int, default=0, help="Ray render actors per bulk run (0: in process)")
     parser.add_argument("--gpu-slots", type=int, default=1, help="renders at once across all runs (the 'gpu' limit)")
     return parser
 
 
+def _error(message: str) -> int:
+    stderr.print(f"python -m deployments: error: {message}", highlight=False, markup=False, soft_wrap=True)
+    return 2
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Apply the service; one line on stderr and status 2 for bad arguments."""
+    """Apply the service; one line on stderr and status 2 for bad arguments or an unusable Prefect API."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     problems = [name for name, value in (("--catalog", args.catalog), ("--index-dir", args.index_dir)) if not value]
     if problems or not args.corpus:
-        missing = ", ".join(problems + ([] if args.corpus else ["--corpus"]))
-        stderr.print(f"python -m deployments: error: give {missing}", highlight=False, markup=False)
-        return 2
+        return _error("give " + ", ".join(problems + ([] if args.corpus else ["--corpus"])))
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        return _error(f"PREFECT_API_URL is not set, so there is no Prefect server to deploy to; {START_SERVER}")
     config = ServiceConfig(
         inbox=args.inbox, out_dir=args.out_dir, catalog_url=args.catalog, corpus=tuple(args.corpus),
         index_dir=Path(args.index_dir), inbox_cron=args.inbox_cron, index_cron=args.index_cron,
         timezone=args.timezone, preset=args.preset, weights=args.weights, workers=args.workers,
-        gpu_slots=args.gpu_slots,
+        gpu_slots=args.gpu_slots, clip_model=args.clip_model, clip_weights=args.clip_weights,
     )
     try:
         applied = apply_service(config)
     except ValueError as exc:
-        stderr.print(f"python -m deployments: error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        return 2
+        return _error(_first_line(exc))
+    except httpx.TransportError as exc:
+        return _error(f"cannot reach the Prefect API at {api_url} ({_first_line(exc)}); {START_SERVER}")
+    except (httpx.HTTPError, PrefectException) as exc:
+        return _error(
+            f"the Prefect API at {api_url} refused the request ({_first_line(exc)}); check that PREFECT_API_URL "
+            f"is the server's API address (ending in /api) and the server is healthy"
+        )
     for name, deployment_id in applied.items():
         stdout.print(f"{name}: {deployment_id}", highlight=False, markup=False)
     stdout.print(

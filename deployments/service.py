@@ -8,7 +8,9 @@
 - Work pools ``magic141-process`` and ``magic141-gpu`` (process type; start a worker for each),
   and the global concurrency limit ``gpu`` whose slots each render holds.
 
-:func:`apply_service` creates or updates all of it against the configured ``PREFECT_API_URL``.
+:func:`apply_service` checks the whole configuration (schedules, time zone, CLIP model and
+weights, slots) before it contacts the server, then creates or updates all of it against the
+configured ``PREFECT_API_URL``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.schedules import CronSchedule
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
@@ -31,6 +34,7 @@ from prefect.workers.process import ProcessWorker
 
 from deployments.rebuild_index import NIGHTLY_CRON, rebuild_index_deployment
 from flows.bulk import GPU_LIMIT, bulk_inbox
+from retrieval_index.embedder import EmbedderSpec
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,31 @@ class ServiceConfig:
     workers: int = 0
     gpu_slots: int = 1
     clip_model: str = "tiny"
+    clip_weights: Path | None = None
+
+
+def _schedule_valid(cron: str, timezone: str) -> bool:
+    """Whether the Prefect server would accept ``cron`` in ``timezone`` (the schema it validates with)."""
+    try:
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValueError:
+        return False
+    return True
+
+
+def check_service(config: ServiceConfig) -> None:
+    """Raise ``ValueError`` naming the first bad setting; contacts nothing, so bad input creates nothing."""
+    if config.gpu_slots < 1:
+        raise ValueError(f"gpu slots must be at least 1, got {config.gpu_slots}")
+    if not config.timezone or not _schedule_valid("0 0 * * *", config.timezone):
+        raise ValueError(f"unknown time zone {config.timezone!r}; use an IANA name such as UTC or Europe/Berlin")
+    for what, cron in (("inbox", config.inbox_cron), ("index", config.index_cron)):
+        if not _schedule_valid(cron, config.timezone):
+            raise ValueError(
+                f"{what} schedule {cron!r} is not a cron expression; give five fields such as '*/5 * * * *'"
+            )
+    weights = None if config.clip_weights is None else str(config.clip_weights)
+    EmbedderSpec(config.clip_model, weights).check()
 
 
 def bulk_inbox_deployment(config: ServiceConfig) -> RunnerDeployment:
@@ -84,8 +113,8 @@ def bulk_inbox_deployment(config: ServiceConfig) -> RunnerDeployment:
 def service_deployments(config: ServiceConfig) -> list[tuple[RunnerDeployment, str]]:
     """Each deployment with the work pool it runs on."""
     rebuild = rebuild_index_deployment(
-        config.corpus, config.index_dir, config.catalog_url, model=config.clip_model, cron=config.index_cron,
-        timezone=config.timezone,
+        config.corpus, config.index_dir, config.catalog_url, model=config.clip_model, pretrained=config.clip_weights,
+        cron=config.index_cron, timezone=config.timezone,
     )
     return [(bulk_inbox_deployment(config), GPU_POOL), (rebuild, PROCESS_POOL)]
 
@@ -112,14 +141,18 @@ def _ensure_limit(name: str, slots: int) -> None:
 
 
 def apply_service(config: ServiceConfig) -> dict[str, UUID]:
-    """Create or update the pools, the GPU limit and the deployments; return each deployment's id by name."""
-    if config.gpu_slots < 1:
-        raise ValueError(f"gpu slots must be at least 1, got {config.gpu_slots}")
+    """Create or update the pools, the GPU limit and the deployments; return each deployment's id by name.
+
+    Raises ``ValueError`` for a bad configuration before anything is created; errors of the Prefect
+    client (``httpx.HTTPError``, ``prefect.exceptions.PrefectException``) pass through.
+    """
+    check_service(config)
+    deployments = service_deployments(config)
     _ensure_pool(PROCESS_POOL, "CPU work: retrieval-index rebuilds.")
     _ensure_pool(GPU_POOL, "GPU machines: bulk video production (one worker per GPU machine).")
     _ensure_limit(GPU_LIMIT, config.gpu_slots)
     applied = {}
-    for deployment, pool in service_deployments(config):
+    for deployment, pool in deployments:
         applied[deployment.name] = deployment.apply(work_pool_name=pool)
         logger.info("deployment %s applied on work pool %s", deployment.name, pool)
     return applied

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from deployments.__main__ import main
 from deployments.service import (
     BULK_DEPLOYMENT,
     GPU_POOL,
@@ -56,6 +61,80 @@ def test_apply_creates_pools_limit_and_deployments_on_the_server(prefect_api, tm
     assert bulk.work_pool_name == GPU_POOL and rebuild.work_pool_name == PROCESS_POOL
     assert [s.schedule.cron for s in bulk.schedules] == ["*/15 * * * *"]
     assert bulk.parameters["inbox"] == str(tmp_path / "inbox")
+
+
+def _cli_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "--inbox", str(tmp_path / "inbox"), "--out-dir", str(tmp_path / "videos"),
+        "--catalog", f"sqlite:///{tmp_path / 'c.db'}", "--corpus", str(tmp_path / "corpus"),
+        "--index-dir", str(tmp_path / "index"), *extra,
+    ]
+
+
+def test_cli_sets_the_clip_model_and_weights_of_the_nightly_rebuild(prefect_api, tmp_path: Path, capsys):
+    weights = tmp_path / "models" / "clip-vit-b-32.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights")
+    assert main(_cli_args(tmp_path, "--clip-model", "ViT-B-32", "--clip-weights", str(weights))) == 0
+    with get_client(sync_client=True) as client:
+        rebuild = client.read_deployment_by_name("rebuild-index/rebuild-index")
+    assert (rebuild.parameters["model"], rebuild.parameters["pretrained"]) == ("ViT-B-32", str(weights))
+
+    assert main(_cli_args(tmp_path)) == 0, capsys.readouterr().err
+    with get_client(sync_client=True) as client:
+        rebuild = client.read_deployment_by_name("rebuild-index/rebuild-index")
+    assert (rebuild.parameters["model"], rebuild.parameters["pretrained"]) == ("tiny", None), "the default is unchanged"
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--inbox-cron", "every five minutes"], "inbox schedule 'every five minutes'"),
+        (["--index-cron", "61 3 * * *"], "index schedule '61 3 * * *'"),
+        (["--timezone", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
+        (["--clip-model", "ViT-Q-99"], "unknown CLIP model 'ViT-Q-99'"),
+        (["--clip-model", "ViT-B-32"], "needs a local weights file"),
+        (["--clip-model", "ViT-B-32", "--clip-weights", "missing.pt"], "missing.pt' does not exist"),
+        (["--clip-weights", "missing.pt"], "tiny CLIP model has built-in random weights"),
+        (["--gpu-slots", "0"], "gpu slots must be at least 1"),
+    ],
+)
+def test_bad_settings_are_one_line_and_create_nothing_on_the_server(
+    prefect_api, tmp_path: Path, capsys, extra: list[str], named: str
+):
+    with get_client(sync_client=True) as client:
+        for pool in (PROCESS_POOL, GPU_POOL):
+            try:
+                client.delete_work_pool(pool)
+            except ObjectNotFound:
+                pass
+
+    assert main(_cli_args(tmp_path, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m deployments: error: ") and named in err and err.count("\n") == 1, err
+    with get_client(sync_client=True) as client:
+        for pool in (PROCESS_POOL, GPU_POOL):
+            with pytest.raises(ObjectNotFound):
+                client.read_work_pool(pool)
+
+
+def test_an_unreachable_prefect_api_is_one_line(tmp_path: Path, capsys):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        assert main(_cli_args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"python -m deployments: error: cannot reach the Prefect API at {url}"), err
+    assert "prefect server start" in err and err.count("\n") == 1, err
+
+
+def test_no_prefect_api_url_is_one_line(tmp_path: Path, capsys):
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert main(_cli_args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m deployments: error: PREFECT_API_URL is not set"), err
+    assert err.count("\n") == 1, err
 
 
 def test_inbox_files_good_csvs_in_done_bad_ones_in_failed_and_leaves_fresh_ones(prefect_api, tmp_path: Path):
