@@ -18,8 +18,10 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -55,6 +57,7 @@ DEFAULT_BATCH_SIZE = 64
 _CACHE_FLUSH_ROWS = 4096
 _COPY_ROWS = 65_536
 _LIBRARIES = ("faiss-gpu", "open-clip-torch", "torch")
+_REASONS_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,11 @@ def corpus_fingerprint(result: ScanResult) -> str:
 def scan_stage(
     staging: Staging, sources: Sequence[str | Path], incremental: bool, progress: Progress | None = None
 ) -> ScanSummary:
-    """List, hash and deduplicate the corpus into ``scan.parquet``; report skipped files."""
+    """List, hash and deduplicate the corpus into ``scan.parquet``; report skipped files.
+
+    Raise :class:`RetrievalIndexError` naming the corpus and why its files were skipped when it
+    holds no usable image, so a build stops before any model is loaded.
+    """
     known = _previous_files(Path(staging.index_dir)) if incremental else {}
     result = scan_corpus(sources, known, progress)
     table = pa.table(
@@ -189,10 +196,29 @@ def scan_stage(
     )
     write_atomic(staging.folder / SCAN_FILE, lambda handle: pq.write_table(table, handle))
     _write_skipped(staging, [asdict(item) for item in result.skipped])
+    if not result.files:
+        raise RetrievalIndexError(_no_images_message(sources, result.skipped))
     summary = ScanSummary(len(result.files) + len(result.skipped), len(result.files), len(result.skipped),
                           result.reused_hashes, corpus_fingerprint(result))
     _stage_record(staging, "scan", asdict(summary))
     return summary
+
+
+def _no_images_message(sources: Sequence[str | Path], skipped: Sequence[Skipped]) -> str:
+    """One line: which corpus has no usable image, how many files were left out and why (most common first)."""
+    corpus = ", ".join(str(path) for path in check_sources(sources))
+    if not skipped:
+        return f"the corpus {corpus} holds no files; add images to it (or list them in the manifest) and build again"
+    common = Counter(re.split(r"[:;]", item.reason, maxsplit=1)[0].strip() for item in skipped).most_common(
+        _REASONS_SHOWN
+    )
+    rest = len(skipped) - sum(count for _, count in common)
+    kinds = [f"{count} {kind}" for kind, count in common] + ([f"{rest} other"] if rest else [])
+    return (
+        f"the corpus {corpus} has no usable images: {len(skipped)} file{'s' if len(skipped) > 1 else ''} skipped "
+        f"({', '.join(kinds)}; first: {skipped[0].path}: {skipped[0].reason}); "
+        f"add images to the corpus or fix the skipped files, then build again"
+    )
 
 
 def _load_pixels(path: str, sha256: str, embedder: Embedder) -> torch.Tensor | Skipped:

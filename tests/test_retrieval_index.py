@@ -152,6 +152,31 @@ def test_manifest_entries_outside_its_folder_are_skipped_never_read(corpus: Path
     assert len(result.skipped) == 4, "besides the three escaping entries, only the duplicate of alias.png"
 
 
+def test_a_corpus_without_usable_images_fails_after_the_scan_before_clip_loads(tmp_path: Path, monkeypatch):
+    def no_model(spec):
+        raise AssertionError("CLIP was loaded for a corpus without images")
+
+    monkeypatch.setattr(builder, "load_embedder", no_model)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "notes.jpg").write_text("not a picture")
+    (broken / "README.txt").write_text("text")
+    (broken / "empty.png").write_bytes(b"")
+    index_dir = tmp_path / "index"
+
+    with pytest.raises(RetrievalIndexError) as caught:
+        build_index([broken], index_dir)
+
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"the corpus {broken} has no usable images: 3 files skipped (2 not an image, 1 empty file")
+    assert message.endswith("add images to the corpus or fix the skipped files, then build again")
+    assert store.published_versions(index_dir) == [] and not any((index_dir / store.STAGING).iterdir())
+    (tmp_path / "none").mkdir()
+    with pytest.raises(RetrievalIndexError, match=r"^the corpus \S+none holds no files; add images"):
+        build_index([tmp_path / "none"], index_dir)
+
+
 def test_incremental_rebuild_embeds_only_new_images(corpus: Path, tmp_path: Path):
     index_dir = tmp_path / "index"
     first = build_index([corpus], index_dir)
