@@ -1,7 +1,9 @@
 """Prior stage: the first frame of the video, by the prior policy (user image, retrieval, text-to-image, img2img).
 
 The decision itself is :func:`tasks.prior_policy.decide_prior` (pure); this task gathers its inputs
-(the retrieval index's matches for the prompt) and carries it out.
+(the retrieval index's matches for the prompt, each checked against its file: a file that is
+missing or whose sha256 differs from the one the index recorded is left out, with a warning) and
+carries it out.
 """
 
 from __future__ import annotations
@@ -17,10 +19,8 @@ from prefect import get_run_logger, task
 
 from tasks.ffmpeg import sha256_file
 from tasks.models import image_prior
-from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, decide_prior
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, RetrievalMatch, StaleMatch, decide_prior
 from tasks.request import ModelSpec
-
-logger = logging.getLogger(__name__)
 
 RETRIEVAL_K = 5
 PRIOR_FILE = "prior.png"
@@ -76,6 +76,35 @@ def _matches(prompt: str, index_dir: str) -> list[Any]:
     return open_index(index_dir).search_text(prompt, RETRIEVAL_K)
 
 
+def _problem(match: RetrievalMatch) -> str | None:
+    """Why a match's file cannot stand for the indexed image (missing, unreadable, changed), or None."""
+    try:
+        actual = sha256_file(Path(match.path))
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as exc:
+        return f"unreadable: {' '.join(str(exc).split()) or type(exc).__name__}"
+    if actual != match.sha256:
+        return f"content changed since the index was built (sha256 {actual}, indexed {match.sha256})"
+    return None
+
+
+def _checked(
+    matches: list[RetrievalMatch], log: logging.Logger | logging.LoggerAdapter
+) -> tuple[list[RetrievalMatch], list[StaleMatch]]:
+    """The matches whose files still hold the indexed content, and the others with their problem."""
+    usable: list[RetrievalMatch] = []
+    stale: list[StaleMatch] = []
+    for match in matches:
+        problem = _problem(match)
+        if problem is None:
+            usable.append(match)
+        else:
+            log.warning("retrieval match %s left out: %s; rebuild the index to drop it", match.path, problem)
+            stale.append(StaleMatch(match, problem))
+    return usable, stale
+
+
 @task(name="prior")
 def prepare_prior(
     prompt: str,
@@ -95,9 +124,9 @@ def prepare_prior(
     if policy is None:
         policy = PriorPolicy(mode="user" if image is not None else "generate")
     needs_index = policy.index_dir is not None and image is None and policy.mode in ("auto", "retrieve")
-    matches = _matches(prompt, policy.index_dir) if needs_index else None
+    matches, stale = _checked(_matches(prompt, policy.index_dir), run_logger) if needs_index else (None, [])
     decision = decide_prior(
-        policy.mode, image=image, matches=matches, threshold=policy.threshold, strength=policy.strength
+        policy.mode, image=image, matches=matches, threshold=policy.threshold, strength=policy.strength, stale=stale
     )
     run_logger.info("prior: %s", decision.details["reason"])
     if decision.image is not None:

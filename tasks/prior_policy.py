@@ -8,11 +8,16 @@ Modes a prompt row may ask for:
 - ``auto``: the row's image if it has one; else the best match when its cosine score reaches
   ``threshold``; else the text-to-image prior conditioned on the matches: img2img from the best
   match at ``strength``, or the matches as image prompts when the pipeline has an image-prompt
-  adapter; with no index or no match, the text-to-image prior alone.
+  adapter; with no index or no usable match, the text-to-image prior alone.
+
+A match is usable while its file still holds the content the index recorded; the caller checks
+that (I/O) and passes the others as ``stale``: they are never used, and ``retrieve`` with no
+usable match is refused.
 
 :func:`decide_prior` does no I/O. Its :attr:`PriorDecision.details` is what goes into the
 catalog's ``videos.prior_details``: the mode asked, the chosen source, the conditioning, the
-threshold and strength in force, and every match (path, sha256, score, index row), best first.
+threshold and strength in force, every usable match (path, sha256, score, index row), best first,
+and the stale matches left out, each with its problem.
 """
 
 from __future__ import annotations
@@ -66,8 +71,27 @@ class PriorDecision:
     reference_images: tuple[Path, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class StaleMatch:
+    """A match whose file is missing or no longer holds the content the index recorded."""
+
+    match: RetrievalMatch
+    problem: str
+
+
 def _match_record(match: RetrievalMatch) -> dict[str, Any]:
     return {"path": str(match.path), "sha256": match.sha256, "score": float(match.score), "row": int(match.row)}
+
+
+def _stale_record(stale: StaleMatch) -> dict[str, Any]:
+    return {**_match_record(stale.match), "problem": stale.problem}
+
+
+def _stale_summary(stale: Sequence[StaleMatch]) -> str:
+    first = f"{stale[0].match.path}: {stale[0].problem}"
+    if len(stale) == 1:
+        return f"its one match is missing or changed since the index was built ({first})"
+    return f"all {len(stale)} matches are missing or changed since the index was built (first: {first})"
 
 
 def check_prior_mode(mode: str) -> None:
@@ -99,12 +123,14 @@ def decide_prior(
     threshold: float = DEFAULT_THRESHOLD,
     strength: float = DEFAULT_STRENGTH,
     image_prompt_adapter: bool = False,
+    stale: Sequence[StaleMatch] = (),
 ) -> PriorDecision:
     """Choose the first-frame source for one video.
 
     ``matches`` is the retrieval index's answer for the prompt (any order; ranked here by score),
     or ``None`` when no index is configured. ``image_prompt_adapter`` says the text-to-image
-    pipeline takes image prompts; without one, ``auto`` conditions through img2img.
+    pipeline takes image prompts; without one, ``auto`` conditions through img2img. ``stale`` are
+    the index's matches for the prompt whose files are missing or changed: recorded, never used.
     Raises ``ValueError`` with one line when the mode cannot be honoured.
     """
     check_prior_mode(mode)
@@ -115,6 +141,8 @@ def decide_prior(
         "threshold": threshold,
         "matches": [_match_record(match) for match in ranked],
     }
+    if stale:
+        details["stale_matches"] = [_stale_record(item) for item in stale]
 
     def decided(source: Source, conditioning: Conditioning, reason: str, **chosen: Any) -> PriorDecision:
         used_strength = chosen.get("strength")
@@ -135,11 +163,21 @@ def decide_prior(
                 "prior 'retrieve' needs a retrieval index and none is configured; "
                 "give an index folder (--index-dir) or choose prior 'generate'"
             )
+        if not ranked and stale:
+            raise ValueError(
+                f"prior 'retrieve' found no usable match in the retrieval index: {_stale_summary(stale)}; "
+                f"rebuild the index (magic141 index build) or choose prior 'generate'"
+            )
         if not ranked:
-            raise ValueError("prior 'retrieve' found no match in the retrieval index; add images to the corpus or choose prior 'generate'")
+            raise ValueError(
+                "prior 'retrieve' found no match in the retrieval index; "
+                "add images to the corpus or choose prior 'generate'"
+            )
         return decided("retrieve", "none", "prior 'retrieve' asked: best match used", image=Path(ranked[0].path))
     if matches is None:
         return decided("generate", "none", "no retrieval index configured")
+    if not ranked and stale:
+        return decided("generate", "none", f"no usable match: {_stale_summary(stale)}")
     if not ranked:
         return decided("generate", "none", "the retrieval index found no match")
     best = ranked[0]

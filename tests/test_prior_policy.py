@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,12 @@ import PIL.Image
 import pytest
 
 from magic141.prior import ImagePrior
-from tasks.prior_policy import PRIOR_MODES, decide_prior
+from retrieval_index import build_index, open_index
+from retrieval_index.demo import make_demo_corpus
+from tasks import prior as prior_stage
+from tasks.prior import PriorPolicy, prepare_prior
+from tasks.prior_policy import PRIOR_MODES, StaleMatch, decide_prior
+from tasks.request import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,76 @@ def test_impossible_requests_are_one_line_errors(mode: str, kwargs: dict, messag
     with pytest.raises(ValueError) as info:
         decide_prior(mode, **kwargs)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+STALE = StaleMatch(Match(Path("/corpus/gone.jpg"), "c" * 64, 0.9, 5), "file not found")
+
+
+def test_stale_matches_are_recorded_never_used() -> None:
+    decision = decide_prior("retrieve", matches=MATCHES[:1], stale=[STALE])
+
+    assert decision.image == Path("/corpus/b.jpg"), "the usable match, though the stale one scored higher"
+    assert [m["path"] for m in decision.details["matches"]] == ["/corpus/b.jpg"]
+    assert decision.details["stale_matches"] == [
+        {"path": "/corpus/gone.jpg", "sha256": "c" * 64, "score": 0.9, "row": 5, "problem": "file not found"}
+    ]
+
+
+def test_no_usable_match_refuses_retrieve_and_lets_auto_generate_from_text() -> None:
+    with pytest.raises(ValueError) as info:
+        decide_prior("retrieve", matches=[], stale=[STALE])
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("prior 'retrieve' found no usable match in the retrieval index")
+    assert "/corpus/gone.jpg: file not found" in message and "rebuild the index" in message
+
+    decision = decide_prior("auto", matches=[], stale=[STALE, STALE])
+    assert (decision.source, decision.conditioning, decision.init_image) == ("generate", "none", None)
+    assert decision.details["reason"].startswith("no usable match: all 2 matches are missing or changed")
+    assert len(decision.details["stale_matches"]) == 2
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Path:
+    make_demo_corpus(tmp_path / "corpus", n=4)
+    build_index([tmp_path / "corpus"], tmp_path / "index")
+    return tmp_path / "index"
+
+
+def run_prior(index: Path, mode: str, work_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(prior_stage, "get_run_logger", lambda: logging.getLogger("prior-test"))
+    return prepare_prior.fn("a red circle", 3, ModelSpec(), str(work_dir), policy=PriorPolicy(mode, str(index)))
+
+
+def test_prior_stage_skips_matches_whose_file_is_gone_or_changed(
+    index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    best, second, third, _ = open_index(index).search_text("a red circle", k=4)
+    second.path.unlink()
+    shutil.copy(third.path, best.path)  # the best match's file now holds another picture
+
+    with caplog.at_level(logging.WARNING, logger="prior-test"):
+        result = run_prior(index, "retrieve", tmp_path, monkeypatch)
+
+    assert (result.source, result.path) == ("retrieve", str(third.path))
+    assert result.details is not None and result.details["matches"][0]["path"] == str(third.path)
+    stale = {item["path"]: item["problem"] for item in result.details["stale_matches"]}
+    assert stale[str(second.path)] == "file not found"
+    assert stale[str(best.path)].startswith("content changed since the index was built")
+    assert set(stale) == {str(best.path), str(second.path)}
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    assert str(best.path) in warned and str(second.path) in warned
+
+
+def test_prior_stage_with_no_usable_match(index: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.rmtree(tmp_path / "corpus")
+
+    with pytest.raises(ValueError, match="prior 'retrieve' found no usable match in the retrieval index: all 4 "):
+        run_prior(index, "retrieve", tmp_path, monkeypatch)
+    result = run_prior(index, "auto", tmp_path, monkeypatch)
+
+    assert (result.source, result.path) == ("generate", str(tmp_path / prior_stage.PRIOR_FILE))
+    assert result.details is not None and result.details["conditioning"] == "none"
+    assert result.details["reason"].startswith("no usable match") and len(result.details["stale_matches"]) == 4
 
 
 def test_every_mode_records_mode_source_and_settings() -> None:
