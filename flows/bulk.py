@@ -30,7 +30,8 @@ from tasks.bulk import (
     recover_out_dir,
     report_batch,
 )
-from tasks.inbox import DEFAULT_SETTLE_S, claim_inbox, file_csv
+from tasks.inbox import DEFAULT_SETTLE_S, claim_lease_path, claim_next, file_csv
+from tasks.leases import heartbeat
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 from tasks.progress import StageProgress
 
@@ -120,23 +121,34 @@ def bulk_inbox(
     settle_s: float = DEFAULT_SETTLE_S,
     gpu_limit: str | None = GPU_LIMIT,
 ) -> list[dict[str, Any]]:
-    """Run ``bulk_generate`` on every settled CSV in ``inbox``; file each in ``done/`` or ``failed/`` afterwards.
+    """Run ``bulk_generate`` on the settled CSVs in ``inbox``, one at a time; file each in ``done/`` or ``failed/``.
 
-    A CSV goes to ``failed/`` when it is refused as a whole or a valid row failed; rejected rows
-    alone do not fail it (their reasons are in the batch). Returns one entry per CSV.
+    Each CSV is claimed only when the previous one is filed, so a CSV dropped meanwhile is taken by
+    this run too, and claims left by dead runs are taken over first (:mod:`tasks.inbox`). A CSV
+    goes to ``failed/`` when it is refused as a whole or a valid row failed; rejected rows alone do
+    not fail it (their reasons are in the batch). Returns one entry per CSV.
     """
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     handled: list[dict[str, Any]] = []
-    for claimed in claim_inbox(inbox, settle_s):
-        try:
-            result = bulk_generate(
-                claimed, out_dir, catalog_url, index_dir, [inbox], preset, weights, None, 4, workers, None,
-                concurrency, gpu_limit=gpu_limit,
-            )
-        except Exception as exc:
-            logger.warning("bulk run of %s failed: %s", claimed, exc)
-            handled.append({"csv": file_csv(claimed, False), "batch_id": None, "error": str(exc)})
-            continue
-        succeeded = result.counts.get("failed", 0) == 0 and result.counts.get("pending", 0) == 0
-        handled.append({"csv": file_csv(claimed, succeeded), "batch_id": result.batch_id, "counts": result.counts})
+    while (claimed := claim_next(inbox, settle_s)) is not None:
+        with heartbeat(claim_lease_path(claimed)):
+            handled.append(_run_claimed(claimed, inbox, out_dir, catalog_url, index_dir, preset, weights, workers,
+                                        concurrency, gpu_limit))
     return handled
+
+
+def _run_claimed(
+    claimed: str, inbox: str, out_dir: str, catalog_url: str | None, index_dir: str | None, preset: str,
+    weights: str | None, workers: int, concurrency: int | None, gpu_limit: str | None,
+) -> dict[str, Any]:
+    """Produce one claimed CSV and file it; its entry in the ``bulk_inbox`` result."""
+    try:
+        result = bulk_generate(
+            claimed, out_dir, catalog_url, index_dir, [inbox], preset, weights, None, 4, workers, None,
+            concurrency, gpu_limit=gpu_limit,
+        )
+    except Exception as exc:
+        logger.warning("bulk run of %s failed: %s", claimed, exc)
+        return {"csv": file_csv(claimed, False), "batch_id": None, "error": str(exc)}
+    succeeded = result.counts.get("failed", 0) == 0 and result.counts.get("pending", 0) == 0
+    return {"csv": file_csv(claimed, succeeded), "batch_id": result.batch_id, "counts": result.counts}

@@ -155,6 +155,6 @@ def test_inbox_files_good_csvs_in_done_bad_ones_in_failed_and_leaves_fresh_ones(
         "done/good-1.csv", "failed/broken.csv"]
     assert (inbox / "done" / "good.csv").read_text() == "taken\n"
     assert (inbox / "done" / "good-1.csv").read_text().startswith("prompt,seconds,fps")
-    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == ["fresh.csv"]
+    assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [".inbox.lock", "fresh.csv"], "no claim is left"
     with open_catalog(catalog) as store:
         assert len(store.list_videos()) == 1
