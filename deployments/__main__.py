@@ -15,6 +15,7 @@ from prefect.settings import PREFECT_API_URL
 from deployments.rebuild_index import NIGHTLY_CRON
 from deployments.service import GPU_POOL, INBOX_CRON, PROCESS_POOL, ServiceConfig, apply_service
 from flows.cli_common import stderr, stdout
+from tasks.request import QUANTIZATION_LEVELS
 
 START_SERVER = (
     "start the server with 'prefect server start' and set PREFECT_API_URL to its API address "
@@ -35,7 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--index-cron", default=NIGHTLY_CRON, help=f"when the index is rebuilt (default {NIGHTLY_CRON!r})")
     parser.add_argument("--timezone", default="UTC")
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--weights", type=Path)
+    parser.add_argument("--weights", type=Path, help="weights folder or JSON file of the bulk runs (see magic141 generate)")
+    parser.add_argument("--quantize", help=f"quantize the bulk runs' model on load: {' or '.join(QUANTIZATION_LEVELS)}")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="bulk runs keep each model on the GPU only while it runs")
     parser.add_argument("--clip-model", default="tiny",
                         help="CLIP model of the nightly index rebuild: 'tiny' (random, for demos) or an open_clip "
                              "name such as ViT-B-32 (default: tiny)")
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     config = ServiceConfig(
         inbox=args.inbox, out_dir=args.out_dir, catalog_url=args.catalog, corpus=tuple(args.corpus),
         index_dir=Path(args.index_dir), inbox_cron=args.inbox_cron, index_cron=args.index_cron,
-        timezone=args.timezone, preset=args.preset, weights=args.weights, workers=args.workers,
+        timezone=args.timezone, preset=args.preset, weights=args.weights, quantize=args.quantize,
+        low_memory=args.low_memory, workers=args.workers,
         gpu_slots=args.gpu_slots, clip_model=args.clip_model, clip_weights=args.clip_weights,
     )
     try:

@@ -35,6 +35,7 @@ from prefect.workers.process import ProcessWorker
 from deployments.rebuild_index import NIGHTLY_CRON, rebuild_index_deployment
 from flows.bulk import GPU_LIMIT, bulk_inbox
 from retrieval_index.embedder import EmbedderSpec
+from tasks.request import MAX_WORKERS, ModelSpec, check_model
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class ServiceConfig:
     timezone: str = "UTC"
     preset: str = "tiny"
     weights: Path | None = None
+    quantize: str | None = None
+    low_memory: bool = False
     workers: int = 0
     gpu_slots: int = 1
     clip_model: str = "tiny"
@@ -86,6 +89,10 @@ def check_service(config: ServiceConfig) -> None:
             )
     weights = None if config.clip_weights is None else str(config.clip_weights)
     EmbedderSpec(config.clip_model, weights).check()
+    weights = None if config.weights is None else str(config.weights)
+    check_model(ModelSpec(config.preset, weights, config.quantize, config.low_memory))
+    if not 0 <= config.workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {config.workers}")
 
 
 def bulk_inbox_deployment(config: ServiceConfig) -> RunnerDeployment:
@@ -97,6 +104,8 @@ def bulk_inbox_deployment(config: ServiceConfig) -> RunnerDeployment:
         "index_dir": str(config.index_dir.absolute()),
         "preset": config.preset,
         "weights": None if config.weights is None else str(config.weights.absolute()),
+        "quantize": config.quantize,
+        "low_memory": config.low_memory,
         "workers": config.workers,
         "gpu_limit": GPU_LIMIT,
     }

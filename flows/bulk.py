@@ -34,6 +34,7 @@ from tasks.inbox import DEFAULT_SETTLE_S, claim_lease_path, claim_next, file_csv
 from tasks.leases import heartbeat
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 from tasks.progress import StageProgress
+from tasks.request import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def bulk_generate(
     preset: str = "tiny",
     weights: str | None = None,
     quantize: str | None = None,
+    low_memory: bool = False,
     steps: int = 4,
     workers: int = 0,
     ray_address: str | None = None,
@@ -82,7 +84,8 @@ def bulk_generate(
     """
     rows_at_once = concurrency if concurrency is not None else max(1, workers)
     settings = check_bulk(
-        out_dir, catalog_url, preset=preset, weights=weights, quantize=quantize, steps=steps, workers=workers,
+        out_dir, catalog_url, preset=preset, weights=weights, quantize=quantize, low_memory=low_memory, steps=steps,
+        workers=workers,
         ray_address=ray_address, index_dir=index_dir, threshold=threshold, strength=strength,
         concurrency=rows_at_once, retries=retries,
     )
@@ -116,6 +119,8 @@ def bulk_inbox(
     index_dir: str | None = None,
     preset: str = "tiny",
     weights: str | None = None,
+    quantize: str | None = None,
+    low_memory: bool = False,
     workers: int = 0,
     concurrency: int | None = None,
     settle_s: float = DEFAULT_SETTLE_S,
@@ -132,20 +137,21 @@ def bulk_inbox(
     handled: list[dict[str, Any]] = []
     while (claimed := claim_next(inbox, settle_s)) is not None:
         with heartbeat(claim_lease_path(claimed)):
-            handled.append(_run_claimed(claimed, inbox, out_dir, catalog_url, index_dir, preset, weights, workers,
-                                        concurrency, gpu_limit))
+            handled.append(_run_claimed(claimed, inbox, out_dir, catalog_url, index_dir,
+                                        ModelSpec(preset, weights, quantize, low_memory), workers, concurrency,
+                                        gpu_limit))
     return handled
 
 
 def _run_claimed(
-    claimed: str, inbox: str, out_dir: str, catalog_url: str | None, index_dir: str | None, preset: str,
-    weights: str | None, workers: int, concurrency: int | None, gpu_limit: str | None,
+    claimed: str, inbox: str, out_dir: str, catalog_url: str | None, index_dir: str | None, model: ModelSpec,
+    workers: int, concurrency: int | None, gpu_limit: str | None,
 ) -> dict[str, Any]:
     """Produce one claimed CSV and file it; its entry in the ``bulk_inbox`` result."""
     try:
         result = bulk_generate(
-            claimed, out_dir, catalog_url, index_dir, [inbox], preset, weights, None, 4, workers, None,
-            concurrency, gpu_limit=gpu_limit,
+            claimed, out_dir, catalog_url, index_dir, [inbox], model.preset, model.weights, model.quantize,
+            model.low_memory, workers=workers, concurrency=concurrency, gpu_limit=gpu_limit,
         )
     except Exception as exc:
         logger.warning("bulk run of %s failed: %s", claimed, exc)

@@ -54,10 +54,11 @@ from tasks.produce import VideoJob, produce_video, sweep_work_dirs
 from tasks.provenance import combined_fingerprint
 from tasks.request import (
     MAX_WORKERS,
-    QUANTIZATION_LEVELS,
     GenerateRequest,
     ModelSpec,
     check_index_dir,
+    check_low_memory,
+    check_model,
     check_steps,
 )
 
@@ -113,6 +114,7 @@ def check_bulk(
     preset: str = "tiny",
     weights: str | None = None,
     quantize: str | None = None,
+    low_memory: bool = False,
     steps: int = 4,
     workers: int = 0,
     ray_address: str | None = None,
@@ -128,15 +130,9 @@ def check_bulk(
         raise ValueError(f"output folder {str(folder)!r} does not exist or is not a folder; create it first")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"output folder {str(folder)!r} is not writable; choose another --out-dir")
-    get_preset(preset)
     check_steps(steps)
-    if quantize is not None and quantize not in QUANTIZATION_LEVELS:
-        raise ValueError(f"unknown quantization level {quantize!r}; choose one of: {', '.join(QUANTIZATION_LEVELS)}")
-    if weights is not None:
-        from magic141.weights import WeightPaths
-
-        WeightPaths.resolve(weights)
-        weights = os.path.abspath(weights)
+    model = check_model(ModelSpec(preset, weights, quantize, low_memory))
+    check_low_memory(low_memory, workers)
     if not 0 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {workers}")
     if ray_address is not None and workers == 0:
@@ -150,7 +146,7 @@ def check_bulk(
     url = resolve_catalog_url(catalog_url, folder)
     open_catalog(url).close()
     return BulkSettings(
-        out_dir=str(folder), catalog_url=url, model=ModelSpec(preset, weights, quantize), steps=steps,
+        out_dir=str(folder), catalog_url=url, model=model, steps=steps,
         workers=workers, ray_address=ray_address, index_dir=index, threshold=threshold, strength=strength,
     )
 

@@ -245,6 +245,29 @@ def _gpu_visible() -> bool:
     return torch.cuda.is_available()
 
 
+def check_model(model: ModelSpec) -> ModelSpec:
+    """Raise ``ValueError`` for an unknown preset, a missing weights folder or an unknown quantization
+    level; return ``model`` with its weights path absolute."""
+    get_preset(model.preset)
+    weights = None
+    if model.weights is not None:
+        from magic141.weights import WeightPaths
+
+        WeightPaths.resolve(model.weights)
+        weights = os.path.abspath(model.weights)
+    if model.quantize is not None and model.quantize not in QUANTIZATION_LEVELS:
+        raise ValueError(f"unknown quantization level {model.quantize!r}; choose one of: {', '.join(QUANTIZATION_LEVELS)}")
+    return replace(model, weights=weights)
+
+
+def check_low_memory(low_memory: bool, workers: int) -> None:
+    """Low-memory rendering in this process (no workers) needs a GPU here; render actors check their own."""
+    if low_memory and workers == 0 and not _gpu_visible():
+        raise ValueError(
+            "--low-memory offloads models between the CPU and a GPU, and no GPU is visible; drop it or run on a GPU"
+        )
+
+
 def validate_request(request: GenerateRequest, check_out: bool = True) -> GenerateRequest:
     """Check every field; return the request with absolute paths and the preset's default guidance.
 
@@ -263,18 +286,13 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
     if request.true_cfg > 1 and not request.negative_prompt:
         raise ValueError("true CFG needs a negative prompt; pass --negative-prompt")
     check_seed(request.seed)
-    weights = None
-    if request.weights is not None:
+    model = check_model(request.model)
+    check_low_memory(request.low_memory, request.workers)
+    if request.weights is not None and needs_text_to_image(request):
         from magic141.weights import WeightPaths
 
-        paths = WeightPaths.resolve(request.weights)
-        if paths.prior is None and needs_text_to_image(request):
+        if WeightPaths.resolve(request.weights).prior is None:
             raise ValueError(f"weights {request.weights!r} have no text-to-image prior (prior/); pass --image or add one")
-        weights = os.path.abspath(request.weights)
-    if request.quantize is not None and request.quantize not in QUANTIZATION_LEVELS:
-        raise ValueError(f"unknown quantization level {request.quantize!r}; choose one of: {', '.join(QUANTIZATION_LEVELS)}")
-    if request.low_memory and not _gpu_visible():
-        raise ValueError("--low-memory offloads models between the CPU and a GPU, and no GPU is visible")
     image = None
     if request.image is not None:
         check_image(request.image)
@@ -284,5 +302,6 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
     if check_out:
         check_output(request.out)
     return replace(
-        request, image=image, out=os.path.abspath(request.out), guidance=guidance, weights=weights, index_dir=index_dir
+        request, image=image, out=os.path.abspath(request.out), guidance=guidance, weights=model.weights,
+        index_dir=index_dir,
     )

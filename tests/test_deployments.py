@@ -86,6 +86,19 @@ def test_cli_sets_the_clip_model_and_weights_of_the_nightly_rebuild(prefect_api,
     assert (rebuild.parameters["model"], rebuild.parameters["pretrained"]) == ("tiny", None), "the default is unchanged"
 
 
+def test_cli_sets_the_model_of_the_bulk_runs(prefect_api, tmp_path: Path, monkeypatch, tiny_pipeline):
+    from magic141.weights import save_i2v_components
+
+    weights = save_i2v_components(tiny_pipeline.components, tmp_path / "weights")
+    monkeypatch.chdir(tmp_path)
+    args = _cli_args(tmp_path, "--weights", "weights", "--quantize", "int8", "--low-memory", "--workers", "2")
+    assert main(args) == 0
+    with get_client(sync_client=True) as client:
+        bulk = client.read_deployment_by_name("bulk-inbox/bulk-generate")
+    got = {name: bulk.parameters[name] for name in ("preset", "weights", "quantize", "low_memory", "workers")}
+    assert got == {"preset": "tiny", "weights": str(weights), "quantize": "int8", "low_memory": True, "workers": 2}
+
+
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
@@ -97,6 +110,10 @@ def test_cli_sets_the_clip_model_and_weights_of_the_nightly_rebuild(prefect_api,
         (["--clip-model", "ViT-B-32", "--clip-weights", "missing.pt"], "missing.pt' does not exist"),
         (["--clip-weights", "missing.pt"], "tiny CLIP model has built-in random weights"),
         (["--gpu-slots", "0"], "gpu slots must be at least 1"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--quantize", "int3"], "unknown quantization level 'int3'"),
+        (["--weights", "no-such-weights"], "no-such-weights' does not exist"),
+        (["--workers", "-1"], "workers must be between 0 and"),
     ],
 )
 def test_bad_settings_are_one_line_and_create_nothing_on_the_server(
