@@ -28,7 +28,7 @@ import numpy as np
 import PIL.Image
 import ray
 import torch
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorDiedError, RayActorError
 
 from magic141.pipeline import Conditioning, Magic141Pipeline, timeline_noise
 from magic141.presets import get_preset
@@ -212,6 +212,12 @@ def _connect(config: PoolConfig) -> None:
     )
 
 
+def _last_error_line(exc: BaseException) -> str:
+    """The ``Type: message`` line that ends the remote traceback an actor's creation error carries."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 class RenderPool:
     """A set of model-holding actors, one per GPU, and the fault-tolerant dispatch of window requests."""
 
@@ -234,7 +240,13 @@ class RenderPool:
         self._busy = [0] * config.workers
         self._revival: dict[int, Any] = {}  # worker -> ping sent after it died; answered once it is back
         self._lock = threading.Lock()
-        self.actors: list[ActorInfo] = ray.get([actor.info.remote() for actor in self._actors])
+        try:
+            self.actors: list[ActorInfo] = ray.get([actor.info.remote() for actor in self._actors])
+        except ActorDiedError as exc:
+            self.close()
+            if not exc.actor_init_failed:
+                raise
+            raise PoolError(f"render actors could not load the model: {_last_error_line(exc)}") from None
         self.fingerprint: str = ray.get(self._actors[0].fingerprint.remote())
         logger.info("render pool ready: %s", ", ".join(f"{a.name}@{a.node} gpu {a.gpu_id}" for a in self.actors))
 

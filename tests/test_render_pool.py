@@ -18,10 +18,22 @@ from magic141.presets import get_preset
 from magic141.sampler import SamplerConfig
 from tasks.catalog import open_catalog
 from tasks.ffmpeg import probe
-from tasks.render_pool import PoolConfig, RenderPool, RenderJob, get_pool, render_with_pool, shutdown_pools
+from tasks.render_pool import PoolConfig, PoolError, RenderPool, RenderJob, get_pool, render_with_pool, shutdown_pools
 from tasks.request import GenerateRequest, ModelSpec
 
 WORKERS = 2
+
+
+def test_a_model_the_actors_cannot_load_is_one_line_naming_the_cause(tmp_path: Path):
+    """Runs first, on its own Ray instance: an actor whose model load fails is not restarted forever."""
+    try:
+        with pytest.raises(PoolError) as error:
+            get_pool(PoolConfig(ModelSpec("tiny", weights=str(tmp_path / "gone")), 1))
+    finally:
+        shutdown_pools()
+    message = str(error.value)
+    assert message.startswith("render actors could not load the model: ValueError: weights folder "), message
+    assert "gone' does not exist" in message and "\n" not in message
 
 
 @pytest.fixture(scope="module")
