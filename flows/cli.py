@@ -17,13 +17,23 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 import typer  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.exc import ArgumentError  # noqa: E402
 
-from flows.cli_common import UserError, progress_bars, stderr, stdout  # noqa: E402
+from flows.cli_common import UserError, one_line, print_fields, progress_bars, stderr, stdout  # noqa: E402
 from flows.cli_catalog_ext import check_export, check_row_status, export_catalog, print_batch_rows  # noqa: E402
 from flows.cli_bulk import bulk  # noqa: E402
 from flows.cli_index import index_app  # noqa: E402
-from tasks.catalog import CatalogError, open_catalog, resolve_catalog_url  # noqa: E402
+from tasks.catalog import (  # noqa: E402
+    CATALOG_URL_ENV,
+    CatalogError,
+    default_catalog_url,
+    open_catalog,
+    redact,
+    resolve_catalog_url,
+)
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD  # noqa: E402
 from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, check_output, check_prior, validate_request  # noqa: E402
 
@@ -68,17 +78,27 @@ def _check_prior_options(
             strength=DEFAULT_STRENGTH if strength is None else strength,
         )
     except ValueError as exc:
-        raise UserError(" ".join(str(exc).split())) from None
+        raise UserError(one_line(exc)) from None
 
 
 def _checked(request: GenerateRequest, default_out: bool) -> GenerateRequest:
-    """The validated request; with ``default_out`` the default output folder is created only after that."""
+    """The validated request, its catalog reachable; with ``default_out`` the default output folder is created last.
+
+    The catalog is opened before that folder is created, except the default catalog, which lives in it.
+    """
+    catalog_in_new_folder = (
+        default_out and not DEFAULT_OUT_DIR.exists()
+        and request.catalog_url == default_catalog_url(DEFAULT_OUT_DIR.absolute())
+    )
     try:
         request = validate_request(request, check_out=not default_out)
+        if not catalog_in_new_folder:
+            open_catalog(request.catalog_url).close()
         if default_out:
             DEFAULT_OUT_DIR.mkdir(exist_ok=True)
             check_output(request.out)
-        open_catalog(request.catalog_url).close()
+        if catalog_in_new_folder:
+            open_catalog(request.catalog_url).close()
     except (ValueError, CatalogError) as exc:
         raise UserError(str(exc)) from None
     return request
@@ -164,18 +184,31 @@ def generate(
         "size": f"{result.width}x{result.height}",
         "seed": request.seed,
         "prior": result.prior_source,
-        "catalog": result.catalog_url,
+        "catalog": redact(result.catalog_url),
     }
     if as_json:
         stdout.print_json(json.dumps(summary))
         return
-    for key, value in summary.items():
-        stdout.print(f"{key:>8}: {value}", highlight=False, soft_wrap=True)
+    print_fields(summary.items(), 8)
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist (a malformed URL is left to ``open_catalog``)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return False
+    database = parsed.database
+    return parsed.get_backend_name() == "sqlite" and database not in (None, "", ":memory:") and not Path(database).exists()
 
 
 def _open(catalog: str | None) -> Any:
+    """The catalog the read-only commands read; a SQLite catalog file that does not exist is refused, not created."""
+    url = resolve_catalog_url(catalog, DEFAULT_OUT_DIR.absolute())
+    if _missing_sqlite_file(url):
+        raise UserError(f"catalog {redact(url)} does not exist; check --catalog or ${CATALOG_URL_ENV}")
     try:
-        return open_catalog(resolve_catalog_url(catalog, DEFAULT_OUT_DIR.absolute()))
+        return open_catalog(url)
     except CatalogError as exc:
         raise UserError(str(exc)) from None
 
@@ -211,12 +244,12 @@ def catalog_list(
         table.add_row(
             row["id"][:12],
             row["created_at"][:19],
-            row["prompt"][:40],
+            escape(row["prompt"][:40]),
             str(row["frames"]),
             str(row["fps"]),
             f"{row['width']}x{row['height']}",
             row["prior_source"],
-            row["output_path"],
+            escape(row["output_path"]),
         )
     stdout.print(table)
 
@@ -237,18 +270,18 @@ def catalog_show(
     if as_json:
         stdout.print_json(json.dumps({**row, "windows": windows}))
         return
-    for key, value in row.items():
-        shown = json.dumps(value) if isinstance(value, (dict, list)) else value
-        stdout.print(f"{key:>20}: {shown}", highlight=False, soft_wrap=True)
+    print_fields(
+        ((key, json.dumps(value) if isinstance(value, (dict, list)) else value) for key, value in row.items()), 20
+    )
     table = Table("window", "frames", "latents", "actor", "node", "gpu", "seconds", "attempts")
     for window in windows:
         table.add_row(
             str(window["window_index"]),
             f"{window['frame_start']}-{window['frame_end'] - 1}",
             f"{window['latent_start']}-{window['latent_end'] - 1}",
-            window["actor"],
-            window["node"],
-            window["gpu_id"] or "-",
+            escape(window["actor"]),
+            escape(window["node"]),
+            escape(window["gpu_id"] or "-"),
             f"{window['seconds']:.2f}",
             str(window["attempts"]),
         )
@@ -271,7 +304,7 @@ def _user_errors(action: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return action(*args, **kwargs)
     except (ValueError, OSError) as exc:
-        raise UserError(" ".join(str(exc).split())) from None
+        raise UserError(one_line(exc)) from None
 
 
 @model_app.command("convert")
@@ -292,7 +325,7 @@ def model_convert(
         except ValueError:
             raise UserError(f"--rope-axes {rope_axes!r} is not three integers T,H,W such as 16,56,56") from None
     written = _user_errors(convert_official_checkpoint, official, out, rope_axes_dim=axes)
-    stdout.print(f"converted transformer written to {written}", highlight=False, soft_wrap=True)
+    stdout.print(f"converted transformer written to {written}", highlight=False, soft_wrap=True, markup=False)
 
 
 @model_app.command("quantize")
@@ -305,7 +338,7 @@ def model_quantize(
     from magic141.weights import quantize_weights_folder
 
     written = _user_errors(quantize_weights_folder, weights, out, level)
-    stdout.print(f"{level} weights written to {written}", highlight=False, soft_wrap=True)
+    stdout.print(f"{level} weights written to {written}", highlight=False, soft_wrap=True, markup=False)
 
 
 @model_app.command("report")
@@ -360,8 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         stderr.print("magic141: aborted", highlight=False)
         return 130
     except Exception as exc:  # the flow run already logged the traceback
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        stderr.print(f"magic141: error: {message}", highlight=False, markup=False, soft_wrap=True)
+        stderr.print(f"magic141: error: {one_line(exc)}", highlight=False, markup=False, soft_wrap=True)
         return 1
     return status if isinstance(status, int) else 0
 

@@ -6,6 +6,7 @@ Exit status: 0 when every valid row has its video; 1 when a valid row failed, or
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,14 +15,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import UserError, progress_bars, stdout
+from flows.cli_common import UserError, one_line, print_fields, progress_bars, stdout
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 
 DEFAULT_OUT_DIR = Path("out")
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def bulk(
@@ -66,6 +63,7 @@ def bulk(
         raise UserError(f"parent of the output folder {str(out_dir)!r} does not exist; create it first")
     roots = None if not image_root else [str(root) for root in image_root]
     rows_at_once = concurrency if concurrency is not None else max(1, workers)
+    created = not out_dir.exists()
     try:
         if retry_delay < 0:
             raise ValueError(f"retry delay must be >= 0 seconds, got {retry_delay}")
@@ -78,15 +76,19 @@ def bulk(
             concurrency=rows_at_once, retries=retries,
         )
     except (ValueError, CatalogError) as exc:
-        raise UserError(_one_line(exc)) from None
+        if created:  # check_bulk needs the folder; bad input leaves none behind (rmdir keeps a non-empty one)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise UserError(one_line(exc)) from None
     from flows.bulk import bulk_generate
 
     with progress_bars({"bulk": "rows"}):
         try:
             result = bulk_generate(
                 str(csv_file.absolute()), settings.out_dir, settings.catalog_url, settings.index_dir, roots,
-                preset, settings.model.weights, quantize, steps, workers, ray_address, rows_at_once, retries,
-                retry_delay, threshold, strength,
+                preset=preset, weights=settings.model.weights, quantize=quantize, steps=steps, workers=workers,
+                ray_address=ray_address, concurrency=rows_at_once, retries=retries, retry_delay_s=retry_delay,
+                threshold=threshold, strength=strength,
             )
         finally:
             if workers:
@@ -100,16 +102,18 @@ def bulk(
 
 
 def _print_summary(result: Any, as_json: bool) -> None:
+    from tasks.catalog import redact
+
+    catalog = redact(result.catalog_url)
     if as_json:
         stdout.print_json(json.dumps({
             "batch_id": result.batch_id, "status": result.status, "csv": result.csv_path, "out_dir": result.out_dir,
-            "catalog": result.catalog_url, "counts": result.counts, "rows": result.rows,
+            "catalog": catalog, "counts": result.counts, "rows": result.rows,
         }))
         return
     counts = ", ".join(f"{result.counts.get(name, 0)} {name}" for name in ("done", "skipped", "failed", "rejected"))
-    for key, value in (("batch", result.batch_id), ("csv", result.csv_path), ("videos", result.out_dir),
-                       ("catalog", result.catalog_url), ("rows", f"{result.counts.get('total', 0)}: {counts}")):
-        stdout.print(f"{key:>8}: {value}", highlight=False, soft_wrap=True, markup=False)
+    print_fields((("batch", result.batch_id), ("csv", result.csv_path), ("videos", result.out_dir),
+                  ("catalog", catalog), ("rows", f"{result.counts.get('total', 0)}: {counts}")), 8)
     table = Table("row", "key", "status", "prior", "output / reason")
     for row in result.rows:
         detail = row["reason"] if row["status"] in ("failed", "rejected") else row["output"]

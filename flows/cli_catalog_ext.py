@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from rich.markup import escape
 from rich.table import Table
 
 from flows.cli_common import UserError, stdout
@@ -40,10 +41,10 @@ def print_batch_rows(store: Catalog, status: str, limit: int, as_json: bool) -> 
     for row in rows:
         table.add_row(
             row["batch_id"][:12],
-            Path(row["csv_path"]).name,
+            escape(Path(row["csv_path"]).name),
             str(row["row_number"]),
-            row["row_key"] or "",
-            row["reason"] or "",
+            escape(row["row_key"] or ""),
+            escape(row["reason"] or ""),
             (row["video_id"] or "")[:12],
         )
     stdout.print(table)
@@ -85,4 +86,4 @@ def export_catalog(store: Catalog, out: Path | None) -> None:
         raise UserError(str(exc)) from None
     except OSError as exc:
         raise UserError(f"cannot write the export to {str(out)!r}: {exc.strerror or exc}; check the folder") from None
-    stdout.print(f"exported {count} videos to {target}", highlight=False, soft_wrap=True)
+    stdout.print(f"exported {count} videos to {target}", highlight=False, soft_wrap=True, markup=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from rich.console import Console
@@ -15,6 +15,17 @@ stderr = Console(stderr=True)
 
 class UserError(Exception):
     """A problem with what the user asked for: reported as one line, exit status 2."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (its type name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def print_fields(fields: Iterable[tuple[str, object]], width: int) -> None:
+    """Print ``name: value`` lines, names right-aligned to ``width``; values are shown as they are, never as markup."""
+    for name, value in fields:
+        stdout.print(f"{name:>{width}}: {value}", highlight=False, soft_wrap=True, markup=False)
 
 
 @contextlib.contextmanager

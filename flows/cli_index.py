@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import UserError, progress_bars, stdout
+from flows.cli_common import UserError, one_line, print_fields, progress_bars, stdout
 
 index_app = typer.Typer(help="Build, query and inspect the CLIP/FAISS retrieval index.", no_args_is_help=True)
 
@@ -17,10 +18,6 @@ IndexDirOption = Annotated[
     Path | None, typer.Option("--index-dir", help="Index folder (default: $MAGIC141_INDEX_DIR or out/index).")
 ]
 _STAGE_LABELS = {"scan": "scan corpus", "embed": "embed images", "index": "fill index"}
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 @index_app.command("build")
@@ -50,7 +47,7 @@ def index_build(
     When the current version was built from the same images (paths and contents) with the same
     model and settings, nothing is built or published and the current version is reported unchanged.
     """
-    from tasks.catalog import CatalogError
+    from tasks.catalog import CatalogError, redact
     from tasks.index import check_rebuild
 
     try:
@@ -59,7 +56,7 @@ def index_build(
             None if pretrained is None else str(pretrained), incremental, recall_target,
         )
     except (ValueError, CatalogError) as exc:
-        raise UserError(_one_line(exc)) from None
+        raise UserError(one_line(exc)) from None
     from flows.rebuild_index import rebuild_index
 
     with progress_bars(_STAGE_LABELS):
@@ -78,7 +75,7 @@ def index_build(
         "index_type": result.index_type,
         "recall": round(result.recall, 4),
         "seconds": round(result.duration_s, 2),
-        "catalog": result.catalog_url,
+        "catalog": redact(result.catalog_url),
     }
     if as_json:
         stdout.print_json(json.dumps({**summary, "skipped_files": result.skipped, "search": result.search}))
@@ -89,8 +86,7 @@ def index_build(
             f"nothing was published (pass --force to build a new version anyway)",
             highlight=False, soft_wrap=True,
         )
-    for key, value in summary.items():
-        stdout.print(f"{key:>10}: {value}", highlight=False, soft_wrap=True)
+    print_fields(summary.items(), 10)
     for item in result.skipped:
         stdout.print(f"   skipped: {item['path']}: {item['reason']}", highlight=False, soft_wrap=True, markup=False)
 
@@ -102,7 +98,7 @@ def _reader(index_dir: Path | None) -> Any:
     try:
         return open_index(resolve_index_dir(index_dir))
     except RetrievalIndexError as exc:
-        raise UserError(_one_line(exc)) from None
+        raise UserError(one_line(exc)) from None
 
 
 @index_app.command("query")
@@ -121,7 +117,7 @@ def index_query(
     try:
         matches = reader.search_text(text, k)
     except RetrievalIndexError as exc:
-        raise UserError(_one_line(exc)) from None
+        raise UserError(one_line(exc)) from None
     rows = [
         {"rank": rank, "score": round(match.score, 6), "path": str(match.path), "sha256": match.sha256, "row": match.row}
         for rank, match in enumerate(matches, start=1)
@@ -131,7 +127,7 @@ def index_query(
         return
     table = Table("rank", "score", "path", title=f"index version {reader.version}")
     for row in rows:
-        table.add_row(str(row["rank"]), f"{row['score']:.4f}", row["path"])
+        table.add_row(str(row["rank"]), f"{row['score']:.4f}", escape(row["path"]))
     stdout.print(table)
 
 
@@ -148,7 +144,7 @@ def index_info(
     try:
         store.verify(reader.folder, manifest, sorted(manifest["files"]))
     except RetrievalIndexError as exc:
-        raise UserError(_one_line(exc)) from None
+        raise UserError(one_line(exc)) from None
     info = {
         "index_dir": str(reader.index_dir),
         "version": reader.version,

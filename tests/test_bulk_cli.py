@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import PIL.Image
 import pytest
@@ -101,6 +102,26 @@ def test_summary_and_exit_codes(prefect_api, tmp_path: Path):
     assert strict.returncode == 1 and "1 skipped" in strict.stdout
 
 
+def test_summary_hides_the_catalog_password_and_shows_row_text_as_given(monkeypatch, capsys):
+    from flows.cli_bulk import _print_summary
+
+    monkeypatch.setenv("COLUMNS", "300")  # wide enough that no table cell wraps
+    result = SimpleNamespace(
+        batch_id="b" * 32, status="done", csv_path="/data/p.csv", out_dir="/out",
+        catalog_url="postgresql+psycopg://magic141:secret@db.example:5432/videos",
+        counts={"total": 1, "rejected": 1},
+        rows=[{"row": 2, "key": "odd [red]key[/]", "status": "rejected", "prior_source": None,
+               "reason": "prompt [/] is [bold]odd", "output": None}],
+    )
+    _print_summary(result, as_json=False)
+    printed = capsys.readouterr().out
+    assert " catalog: postgresql+psycopg://magic141:***@db.example:5432/videos" in printed.splitlines()
+    assert " odd [red]key[/] " in printed and " prompt [/] is [bold]odd " in printed
+    _print_summary(result, as_json=True)
+    printed_json = capsys.readouterr().out
+    assert json.loads(printed_json)["catalog"] == "postgresql+psycopg://magic141:***@db.example:5432/videos"
+    assert "secret" not in printed + printed_json
+
 
 @pytest.mark.parametrize(
     "args, message",
@@ -126,3 +147,18 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
     created = sorted(p.name for p in tmp_path.iterdir())
     assert created == ["binary.csv", "prompts.csv", "unbuilt-index"], "nothing is created"
     assert list((tmp_path / "unbuilt-index").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--preset", "huge"], ["--concurrency", "0"], ["--catalog", "postgresql+psycopg://postgres@127.0.0.1:1/test"],
+     ["--out-dir", "new", "--catalog", "postgresql+psycopg://postgres@127.0.0.1:1/test"]],
+)
+def test_bad_input_does_not_create_the_output_folder(args: list[str], tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAGIC141_CATALOG_URL", raising=False)
+    (tmp_path / "prompts.csv").write_text("prompt\na still lake\n")
+    status = main(["bulk", "prompts.csv", *args])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.err.startswith("magic141: error: ") and captured.err.count("\n") == 1, captured.err
+    assert [p.name for p in tmp_path.iterdir()] == ["prompts.csv"], "neither out/ nor --out-dir is left behind"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from flows.cli import main
 from tasks.catalog import open_catalog
 from tasks.catalog.batches import RowRecord, add_rows, add_video_once, set_row, start_batch
 
@@ -19,8 +20,9 @@ MAGIC141 = str(Path(sys.executable).with_name("magic141"))
 
 
 def run(*args: str, cwd: Path | None = None, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MAGIC141_CATALOG_URL"}
     return subprocess.run([MAGIC141, *args], capture_output=True, text=True, timeout=300, cwd=cwd, umask=umask,
-                          env={k: v for k, v in os.environ.items() if k != "MAGIC141_CATALOG_URL"})
+                          env={**env, "COLUMNS": "300"})  # wide enough that no table cell wraps
 
 
 def video_fields(n: int) -> dict[str, Any]:
@@ -42,6 +44,7 @@ def filled(catalog_url: str) -> dict[str, Any]:
         add_rows(catalog, batch_id, [
             RowRecord(2, "fox"), RowRecord(3, "boat"), RowRecord(4, "wall"), RowRecord(5, "late"),
             RowRecord(6, "bad", "rejected", "seconds must be at most 600, got 601.0; split longer videos"),
+            RowRecord(7, "odd [red]key[/]", "rejected", "prompt [/] is [bold]odd"),
         ])
         made, _ = add_video_once(catalog, **video_fields(1))
         other, _ = add_video_once(catalog, **video_fields(2))
@@ -61,6 +64,7 @@ def test_list_by_status_shows_batch_rows(filled: dict[str, Any]) -> None:
     rejected = run("catalog", "list", "--status", "rejected", "--catalog", filled["url"])
     assert rejected.returncode == 0, rejected.stderr
     assert "bad" in rejected.stdout and "601" in rejected.stdout and filled["batch"][:12] in rejected.stdout
+    assert " odd [red]key[/] " in rejected.stdout and " prompt [/] is [bold]odd " in rejected.stdout, "shown as given"
     assert "wall" not in rejected.stdout
 
     videos = json.loads(run("catalog", "list", "--json", "--catalog", filled["url"]).stdout)
@@ -103,6 +107,8 @@ def test_export_jsonl_to_stdout_and_to_a_file(filled: dict[str, Any], tmp_path: 
 )
 def test_bad_requests_are_one_line(args: list[str], message: str, tmp_path: Path) -> None:
     catalog = tmp_path / "catalog.db"
+    if "--limit" in args:  # checked by the catalog, which must exist
+        open_catalog(f"sqlite:///{catalog}").close()
     done = run("catalog", *[a.replace("{tmp}", str(tmp_path)) for a in args], "--catalog", f"sqlite:///{catalog}")
 
     assert done.returncode == 2, done
@@ -111,3 +117,22 @@ def test_bad_requests_are_one_line(args: list[str], message: str, tmp_path: Path
     assert done.stdout == ""
     if "--limit" not in args:
         assert not catalog.exists(), "refused before opening the catalog"
+
+
+@pytest.mark.parametrize("command", [["list"], ["list", "--status", "failed"], ["show", "abc123"], ["export"]])
+@pytest.mark.parametrize("given", [True, False], ids=["--catalog", "default"])
+def test_reading_a_sqlite_catalog_that_does_not_exist_creates_nothing(
+    command: list[str], given: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAGIC141_CATALOG_URL", raising=False)
+    (tmp_path / "out").mkdir()
+    shown = "sqlite:///typo.db" if given else f"sqlite:///{(tmp_path / 'out' / 'catalog.db').resolve()}"
+    status = main(["catalog", *command, *(["--catalog", "sqlite:///typo.db"] if given else [])])
+
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert captured.err.splitlines() == [
+        f"magic141: error: catalog {shown} does not exist; check --catalog or $MAGIC141_CATALOG_URL"
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and list((tmp_path / "out").iterdir()) == []

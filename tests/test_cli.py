@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,17 +130,63 @@ def test_bad_input_is_one_line_and_leaves_nothing(case: str, tmp_path: Path, mon
     assert sorted(tmp_path.iterdir()) == before, "no video, catalog or work file is created"
 
 
-@pytest.mark.parametrize("args", [["--seconds", "0"], ["--fps", "500"], ["--preset", "huge"], ["--steps", "0"]])
+@pytest.mark.parametrize("args", [["--seconds", "0"], ["--fps", "500"], ["--preset", "huge"], ["--steps", "0"],
+                                  ["--catalog", "postgresql+psycopg://postgres@127.0.0.1:1/test"]])
 def test_bad_input_without_out_does_not_create_the_default_folder(args: list[str], tmp_path, monkeypatch, capsys):
     status, _, err = run_here(["generate", "--prompt", "a cat", *args], tmp_path, monkeypatch, capsys)
-    assert status == 2 and err.startswith("magic141: error: ")
+    assert status == 2 and err.startswith("magic141: error: ") and err.count("\n") == 1, err
     assert list(tmp_path.iterdir()) == [], "out/ is created only for a valid request"
 
 
 def test_catalog_show_unknown_id_is_one_line(tmp_path: Path):
     catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    open_catalog(catalog).close()
     done = run("catalog", "show", "abc123", "--catalog", catalog)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "no video" in done.stderr
+
+
+def _fields(printed: str) -> dict[str, str]:
+    """The ``name: value`` lines a command printed (not its tables), by name."""
+    return dict(found.groups() for line in printed.splitlines() if (found := re.fullmatch(r" *(\w+): (.*)", line)))
+
+
+def test_default_folder_and_catalog_and_user_text_shown_as_given(prefect_api, tmp_path: Path, monkeypatch, capsys):
+    """Without --out and --catalog the video and its catalog go to out/; brackets in the prompt and path are not markup."""
+    monkeypatch.delenv("MAGIC141_CATALOG_URL", raising=False)
+    monkeypatch.setenv("COLUMNS", "300")  # wide enough that no table cell wraps
+    prompt = "a [red]fox[/] on [/] ice"
+    common = ["generate", "--prompt", prompt, "--seconds", "1", "--fps", "6", "--seed", "2"]
+    status, out, err = run_here(common, tmp_path, monkeypatch, capsys)
+    assert status == 0, err
+    first = _fields(out)
+    assert first["video"] == str(tmp_path / "out" / "a-red-fox-on-ice-s2.mp4")
+    assert first["catalog"] == f"sqlite:///{(tmp_path / 'out' / 'catalog.db').resolve()}"
+    assert Path(first["video"]).is_file()
+
+    odd = tmp_path / "out" / "a[red]b.mp4"
+    status, out, err = run_here([*common, "--out", str(odd)], tmp_path, monkeypatch, capsys)
+    assert status == 0, err
+    second = _fields(out)
+    assert (second["video"], second["catalog"]) == (str(odd), first["catalog"])
+    assert odd.is_file()
+
+    status, listed, err = run_here(["catalog", "list"], tmp_path, monkeypatch, capsys)
+    assert status == 0, err
+    rows = [line for line in listed.splitlines() if first["id"][:12] in line or second["id"][:12] in line]
+    assert len(rows) == 2 and all(f" {prompt} " in row for row in rows), listed
+    assert any(f" {odd} " in row for row in rows), listed
+    status, shown, err = run_here(["catalog", "show", second["id"]], tmp_path, monkeypatch, capsys)
+    assert status == 0, err
+    assert (_fields(shown)["prompt"], _fields(shown)["output_path"]) == (prompt, str(odd))
+
+
+def test_generate_prints_the_catalog_url_without_its_password(prefect_api, pg_url: str, tmp_path, monkeypatch, capsys):
+    with_password = pg_url.replace("://postgres@", "://postgres:secret@", 1)
+    status, out, err = run_here(["generate", "--prompt", "a cat", "--seconds", "1", "--fps", "6", "--out",
+                                 str(tmp_path / "cat.mp4"), "--catalog", with_password], tmp_path, monkeypatch, capsys)
+    assert status == 0, err
+    assert _fields(out)["catalog"] == pg_url.replace("://postgres@", "://postgres:***@", 1)
+    assert "secret" not in out + err
 
 
 # (arguments, the whole error line after "magic141: error: "); "{tmp}" is the test's folder.

@@ -90,6 +90,19 @@ def test_building_an_unchanged_corpus_says_so_and_force_rebuilds(
     assert open_index(index_dir).version == forced["version"]
 
 
+def test_build_prints_the_catalog_url_without_its_password(
+    prefect_api, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    make_demo_corpus(tmp_path / "corpus", n=2)
+    with_password = pg_url.replace("://postgres@", "://postgres:secret@", 1)
+    build = ["index", "build", str(tmp_path / "corpus"), "--index-dir", str(tmp_path / "index"), "--catalog", with_password]
+    assert main(build) == 0
+    printed = capsys.readouterr().out
+    assert f"   catalog: {pg_url.replace('://postgres@', '://postgres:***@', 1)}" in printed.splitlines()
+    assert main([*build, "--json"]) == 0
+    assert "secret" not in printed + capsys.readouterr().out
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path):
     done = run("index", "query", "a cat", "--index-dir", str(tmp_path / "none"))
     assert done.returncode == 2 and done.stdout == ""
