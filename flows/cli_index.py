@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import UserError, one_line, print_fields, progress_bars, stdout
+from flows.cli_common import UserError, bad_input_from_flow, one_line, print_fields, progress_bars, stdout
 
 index_app = typer.Typer(help="Build, query and inspect the CLIP/FAISS retrieval index.", no_args_is_help=True)
 
@@ -47,6 +47,7 @@ def index_build(
     When the current version was built from the same images (paths and contents) with the same
     model and settings, nothing is built or published and the current version is reported unchanged.
     """
+    from retrieval_index import RetrievalIndexError
     from tasks.catalog import CatalogError, redact
     from tasks.index import check_rebuild
 
@@ -59,7 +60,7 @@ def index_build(
         raise UserError(one_line(exc)) from None
     from flows.rebuild_index import rebuild_index
 
-    with progress_bars(_STAGE_LABELS):
+    with bad_input_from_flow(RetrievalIndexError), progress_bars(_STAGE_LABELS):
         result = rebuild_index(
             list(request.corpus), request.index_dir, request.catalog_url, request.spec.model,
             request.spec.pretrained, request.incremental, request.policy.recall_target, force,

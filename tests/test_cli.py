@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -13,7 +15,8 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
-from retrieval_index import build_index
+from flows.cli_common import UserError, bad_input_from_flow
+from retrieval_index import RetrievalIndexError, build_index
 from retrieval_index.demo import make_demo_corpus
 from tasks.catalog import open_catalog
 from tasks.ffmpeg import probe, sha256_file
@@ -187,6 +190,39 @@ def test_generate_prints_the_catalog_url_without_its_password(prefect_api, pg_ur
     assert status == 0, err
     assert _fields(out)["catalog"] == pg_url.replace("://postgres@", "://postgres:***@", 1)
     assert "secret" not in out + err
+
+
+def test_flow_log_lines_are_dropped_for_bad_input_and_shown_otherwise():
+    """``bad_input_from_flow``: bad input found inside a flow reads as one line; an internal failure keeps its traceback."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    console = io.StringIO()
+    handler = PrefectConsoleHandler(stream=console)
+    logging.getLogger().addHandler(handler)
+    log = logging.getLogger("prefect.magic141-test")
+    try:
+        with pytest.raises(UserError, match="^the corpus has no usable images; add some$"):
+            with bad_input_from_flow(RetrievalIndexError):
+                try:
+                    raise RetrievalIndexError("the corpus has no usable images;\n add some")
+                except RetrievalIndexError:
+                    log.exception("flow run failed")
+                    raise
+        assert console.getvalue() == "", "the failed run's log lines are dropped"
+
+        with pytest.raises(KeyError):
+            with bad_input_from_flow(RetrievalIndexError):
+                try:
+                    raise KeyError("frames")
+                except KeyError:
+                    log.exception("flow run crashed")
+                    assert console.getvalue() == "", "held back while the flow runs"
+                    raise
+        assert "flow run crashed" in console.getvalue() and "Traceback" in console.getvalue()
+    finally:
+        logging.getLogger().removeHandler(handler)
 
 
 # (arguments, the whole error line after "magic141: error: "); "{tmp}" is the test's folder.

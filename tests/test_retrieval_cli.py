@@ -103,6 +103,19 @@ def test_build_prints_the_catalog_url_without_its_password(
     assert "secret" not in printed + capsys.readouterr().out
 
 
+def test_a_corpus_without_usable_images_is_one_line_without_traceback(prefect_api, tmp_path: Path):
+    """The corpus is found unusable inside the build flow; the user still reads one line, not Prefect's log."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "notes.txt").write_text("not an image")
+    built = run("index", "build", str(corpus), "--index-dir", str(tmp_path / "index"),
+                env={"PREFECT_API_URL": PREFECT_API_URL.value()}, cwd=tmp_path)
+    assert built.returncode == 2 and built.stdout == ""
+    assert len(built.stderr.splitlines()) == 1, built.stderr
+    (line,) = built.stderr.splitlines()
+    assert line.startswith("magic141: error: ") and "no usable image" in line, built.stderr
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path):
     done = run("index", "query", "a cat", "--index-dir", str(tmp_path / "none"))
     assert done.returncode == 2 and done.stdout == ""
