@@ -47,7 +47,7 @@ def index_build(
     When the current version was built from the same images (paths and contents) with the same
     model and settings, nothing is built or published and the current version is reported unchanged.
     """
-    from retrieval_index import RetrievalIndexError
+    from retrieval_index import CorpusError
     from tasks.catalog import CatalogError, redact
     from tasks.index import check_rebuild
 
@@ -60,7 +60,7 @@ def index_build(
         raise UserError(one_line(exc)) from None
     from flows.rebuild_index import rebuild_index
 
-    with bad_input_from_flow(RetrievalIndexError), progress_bars(_STAGE_LABELS):
+    with bad_input_from_flow(CorpusError), progress_bars(_STAGE_LABELS):
         result = rebuild_index(
             list(request.corpus), request.index_dir, request.catalog_url, request.spec.model,
             request.spec.pretrained, request.incremental, request.policy.recall_target, force,

@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from retrieval_index.builder import BuildReport, build_index
     from retrieval_index.corpus import ScanResult, Skipped, scan_corpus
     from retrieval_index.embedder import EmbedderSpec
-    from retrieval_index.errors import RetrievalIndexError
+    from retrieval_index.errors import CorpusError, RetrievalIndexError
     from retrieval_index.reader import IndexReader, Match, open_index
 
 _HOMES = {
     "BuildReport": "retrieval_index.builder",
+    "CorpusError": "retrieval_index.errors",
     "EmbedderSpec": "retrieval_index.embedder",
     "IndexPolicy": "retrieval_index.ann",
     "IndexReader": "retrieval_index.reader",

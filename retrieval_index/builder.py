@@ -40,7 +40,7 @@ from retrieval_index import ann, store
 from retrieval_index.cache import EmbeddingCache
 from retrieval_index.corpus import ScanResult, Skipped, check_sources, scan_corpus
 from retrieval_index.embedder import Embedder, EmbedderSpec, load_embedder
-from retrieval_index.errors import RetrievalIndexError
+from retrieval_index.errors import CorpusError, RetrievalIndexError
 from retrieval_index.fileio import write_atomic, write_json_atomic
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def scan_stage(
     write_atomic(staging.folder / SCAN_FILE, lambda handle: pq.write_table(table, handle))
     _write_skipped(staging, [asdict(item) for item in result.skipped])
     if not result.files:
-        raise RetrievalIndexError(_no_images_message(sources, result.skipped))
+        raise CorpusError(_no_images_message(sources, result.skipped))
     summary = ScanSummary(len(result.files) + len(result.skipped), len(result.files), len(result.skipped),
                           result.reused_hashes, corpus_fingerprint(result))
     _stage_record(staging, "scan", asdict(summary))
@@ -350,9 +350,7 @@ def index_stage(staging: Staging, policy: ann.IndexPolicy, progress: Progress | 
     vectors = _embeddings(staging.folder)
     count, dimension = vectors.shape
     if count == 0:
-        raise RetrievalIndexError(
-            "the corpus has no usable images (see the skipped files); add images and build again"
-        )
+        raise CorpusError("the corpus has no usable images (see the skipped files); add images and build again")
     plan = ann.choose_plan(count, dimension, policy)
     rows = np.setdiff1d(np.arange(count), held_out_rows(count, policy), assume_unique=True)
     index = ann.build(vectors, plan, policy, rows, progress)

@@ -8,3 +8,7 @@ class RetrievalIndexError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split()))
+
+
+class CorpusError(RetrievalIndexError):
+    """The corpus itself cannot be indexed (no usable image): the user's input, not the build, is at fault."""

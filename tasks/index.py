@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,13 +65,14 @@ def check_rebuild(
     """Check every input before work starts; raise ``ValueError`` (or ``CatalogError``) naming the problem."""
     sources = tuple(str(path) for path in check_sources(corpus))
     folder = resolve_index_dir(index_dir)
-    if folder == DEFAULT_INDEX_DIR.absolute():
-        folder.parent.mkdir(exist_ok=True)
+    # The default index folder's parent (out/) is made here, but only once every other input is good.
+    make_parent = folder == DEFAULT_INDEX_DIR.absolute() and not folder.parent.exists()
     if folder.exists() and not folder.is_dir():
         raise RetrievalIndexError(f"index folder {folder} exists but is not a folder; choose another --index-dir")
-    if not folder.parent.is_dir():
+    if not make_parent and not folder.parent.is_dir():
         raise RetrievalIndexError(f"parent folder of the index {folder.parent} does not exist; create it first")
-    if not os.access(folder if folder.exists() else folder.parent, os.W_OK):
+    writable = folder if folder.exists() else folder.parent.parent if make_parent else folder.parent
+    if not os.access(writable, os.W_OK):
         raise RetrievalIndexError(f"index folder {folder} is not writable; choose another --index-dir")
     for source in sources:
         if Path(source).is_dir() and folder.is_relative_to(source):
@@ -83,7 +85,14 @@ def check_rebuild(
         raise RetrievalIndexError(str(exc)) from None
     spec = EmbedderSpec(model, pretrained).check()
     url = resolve_catalog_url(catalog_url, folder.parent)
-    open_catalog(url).close()
+    if make_parent:
+        folder.parent.mkdir()
+    try:
+        open_catalog(url).close()
+    except BaseException:
+        if make_parent:
+            shutil.rmtree(folder.parent, ignore_errors=True)
+        raise
     return RebuildRequest(sources, str(folder), url, spec, incremental, policy)
 
 

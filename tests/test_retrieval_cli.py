@@ -150,3 +150,14 @@ def test_bad_inputs_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("magic141: error: ") and message in lines[0], (argv, lines)
     assert not (tmp_path / "catalog.db").exists(), "refused builds start no work"
+
+
+def test_refused_build_does_not_create_the_default_index_parent(tmp_path: Path, monkeypatch, capsys):
+    corpus = tmp_path / "corpus"
+    make_demo_corpus(corpus, n=2)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAGIC141_INDEX_DIR", raising=False)
+    monkeypatch.delenv("MAGIC141_CATALOG_URL", raising=False)
+    assert main(["index", "build", str(corpus), "--catalog", "postgresql+psycopg://postgres@127.0.0.1:1/test"]) == 2
+    assert capsys.readouterr().err.startswith("magic141: error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"], "out/ is made only for a build that starts"

@@ -111,7 +111,7 @@ def test_failed_rebuild_is_recorded_and_publishes_nothing(prefect_api, tmp_path:
         rows = {row["version"]: row for row in list_index_builds(catalog, str(index_dir))}
     failed = [row for row in rows.values() if row["version"] not in (first.version, "stale")]
     assert len(failed) == 1 and failed[0]["status"] == "failed"
-    assert failed[0]["error"].startswith(f"RetrievalIndexError: the corpus {broken} has no usable images")
+    assert failed[0]["error"].startswith(f"CorpusError: the corpus {broken} has no usable images")
     assert failed[0]["skipped"] == [{"path": str(broken / "a.png"),
                                      "reason": "not an image: no image format recognises its content"}]
     assert not store.version_dir(index_dir, failed[0]["version"]).exists()
