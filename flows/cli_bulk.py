@@ -35,6 +35,7 @@ def bulk(
     preset: Annotated[str, typer.Option(help="Model preset.")] = "tiny",
     weights: Annotated[Path | None, typer.Option(help="Weights folder or JSON file (see magic141 generate).")] = None,
     quantize: Annotated[str | None, typer.Option(help="Quantize on the fly: int8 or int4.")] = None,
+    low_memory: Annotated[bool, typer.Option("--low-memory", help="Keep each model on the GPU only while it runs.")] = False,
     steps: Annotated[int, typer.Option(help="Sampler steps per window.")] = 4,
     workers: Annotated[int, typer.Option(help="Ray render actors, one per GPU; 0 renders in this process.")] = 0,
     ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster to render on.")] = None,
@@ -71,7 +72,7 @@ def bulk(
         out_dir.mkdir(exist_ok=True)
         settings = check_bulk(
             out_dir, catalog, preset=preset, weights=None if weights is None else str(weights), quantize=quantize,
-            steps=steps, workers=workers, ray_address=ray_address,
+            low_memory=low_memory, steps=steps, workers=workers, ray_address=ray_address,
             index_dir=None if index_dir is None else str(index_dir), threshold=threshold, strength=strength,
             concurrency=rows_at_once, retries=retries,
         )
@@ -86,7 +87,8 @@ def bulk(
         try:
             result = bulk_generate(
                 str(csv_file.absolute()), settings.out_dir, settings.catalog_url, settings.index_dir, roots,
-                preset=preset, weights=settings.model.weights, quantize=quantize, steps=steps, workers=workers,
+                preset=preset, weights=settings.model.weights, quantize=quantize, low_memory=low_memory, steps=steps,
+                workers=workers,
                 ray_address=ray_address, concurrency=rows_at_once, retries=retries, retry_delay_s=retry_delay,
                 threshold=threshold, strength=strength,
             )

@@ -132,7 +132,7 @@ def check_bulk(
         raise ValueError(f"output folder {str(folder)!r} is not writable; choose another --out-dir")
     check_steps(steps)
     model = check_model(ModelSpec(preset, weights, quantize, low_memory))
-    check_low_memory(low_memory, workers)
+    check_low_memory(low_memory, workers, ray_address)
     if not 0 <= workers <= MAX_WORKERS:
         raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {workers}")
     if ray_address is not None and workers == 0:

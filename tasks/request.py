@@ -260,9 +260,11 @@ def check_model(model: ModelSpec) -> ModelSpec:
     return replace(model, weights=weights)
 
 
-def check_low_memory(low_memory: bool, workers: int) -> None:
-    """Low-memory rendering in this process (no workers) needs a GPU here; render actors check their own."""
-    if low_memory and workers == 0 and not _gpu_visible():
+def check_low_memory(low_memory: bool, workers: int, ray_address: str | None) -> None:
+    """Low-memory rendering on this machine (in process, or on a local Ray pool) needs a GPU here; the
+    actors of a Ray cluster (``ray_address`` or ``$RAY_ADDRESS`` with workers) check their own."""
+    on_cluster = workers > 0 and bool(ray_address or os.environ.get("RAY_ADDRESS"))
+    if low_memory and not on_cluster and not _gpu_visible():
         raise ValueError(
             "--low-memory offloads models between the CPU and a GPU, and no GPU is visible; drop it or run on a GPU"
         )
@@ -287,7 +289,7 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
         raise ValueError("true CFG needs a negative prompt; pass --negative-prompt")
     check_seed(request.seed)
     model = check_model(request.model)
-    check_low_memory(request.low_memory, request.workers)
+    check_low_memory(request.low_memory, request.workers, request.ray_address)
     if request.weights is not None and needs_text_to_image(request):
         from magic141.weights import WeightPaths
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import PIL.Image
 import pytest
+import torch
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
@@ -132,6 +133,9 @@ def test_summary_hides_the_catalog_password_and_shows_row_text_as_given(monkeypa
         (["prompts.csv", "--index-dir", "nope"], "index folder"),
         (["prompts.csv", "--index-dir", "unbuilt-index"], "no index at"),
         (["prompts.csv", "--preset", "huge"], "huge"),
+        (["prompts.csv", "--quantize", "int3"], "unknown quantization level 'int3'"),
+        pytest.param(["prompts.csv", "--low-memory"], "no GPU is visible",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_path: Path, capsys):

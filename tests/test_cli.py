@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
@@ -114,6 +115,17 @@ def run_here(args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     status = main([a.replace("{tmp}", str(tmp_path)) for a in args])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_low_memory_without_a_gpu_is_refused_up_front(workers: str, tmp_path: Path, monkeypatch, capsys):
+    """In process or on a local Ray pool the models would run on this machine's (missing) GPU."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    status, out, err = run_here(["generate", "--prompt", "a cat", "--low-memory", "--workers", workers,
+                                 "--out", str(tmp_path / "v.mp4")], tmp_path, monkeypatch, capsys)
+    assert status == 2 and err.count("\n") == 1 and "no GPU is visible" in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
