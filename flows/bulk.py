@@ -89,7 +89,7 @@ def bulk_generate(
         ray_address=ray_address, index_dir=index_dir, threshold=threshold, strength=strength,
         concurrency=rows_at_once, retries=retries,
     )
-    table = read_prompts(csv_path, image_roots, settings.index_dir is not None)
+    table = read_prompts(csv_path, settings, image_roots)
     settings = replace(settings, gpu_limit=gpu_limit_in_force(gpu_limit))
     recover_out_dir(settings)
     with batch_lease(settings) as batch_id:

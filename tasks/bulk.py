@@ -151,6 +151,15 @@ def check_bulk(
     )
 
 
+def has_text_to_image(model: ModelSpec) -> bool:
+    """Whether ``model`` can make first frames from text: random preset weights can, a weights folder needs ``prior/``."""
+    if model.weights is None:
+        return True
+    from magic141.weights import WeightPaths
+
+    return WeightPaths.resolve(model.weights).prior is not None
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -177,12 +186,14 @@ def row_request(job: RowJob, settings: BulkSettings) -> GenerateRequest:
 
 
 @task(name="bulk-read")
-def read_prompts(csv_path: str, image_roots: list[str] | None = None, index_configured: bool = False) -> PromptCsv:
+def read_prompts(csv_path: str, settings: BulkSettings, image_roots: list[str] | None = None) -> PromptCsv:
     """Read and validate the prompt CSV (whole-file problems raise one ``ValueError`` line).
 
-    Without a retrieval index (``index_configured`` False), rows asking for prior ``retrieve`` are rejected.
+    Rows are rejected when they need what the run lacks: a retrieval index for prior ``retrieve``,
+    a text-to-image model (weights without ``prior/``) for ``auto`` or ``generate`` without an image.
     """
-    table = read_prompt_csv(csv_path, image_roots, index_configured=index_configured)
+    table = read_prompt_csv(csv_path, image_roots, index_configured=settings.index_dir is not None,
+                            text_to_image=has_text_to_image(settings.model))
     get_run_logger().info("%s: %d valid row(s), %d rejected", table.path, len(table.valid), len(table.rejected))
     return table
 

@@ -85,6 +85,10 @@ RETRIEVE_WITHOUT_INDEX = (
     "prior 'retrieve' needs a retrieval index and none is configured; pass --index-dir DIR (or set "
     "MAGIC141_INDEX_DIR) to an index built with `magic141 index build`, or set prior to auto or generate"
 )
+NO_TEXT_TO_IMAGE = (
+    "prior {prior!r} may make the first frame with the text-to-image model, and the weights have none (prior/); "
+    "fill the image cell or add a prior/ folder to the weights"
+)
 
 
 @dataclass(frozen=True)
@@ -295,11 +299,14 @@ def _resolve_image(text: str, csv_dir: Path, roots: Sequence[Path]) -> Path:
 class _RowChecker:
     """Validates rows one by one; remembers keys to reject later duplicates."""
 
-    def __init__(self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path], index_configured: bool) -> None:
+    def __init__(
+        self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path], index_configured: bool, text_to_image: bool
+    ) -> None:
         self.columns = columns
         self.csv_dir = csv_dir
         self.roots = roots
         self.index_configured = index_configured
+        self.text_to_image = text_to_image
         self.first_row_of_key: dict[str, int] = {}
 
     def check(self, number: int, raw: list[str]) -> ValidRow | RejectedRow:
@@ -368,6 +375,8 @@ class _RowChecker:
             problems.append("prior 'user' needs an image; fill the image cell or choose another prior")
         if prior == "retrieve" and not self.index_configured:
             problems.append(RETRIEVE_WITHOUT_INDEX)
+        if prior in ("auto", "generate") and not self.text_to_image:
+            problems.append(NO_TEXT_TO_IMAGE.format(prior=prior))
 
         if problems:
             return RejectedRow(number, key, "; ".join(problems), cells)
@@ -408,12 +417,15 @@ def read_prompt_csv(
     image_roots: Sequence[str | os.PathLike[str]] | None = None,
     *,
     index_configured: bool = False,
+    text_to_image: bool = True,
 ) -> PromptCsv:
     """Read and validate a prompt CSV; raise one ``ValueError`` line if the file as a whole is unusable.
 
     ``image_roots`` are the folders row images must lie in after resolving symlinks (default:
     the CSV's own folder). ``index_configured`` says the run has a retrieval index; without one,
     rows asking for prior ``retrieve`` are rejected (``auto`` then generates text-to-image).
+    ``text_to_image`` says the run has a text-to-image model; without one, rows without an image
+    whose prior is ``auto`` or ``generate`` are rejected.
     """
     file = Path(path).absolute()
     try:
@@ -436,7 +448,7 @@ def read_prompt_csv(
             continue
         if columns is None or checker is None:
             columns = _header(file, raw)
-            checker = _RowChecker(columns, csv_dir, roots, index_configured)
+            checker = _RowChecker(columns, csv_dir, roots, index_configured, text_to_image)
             continue
         row = checker.check(number, raw)
         if isinstance(row, ValidRow):

@@ -148,6 +148,21 @@ def test_bad_row_is_rejected_and_the_rest_go_on(case: str, tmp_path: Path, pictu
     assert rejected.cells["prompt"] == cells.split(",")[0].strip('"').strip()
 
 
+def test_rows_that_may_need_text_to_image_are_rejected_when_the_weights_have_none(tmp_path: Path) -> None:
+    PIL.Image.new("RGB", (64, 48), (10, 20, 30)).save(tmp_path / "first.png")
+    path = write_csv(tmp_path, "id,prompt,prior,image\n"
+                               "made,a red fox,generate,\nchosen,a blue boat,auto,\nplain,a cat,,\n"
+                               "given,a wall,,first.png\nmine,a wall,user,first.png\nfound,a fox,retrieve,\n")
+
+    parsed = read_prompt_csv(path, index_configured=True, text_to_image=False)
+
+    assert [row.row_key for row in parsed.valid] == ["given", "mine", "found"]
+    reasons = {row.row_key: row.reason for row in parsed.rejected}
+    assert list(reasons) == ["made", "chosen", "plain"]
+    assert reasons["made"].startswith("prior 'generate' may make the first frame with the text-to-image model")
+    assert all("add a prior/ folder to the weights" in reason and "\n" not in reason for reason in reasons.values())
+
+
 def test_retrieve_rows_need_an_index_and_auto_rows_do_not(tmp_path: Path) -> None:
     path = write_csv(tmp_path, "id,prompt,prior\nfound,a red fox,retrieve\nchosen,a blue boat,auto\nplain,a cat,\n")
 

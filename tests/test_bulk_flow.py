@@ -137,3 +137,22 @@ def test_retrieve_rows_are_rejected_up_front_without_an_index_and_use_it_when_gi
             assert video["prior_source"] == "retrieve" and Path(video["prior_image_path"]) in pictures
             assert video["prior_details"]["mode"] == ("retrieve" if row["key"] == "found" else "auto")
             assert video["prior_details"]["matches"][0]["path"] == video["prior_image_path"]
+
+
+def test_weights_without_a_text_to_image_prior_reject_the_rows_that_need_one(
+    prefect_api, tiny_pipeline, tmp_path: Path
+):
+    from magic141.weights import save_i2v_components
+
+    weights = save_i2v_components(tiny_pipeline.components, tmp_path / "weights")
+    csv = _write_inputs(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = bulk_generate(str(csv), str(out), f"sqlite:///{tmp_path / 'c.db'}", weights=str(weights), retry_delay_s=0)
+
+    rows = {row["key"]: row for row in result.rows}
+    assert rows["wall"]["status"] == "done", "a row with its own image needs no text-to-image model"
+    assert rows["boat"]["status"] == "rejected" and "add a prior/ folder to the weights" in rows["boat"]["reason"]
+    with open_catalog(f"sqlite:///{tmp_path / 'c.db'}") as catalog:
+        video = catalog.get_video(rows["wall"]["video_id"])
+    assert video["weights_fingerprint"] == tiny_pipeline.weights_fingerprint
