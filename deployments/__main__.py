@@ -8,14 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-import httpx
-from prefect.exceptions import PrefectException
-from prefect.settings import PREFECT_API_URL
-
-from deployments.rebuild_index import NIGHTLY_CRON
-from deployments.service import GPU_POOL, INBOX_CRON, PROCESS_POOL, ServiceConfig, apply_service
-from flows.cli_common import stderr, stdout
-from tasks.request import QUANTIZATION_LEVELS
+from flows.cli_common import configure_cli, quiet_model_libraries, stderr, stdout
 
 START_SERVER = (
     "start the server with 'prefect server start' and set PREFECT_API_URL to its API address "
@@ -24,6 +17,10 @@ START_SERVER = (
 
 
 def _parser() -> argparse.ArgumentParser:
+    from deployments.rebuild_index import NIGHTLY_CRON
+    from deployments.service import INBOX_CRON
+    from tasks.request import QUANTIZATION_LEVELS
+
     parser = argparse.ArgumentParser(prog="python -m deployments", description=__doc__)
     parser.add_argument("--inbox", required=True, type=Path, help="folder watched for prompt CSVs")
     parser.add_argument("--out-dir", required=True, type=Path, help="folder the videos go to")
@@ -47,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="local weights file of --clip-model (needed for every model but tiny)")
     parser.add_argument("--workers", type=int, default=0, help="Ray render actors per bulk run (0: in process)")
     parser.add_argument("--gpu-slots", type=int, default=1, help="renders at once across all runs (the 'gpu' limit)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="also show the libraries' warnings and Prefect's log lines")
     return parser
 
 
@@ -62,6 +61,15 @@ def _first_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Apply the service; one line on stderr and status 2 for bad arguments or an unusable Prefect API."""
+    argv = sys.argv[1:] if argv is None else argv
+    configure_cli(verbose=bool({"--verbose", "-v"} & set(argv)))
+    quiet_model_libraries()
+    import httpx
+    from prefect.exceptions import PrefectException
+    from prefect.settings import PREFECT_API_URL
+
+    from deployments.service import GPU_POOL, PROCESS_POOL, ServiceConfig, apply_service
+
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     problems = [name for name, value in (("--catalog", args.catalog), ("--index-dir", args.index_dir)) if not value]

@@ -35,6 +35,7 @@ from tasks.leases import heartbeat
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 from tasks.progress import StageProgress
 from tasks.request import ModelSpec
+from tasks.services import ServiceStartError
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ def _run_claimed(
             claimed, out_dir, catalog_url, index_dir, [inbox], model.preset, model.weights, model.quantize,
             model.low_memory, workers=workers, concurrency=concurrency, gpu_limit=gpu_limit,
         )
+    except ServiceStartError:
+        raise  # the CSV stays claimed: the next run takes the claim over and produces it
     except Exception as exc:
         logger.warning("bulk run of %s failed: %s", claimed, exc)
         return {"csv": file_csv(claimed, False), "batch_id": None, "error": str(exc)}

@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 import re
 import secrets
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-# Prefect settings this command relies on; set before prefect is imported, overridable by the caller.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# torch warns on every import of its C++ extension helper (pulled in by optimum-quanto) when no CUDA toolkit is found.
-logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+import typer
+from rich.markup import escape
+from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
-import typer  # noqa: E402
-from rich.markup import escape  # noqa: E402
-from rich.table import Table  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
-from sqlalchemy.exc import ArgumentError  # noqa: E402
-
-from flows.cli_common import UserError, one_line, print_fields, progress_bars, stderr, stdout  # noqa: E402
-from flows.cli_catalog_ext import check_export, check_row_status, export_catalog, print_batch_rows  # noqa: E402
-from flows.cli_bulk import bulk  # noqa: E402
-from flows.cli_index import index_app  # noqa: E402
-from tasks.catalog import (  # noqa: E402
+from flows.cli_bulk import bulk
+from flows.cli_catalog_ext import check_export, check_row_status, export_catalog, print_batch_rows
+from flows.cli_common import (
+    UserError,
+    configure_cli,
+    one_line,
+    prefect_api,
+    print_fields,
+    progress_bars,
+    quiet_model_libraries,
+    stderr,
+    stdout,
+)
+from flows.cli_index import index_app
+from tasks.catalog import (
     CATALOG_URL_ENV,
     CatalogError,
     default_catalog_url,
@@ -34,8 +37,9 @@ from tasks.catalog import (  # noqa: E402
     redact,
     resolve_catalog_url,
 )
-from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD  # noqa: E402
-from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, check_output, check_prior, validate_request  # noqa: E402
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
+from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, check_output, check_prior, validate_request
+from tasks.services import ServiceStartError
 
 DEFAULT_OUT_DIR = Path("out")
 
@@ -46,6 +50,19 @@ model_app = typer.Typer(help="Convert, quantize and inspect model weights.", no_
 app.add_typer(model_app, name="model")
 app.add_typer(index_app, name="index")
 app.command("bulk")(bulk)
+# Exit status of a command whose own services (Prefect's temporary server, a local Ray) did not start: try again
+# later or run the service separately (sysexits' EX_TEMPFAIL).
+EXIT_SERVICE_START = 75
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show the libraries' warnings, progress bars and Prefect's run log lines."
+    )] = False,
+) -> None:
+    """Magic 1-For-1 video generation pipeline."""
+    configure_cli(verbose)
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -165,9 +182,10 @@ def generate(
         ),
         default_out=out is None,
     )
+    quiet_model_libraries(ray=request.workers > 0)
     from flows.generate import generate as generate_flow
 
-    with progress_bars():
+    with prefect_api(), progress_bars():
         try:
             result = generate_flow(request)
         finally:
@@ -384,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         stderr.print(f"magic141: error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
+    except ServiceStartError as exc:
+        stderr.print(f"magic141: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        return EXIT_SERVICE_START
     except typer.Exit as exc:
         return exc.exit_code
     except typer.TyperException as exc:  # usage errors: unknown option, value of the wrong type, ...

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import UserError, one_line, print_fields, progress_bars, stdout
+from flows.cli_common import UserError, one_line, prefect_api, print_fields, progress_bars, quiet_model_libraries, stdout
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 
 DEFAULT_OUT_DIR = Path("out")
@@ -81,9 +81,10 @@ def bulk(
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         raise UserError(one_line(exc)) from None
+    quiet_model_libraries(ray=workers > 0)
     from flows.bulk import bulk_generate
 
-    with progress_bars({"bulk": "rows"}):
+    with prefect_api(), progress_bars({"bulk": "rows"}):
         try:
             result = bulk_generate(
                 str(csv_file.absolute()), settings.out_dir, settings.catalog_url, settings.index_dir, roots,

@@ -1,14 +1,18 @@
-"""What every ``magic141`` subcommand shares: the output consoles, the user-error type and how flows are run."""
+"""What every ``magic141`` subcommand shares: the output consoles, the user-error type, logging and how flows are run."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tasks.services import ServiceStartError
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -16,6 +20,122 @@ stderr = Console(stderr=True)
 
 class UserError(Exception):
     """A problem with what the user asked for: reported as one line, exit status 2."""
+
+
+LOG_FILE_ENV = "MAGIC141_LOG_FILE"
+# Seconds Prefect's temporary API server may take to answer; its first start on a new Prefect home creates and
+# migrates the database, which takes far longer than Prefect's default 20 s on a busy 2-core machine.
+PREFECT_START_TIMEOUT_S = 300
+START_PREFECT = (
+    "start a server with 'prefect server start' and set PREFECT_API_URL to its API address "
+    "(e.g. http://127.0.0.1:4200/api)"
+)
+# Libraries whose log records and warnings go to the log file, not the terminal, unless --verbose.
+LIBRARY_LOGGERS = (
+    "py.warnings", "torch", "transformers", "diffusers", "huggingface_hub", "accelerate", "optimum", "open_clip",
+    "ray", "filelock", "urllib3", "PIL", "alembic", "httpx", "numexpr",
+)
+_library_handler: list[logging.Handler] = []
+
+
+def default_log_file() -> Path:
+    """``$MAGIC141_LOG_FILE``, else ``magic141/cli.log`` in the user's state folder (``$XDG_STATE_HOME``)."""
+    explicit = os.environ.get(LOG_FILE_ENV)
+    if explicit:
+        return Path(explicit)
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "magic141" / "cli.log"
+
+
+def configure_cli(verbose: bool) -> None:
+    """Set up the environment and logging of one CLI process; called by ``main()``, before any command runs.
+
+    Prefect gets its settings (no analytics, a temporary server start-up time that holds on a busy
+    machine, only warnings on the console: run logs still reach the Prefect API). Python warnings are
+    logged. Unless ``verbose``, the libraries' records and warnings go to the log file
+    (:func:`default_log_file`) instead of the terminal.
+    """
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_START_TIMEOUT_S))
+    logging.captureWarnings(True)
+    if verbose:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "INFO")
+        _library_handler.clear()
+        return
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    handler: logging.Handler
+    try:
+        log_file = default_log_file()
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, delay=True)
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _library_handler[:] = [handler]
+    _route_library_logs()
+
+
+def _route_library_logs() -> None:
+    if not _library_handler:
+        return
+    for name in LIBRARY_LOGGERS:
+        library_logger = logging.getLogger(name)
+        for handler in list(library_logger.handlers):
+            library_logger.removeHandler(handler)
+        library_logger.addHandler(_library_handler[0])
+        library_logger.propagate = False
+
+
+def quiet_model_libraries(*, diffusers: bool = True, ray: bool = False) -> None:
+    """Keep torch, transformers, diffusers (and Ray) off the terminal unless --verbose; call before loading models.
+
+    These libraries install their own terminal handlers when imported, and draw progress bars while
+    loading weights, so they are imported here first and their handlers replaced by the log file's.
+    ``diffusers=False`` leaves diffusers unimported, for commands that never load it; ``ray=True``
+    prepares Ray too, for commands that start or join a Ray cluster.
+    """
+    if not _library_handler:
+        return
+    import importlib
+
+    import torch  # noqa: F401  (installs torch's stderr handlers, replaced below)
+
+    if ray:
+        importlib.import_module("ray")
+
+    for name in ("transformers", "diffusers") if diffusers else ("transformers",):
+        library = importlib.import_module(f"{name}.utils.logging")
+        library.disable_progress_bar()
+        library.disable_default_handler()
+    _route_library_logs()
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[None]:
+    """Flow runs in the block use ``PREFECT_API_URL``'s server, else Prefect's temporary server, started here.
+
+    The temporary server gets ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`` (set by
+    :func:`configure_cli`) to answer; if it does not, :class:`ServiceStartError` says how to run one instead,
+    before the request has started anything.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    try:
+        SubprocessASGIServer().start(timeout=timeout)
+    except RuntimeError as exc:
+        logging.getLogger(__name__).error("Prefect's temporary server did not start: %s", exc)
+        raise ServiceStartError(
+            f"Prefect's temporary API server did not answer within {timeout} s; {START_PREFECT}, "
+            f"or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+        ) from None
+    yield
 
 
 def one_line(exc: BaseException) -> str:

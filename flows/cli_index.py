@@ -10,7 +10,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import UserError, bad_input_from_flow, one_line, print_fields, progress_bars, stdout
+from flows.cli_common import (
+    UserError,
+    bad_input_from_flow,
+    one_line,
+    prefect_api,
+    print_fields,
+    progress_bars,
+    quiet_model_libraries,
+    stdout,
+)
 
 index_app = typer.Typer(help="Build, query and inspect the CLIP/FAISS retrieval index.", no_args_is_help=True)
 
@@ -58,9 +67,10 @@ def index_build(
         )
     except (ValueError, CatalogError) as exc:
         raise UserError(one_line(exc)) from None
+    quiet_model_libraries(diffusers=False)
     from flows.rebuild_index import rebuild_index
 
-    with bad_input_from_flow(CorpusError), progress_bars(_STAGE_LABELS):
+    with prefect_api(), bad_input_from_flow(CorpusError), progress_bars(_STAGE_LABELS):
         result = rebuild_index(
             list(request.corpus), request.index_dir, request.catalog_url, request.spec.model,
             request.spec.pretrained, request.incremental, request.policy.recall_target, force,
@@ -94,8 +104,9 @@ def index_build(
 
 def _reader(index_dir: Path | None) -> Any:
     from retrieval_index import RetrievalIndexError, open_index
-    from tasks.index import resolve_index_dir
+    from retrieval_index.store import resolve_index_dir
 
+    quiet_model_libraries(diffusers=False)
     try:
         return open_index(resolve_index_dir(index_dir))
     except RetrievalIndexError as exc:
@@ -138,27 +149,28 @@ def index_info(
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest and checks as JSON.")] = False,
 ) -> None:
     """The current version: model, size, index type, tuned recall, file checksums (verified), older versions."""
-    from retrieval_index import RetrievalIndexError, store
+    from retrieval_index import store
+    from retrieval_index.errors import RetrievalIndexError
 
-    reader = _reader(index_dir)
-    manifest = reader.manifest
+    folder_of_index = store.resolve_index_dir(index_dir)
     try:
-        store.verify(reader.folder, manifest, sorted(manifest["files"]))
+        version, folder, manifest = store.open_current(folder_of_index)
+        store.verify(folder, manifest, sorted(manifest["files"]))
     except RetrievalIndexError as exc:
         raise UserError(one_line(exc)) from None
     info = {
-        "index_dir": str(reader.index_dir),
-        "version": reader.version,
+        "index_dir": str(folder_of_index),
+        "version": version,
         "created_at": manifest["created_at"],
-        "model_id": reader.model_id,
-        "dimension": reader.dimension,
-        "images": reader.count,
+        "model_id": manifest["model_id"],
+        "dimension": manifest["dimension"],
+        "images": manifest["count"],
         "skipped": manifest["skipped"],
-        "index_type": f"{reader.index_type} ({manifest['factory']})",
+        "index_type": f"{manifest['index_type']} ({manifest['factory']})",
         "search": manifest["search"],
         "recall": f"{manifest['recall']:.4f} at k={manifest['recall_k']} (target {manifest['recall_target']})",
         "checksums": f"{len(manifest['files'])} files verified",
-        "versions": store.published_versions(reader.index_dir),
+        "versions": store.published_versions(folder_of_index),
     }
     if as_json:
         stdout.print_json(json.dumps({**info, "manifest": manifest}))

@@ -82,7 +82,7 @@ def load_quantized(folder: str | Path, model_class: type) -> torch.nn.Module:
     else:
         # Built on the CPU: transformers models compute non-persistent buffers (position ids) in their
         # constructors, which a meta-device build would leave empty.
-        model = model_class._from_config(AutoConfig.from_pretrained(root), torch_dtype=torch.bfloat16)
+        model = model_class._from_config(AutoConfig.from_pretrained(root), dtype=torch.bfloat16)
     state = load_file(root / WEIGHTS_FILE)
     requantize(model, state_dict=state, quantization_map=qmap, device=torch.device("cpu"))
     missing = sorted(k for k in set(model.state_dict()) - set(state) if not _tied(model, k))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
+from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel, ModelMixin
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, LlavaForConditionalGeneration
 
 from magic141.components import I2VComponents
@@ -123,8 +123,10 @@ def _load_model(cls: type, path: Path, dtype: torch.dtype, name: str) -> torch.n
     if is_quantized_folder(path):
         logger.info("loading pre-quantized %s from %s", name, path)
         return load_quantized(path, cls)
+    # transformers 5 names the argument dtype (torch_dtype is deprecated there); diffusers still names it torch_dtype.
+    dtype_argument = {"torch_dtype" if issubclass(cls, ModelMixin) else "dtype": dtype}
     try:
-        model, info = cls.from_pretrained(path, torch_dtype=dtype, use_safetensors=True, output_loading_info=True)
+        model, info = cls.from_pretrained(path, use_safetensors=True, output_loading_info=True, **dtype_argument)
     except (OSError, ValueError, RuntimeError) as exc:
         reason = " ".join(str(exc).split())
         raise ValueError(f"{name} weights in {path} cannot be loaded: {reason}") from None

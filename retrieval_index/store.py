@@ -44,6 +44,14 @@ METADATA_FILE = "metadata.parquet"
 EMBEDDINGS_FILE = "embeddings.npy"
 SKIPPED_FILE = "skipped.json"
 KEEP_VERSIONS = 3
+INDEX_DIR_ENV = "MAGIC141_INDEX_DIR"
+DEFAULT_INDEX_DIR = Path("out") / "index"
+
+
+def resolve_index_dir(explicit: str | Path | None) -> Path:
+    """The index folder: explicit, else ``$MAGIC141_INDEX_DIR``, else ``out/index``; absolute."""
+    chosen = explicit or os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR
+    return Path(chosen).absolute()
 
 
 def build_hint(index_dir: Path) -> str:

@@ -18,6 +18,7 @@ from retrieval_index import IndexPolicy, builder
 from retrieval_index.corpus import check_sources
 from retrieval_index.embedder import EmbedderSpec
 from retrieval_index.errors import RetrievalIndexError
+from retrieval_index.store import DEFAULT_INDEX_DIR, resolve_index_dir
 from tasks.catalog import open_catalog, resolve_catalog_url
 from tasks.catalog.index_builds import (
     fail_abandoned_builds,
@@ -30,15 +31,7 @@ from tasks.progress import StageProgress
 
 logger = logging.getLogger(__name__)
 
-INDEX_DIR_ENV = "MAGIC141_INDEX_DIR"
-DEFAULT_INDEX_DIR = Path("out") / "index"
 ABANDONED = "interrupted: the build's process ended before it finished; a later build replaced it"
-
-
-def resolve_index_dir(explicit: str | Path | None) -> Path:
-    """The index folder: explicit, else ``$MAGIC141_INDEX_DIR``, else ``out/index``; absolute."""
-    chosen = explicit or os.environ.get(INDEX_DIR_ENV) or DEFAULT_INDEX_DIR
-    return Path(chosen).absolute()
 
 
 @dataclass(frozen=True)

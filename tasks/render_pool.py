@@ -6,8 +6,9 @@ decode a window. Because every request is a function of its inputs, a request lo
 actor is simply sent again to another actor (Ray restarts the dead one in the background), and the
 driver applies each window's result exactly once: no window is lost or applied twice.
 
-By default the pool starts a local Ray instance, declaring fake GPUs on a machine without any so
-that scheduling works the same; ``address`` (or ``RAY_ADDRESS``) joins an existing cluster.
+By default the pool starts a private local Ray instance (:mod:`tasks.services`), declaring fake GPUs on
+a machine without any so that scheduling works the same; ``address`` (or ``RAY_ADDRESS``; ``auto`` for
+the host's own cluster) joins an existing cluster.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from magic141.presets import get_preset
 from magic141.sampler import SamplerConfig, sample_codenoise
 from magic141.windows import Window
 from tasks.request import ModelSpec
+from tasks.services import ray_address, start_local_ray
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class PoolConfig:
 
     model: ModelSpec
     workers: int = 1
-    address: str | None = None  # Ray cluster address; None: RAY_ADDRESS, else a local instance
+    address: str | None = None  # Ray cluster address ('auto': the host's); None: RAY_ADDRESS, else a private one
     torch_threads: int | None = None  # CPU threads per actor; None: the machine's cores shared out
 
     def __post_init__(self) -> None:
@@ -196,7 +198,7 @@ FailureCallback = Callable[[int, str], None]
 def _connect(config: PoolConfig) -> None:
     if ray.is_initialized():
         return
-    address = config.address or os.environ.get("RAY_ADDRESS")
+    address = ray_address(config.address)
     if address:
         logger.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=False)
@@ -204,12 +206,7 @@ def _connect(config: PoolConfig) -> None:
     gpus = torch.cuda.device_count()
     if gpus == 0:
         logger.info("no GPU visible: starting local Ray with %d fake GPU(s) on the CPU", config.workers)
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, config.workers),
-        num_gpus=gpus or config.workers,
-        include_dashboard=False,
-        log_to_driver=False,
-    )
+    start_local_ray(num_cpus=max(os.cpu_count() or 1, config.workers), num_gpus=gpus or config.workers)
 
 
 def _last_error_line(exc: BaseException) -> str:
