@@ -29,6 +29,7 @@ test: $(VENV)/.synced
 	$(VENV)/bin/python -m pytest
 
 bench: $(VENV)/.synced
+	$(VENV)/bin/python bench/cli_latency.py
 	$(VENV)/bin/python bench/generate_overhead.py
 	$(VENV)/bin/python bench/quantization.py
 	$(VENV)/bin/python bench/long_video.py

@@ -334,6 +334,7 @@ def model_convert(
     )] = None,
 ) -> None:
     """Convert the official transformer checkpoint to diffusers' HunyuanVideo layout."""
+    quiet_model_libraries()
     from magic141.convert import convert_official_checkpoint
 
     axes = None
@@ -353,6 +354,7 @@ def model_quantize(
     level: Annotated[str, typer.Option(help="int8 (as in the paper) or int4.")] = "int8",
 ) -> None:
     """Save weights with the transformer and text encoders pre-quantized (they load without re-quantizing)."""
+    quiet_model_libraries()
     from magic141.weights import quantize_weights_folder
 
     written = _user_errors(quantize_weights_folder, weights, out, level)
@@ -373,6 +375,7 @@ def model_report_command(
     preset_config = _user_errors(get_preset, preset)
     if quantize is not None and quantize not in QUANTIZATION_LEVELS:
         raise UserError(f"unknown quantization level {quantize!r}; choose one of: {', '.join(QUANTIZATION_LEVELS)}")
+    quiet_model_libraries()
     from magic141.report import model_report
 
     report = _user_errors(model_report, preset_config, weights, quantize, probe)

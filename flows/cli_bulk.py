@@ -52,7 +52,6 @@ def bulk(
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch as JSON.")] = False,
 ) -> None:
     """Generate one video per valid row of FILE.csv; rows already made (same content key) are skipped."""
-    from tasks.bulk import check_bulk
     from tasks.bulk_csv import read_prompt_csv
     from tasks.catalog import CatalogError
 
@@ -69,6 +68,9 @@ def bulk(
         if retry_delay < 0:
             raise ValueError(f"retry delay must be >= 0 seconds, got {retry_delay}")
         read_prompt_csv(csv_file, roots, index_configured=index_dir is not None)
+        quiet_model_libraries(ray=workers > 0)  # the file is read before the models' libraries are imported
+        from tasks.bulk import check_bulk
+
         out_dir.mkdir(exist_ok=True)
         settings = check_bulk(
             out_dir, catalog, preset=preset, weights=None if weights is None else str(weights), quantize=quantize,
@@ -81,7 +83,6 @@ def bulk(
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         raise UserError(one_line(exc)) from None
-    quiet_model_libraries(ray=workers > 0)
     from flows.bulk import bulk_generate
 
     with prefect_api(), progress_bars({"bulk": "rows"}):

@@ -130,7 +130,7 @@ def prefect_api() -> Iterator[None]:
     try:
         SubprocessASGIServer().start(timeout=timeout)
     except RuntimeError as exc:
-        logging.getLogger(__name__).error("Prefect's temporary server did not start: %s", exc)
+        logging.getLogger(__name__).info("Prefect's temporary server did not start: %s", exc)
         raise ServiceStartError(
             f"Prefect's temporary API server did not answer within {timeout} s; {START_PREFECT}, "
             f"or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"

@@ -58,6 +58,8 @@ def index_build(
     """
     from retrieval_index import CorpusError
     from tasks.catalog import CatalogError, redact
+
+    quiet_model_libraries(diffusers=False)
     from tasks.index import check_rebuild
 
     try:
@@ -67,7 +69,6 @@ def index_build(
         )
     except (ValueError, CatalogError) as exc:
         raise UserError(one_line(exc)) from None
-    quiet_model_libraries(diffusers=False)
     from flows.rebuild_index import rebuild_index
 
     with prefect_api(), bad_input_from_flow(CorpusError), progress_bars(_STAGE_LABELS):

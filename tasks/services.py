@@ -2,8 +2,12 @@
 
 Without an address (``--ray-address`` or ``RAY_ADDRESS``) the pipeline never joins whatever Ray cluster
 happens to run on the host: :func:`start_local_ray` starts a new head node of its own, with its own
-temporary folder and ports, bound to the loopback interface, stopped and removed at exit. An explicit
-address (``auto`` for the host's cluster) joins that cluster instead.
+temporary folder and ports, without a dashboard, stopped and removed at exit. An
+explicit address (``auto`` for the host's cluster) joins that cluster instead.
+
+Ray cannot bind its gRPC servers to the loopback interface alone (it replaces 127.0.0.1 by the node's
+address); what keeps the instance private is Ray's token authentication, on by default in the Ray this
+project locks (the token lives in ``~/.ray/auth_token``).
 """
 
 from __future__ import annotations
@@ -52,7 +56,6 @@ def start_local_ray(num_cpus: int, num_gpus: int) -> None:
                 num_gpus=num_gpus,
                 include_dashboard=False,
                 log_to_driver=False,
-                _node_ip_address="127.0.0.1",
                 _temp_dir=temp_dir,
             )
         except Exception as exc:  # Ray raises a bare Exception when its raylet misses the start-up wait

@@ -1,8 +1,17 @@
-"""Shared fixtures: tiny models built once, a Prefect API for flow runs, and the Postgres catalog."""
+"""Shared fixtures: tiny models built once, a Prefect API for flow runs, and the Postgres catalog.
+
+The suite is hermetic: before anything is imported it gets a Prefect home, a log file and a Ray
+address setting of its own (none: every Ray instance a test starts is private), so neither the
+user's ``~/.prefect`` nor a Ray cluster running on the host changes what it does.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +21,18 @@ import pytest
 
 from magic141.pipeline import Magic141Pipeline, fit_image
 from magic141.prior import ImagePrior
+from prefect_server import PrefectServer
+
+SUITE_HOME = Path(tempfile.mkdtemp(prefix="magic141-tests-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Private state for the whole run (set before Prefect reads its settings)."""
+    os.environ["PREFECT_HOME"] = str(SUITE_HOME / "prefect-home")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ["MAGIC141_LOG_FILE"] = str(SUITE_HOME / "magic141.log")
+    for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "RAY_ADDRESS"):
+        os.environ.pop(name, None)
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 PG_CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test"
@@ -34,12 +55,47 @@ def prior_image(tiny_prior: ImagePrior) -> PIL.Image.Image:
 
 
 @pytest.fixture(scope="session")
-def prefect_api():
-    """A real, temporary Prefect server and database for the flow runs of the session."""
-    from prefect.testing.utilities import prefect_test_harness
+def prefect_server() -> Iterator[PrefectServer]:
+    """The suite's own Prefect server process (``prefect server start``), used by every flow run of the session."""
+    from prefect.context import _temporary_global_settings_context, get_settings_context
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    server = PrefectServer(SUITE_HOME / "prefect-server", services=True)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            with _temporary_global_settings_context(get_settings_context()):
+                yield server
+                _drain_prefect_workers()
+    finally:
+        server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    """Send the run logs and events still queued in this process before the server stops."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(RuntimeError):  # never started
+        APILogWorker.instance().drain()
+    EventsWorker.drain_all()
+
+
+@pytest.fixture
+def prefect_api(prefect_server: PrefectServer) -> PrefectServer:
+    """The suite's Prefect server, checked before the test: if it died it is started again, and its log is shown."""
+    if not prefect_server.alive():
+        warnings.warn(f"the suite's Prefect server had stopped; starting it again. Its log:\n{prefect_server.log_tail()}",
+                      stacklevel=1)
+        prefect_server.stop()
+        try:
+            prefect_server.start()
+        except RuntimeError as exc:
+            pytest.fail(str(exc), pytrace=False)
+    return prefect_server
 
 
 @pytest.fixture(scope="session")

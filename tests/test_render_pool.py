@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,15 +86,25 @@ def test_pool_renders_what_the_library_renders(pool: RenderPool, tiny_pipeline, 
 @pytest.mark.parametrize("mode", ["parallel", "chained"])
 def test_killed_actor_loses_no_window_and_changes_nothing(pool: RenderPool, prior_image, mode: str):
     undisturbed_plan, undisturbed, _ = render(pool, job(prior_image, f"calm-{mode}", seed=8), mode, 70)
-    victim = pool.refresh()[0]  # its current process, after any earlier restart
-    killed = []
+    victim = pool.refresh()[0]  # worker 0's current process, after any earlier restart
+    killed: list[int] = []
+
+    def kill_once_busy() -> None:
+        """Kill worker 0 while it holds a request: killed when idle, Ray would restart it unseen."""
+        deadline = time.monotonic() + 120
+        while pool._busy[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(victim.pid, signal.SIGKILL)
+        killed.append(victim.pid)
+
+    killer = threading.Thread(target=kill_once_busy, daemon=True)
 
     def kill_after_first(done: int, total: int) -> None:
-        if done == 1 and not killed:
-            os.kill(victim.pid, signal.SIGKILL)
-            killed.append(victim.pid)
+        if done == 1 and not killer.is_alive() and not killed:
+            killer.start()
 
     plan, disturbed, records = render(pool, job(prior_image, f"storm-{mode}", seed=8), mode, 70, kill_after_first)
+    killer.join(timeout=120)
     assert killed, "the actor was killed during the render"
     assert plan == undisturbed_plan
     for index in undisturbed:
