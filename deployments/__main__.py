@@ -1,4 +1,9 @@
-"""``python -m deployments``: create or update the work pools, the GPU limit and the deployments on ``PREFECT_API_URL``."""
+"""``python -m deployments``: create or update the work pools, the GPU limit and the deployments on ``PREFECT_API_URL``.
+
+On the first run of the service it also creates the inbox folders and, when the index folder has no
+index yet, builds it once from the corpus before anything is scheduled: the inbox's first batches
+would otherwise be refused until the nightly rebuild.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from flows.cli_common import configure_cli, quiet_model_libraries, stderr, stdout
+from flows.cli_common import UserError, configure_cli, quiet_model_libraries, stderr, stdout
 
 START_SERVER = (
     "start the server with 'prefect server start' and set PREFECT_API_URL to its API address "
@@ -59,16 +65,44 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _first_run(config: Any) -> None:
+    """Create the inbox folders; build the retrieval index now if ``config.index_dir`` has none."""
+    from retrieval_index.store import current_version
+
+    for folder in (config.inbox, config.inbox / "done", config.inbox / "failed"):
+        folder.mkdir(parents=True, exist_ok=True)
+    if current_version(config.index_dir) is not None:
+        return
+    from flows.cli_common import bad_input_from_flow, prefect_api, progress_bars
+    from flows.cli_index import STAGE_LABELS
+    from retrieval_index.errors import CorpusError
+    from flows.rebuild_index import rebuild_index
+    from tasks.catalog import hide_password
+
+    stdout.print(f"no retrieval index in {config.index_dir} yet: building it once now, before the inbox is scheduled",
+                 highlight=False, markup=False, soft_wrap=True)
+    with prefect_api(), bad_input_from_flow(CorpusError), progress_bars(STAGE_LABELS):
+        result = rebuild_index(
+            [str(path.absolute()) for path in config.corpus], str(config.index_dir.absolute()),
+            hide_password(config.catalog_url), config.clip_model,
+            None if config.clip_weights is None else str(config.clip_weights.absolute()),
+        )
+    stdout.print(f"index {result.version} built: {result.count} image(s)", highlight=False, markup=False,
+                 soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Apply the service; one line on stderr and status 2 for bad arguments or an unusable Prefect API."""
     argv = sys.argv[1:] if argv is None else argv
     configure_cli(verbose=bool({"--verbose", "-v"} & set(argv)))
     quiet_model_libraries()
     import httpx
+    from prefect.client.orchestration import get_client
     from prefect.exceptions import PrefectException
     from prefect.settings import PREFECT_API_URL
 
-    from deployments.service import GPU_POOL, PROCESS_POOL, ServiceConfig, apply_service
+    from deployments.service import GPU_POOL, PROCESS_POOL, ServiceConfig, apply_service, check_service
+    from tasks.catalog import CatalogError
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -86,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         gpu_slots=args.gpu_slots, clip_model=args.clip_model, clip_weights=args.clip_weights,
     )
     try:
+        check_service(config)
+        with get_client(sync_client=True) as client:
+            client.hello()  # the server answers before anything is built or created
+        _first_run(config)
         applied = apply_service(config)
-    except ValueError as exc:
+    except (ValueError, CatalogError, UserError) as exc:
         return _error(_first_line(exc))
     except httpx.TransportError as exc:
         return _error(f"cannot reach the Prefect API at {api_url} ({_first_line(exc)}); {START_SERVER}")
@@ -97,11 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             f"is the server's API address (ending in /api) and the server is healthy"
         )
     for name, deployment_id in applied.items():
-        stdout.print(f"{name}: {deployment_id}", highlight=False, markup=False)
+        stdout.print(f"{name}: {deployment_id}", highlight=False, markup=False, soft_wrap=True)
     stdout.print(
         f"start workers: prefect worker start --pool {PROCESS_POOL}  and  prefect worker start --pool {GPU_POOL}",
-        highlight=False,
-        markup=False,
+        highlight=False, markup=False, soft_wrap=True,
     )
     return 0
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from deployments.source import PROJECT_DIR, from_checkout
 from flows.rebuild_index import rebuild_index
 
 DEPLOYMENT_NAME = "rebuild-index"
@@ -21,19 +22,23 @@ NIGHTLY_CRON = "0 3 * * *"
 def rebuild_index_deployment(
     corpus: Sequence[str | Path],
     index_dir: str | Path,
-    catalog_url: str,
+    catalog_url: str | dict[str, object],
     *,
     model: str = "tiny",
     pretrained: str | Path | None = None,
     cron: str = NIGHTLY_CRON,
     timezone: str = "UTC",
     recall_target: float = 0.95,
+    code_dir: Path | None = None,
 ) -> RunnerDeployment:
     """An incremental rebuild of ``index_dir`` from ``corpus`` on ``cron`` (03:00 every night by default).
 
     Paths are made absolute here, since scheduled runs start in the worker's own folder. At most
-    one run at a time: a night's build that overruns is not joined by the next.
+    one run at a time: a night's build that overruns is not joined by the next. ``catalog_url`` may
+    be a reference to a Secret block holding it; ``code_dir`` is the checkout the runs start in
+    (default: this one).
     """
+
     parameters = {
         "corpus": [str(Path(source).absolute()) for source in corpus],
         "index_dir": str(Path(index_dir).absolute()),
@@ -43,7 +48,7 @@ def rebuild_index_deployment(
         "incremental": True,
         "recall_target": recall_target,
     }
-    return rebuild_index.to_deployment(
+    return from_checkout(rebuild_index, code_dir or PROJECT_DIR).to_deployment(
         name=DEPLOYMENT_NAME,
         schedules=[Cron(cron, timezone=timezone)],
         parameters=parameters,

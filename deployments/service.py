@@ -8,6 +8,11 @@
 - Work pools ``magic141-process`` and ``magic141-gpu`` (process type; start a worker for each),
   and the global concurrency limit ``gpu`` whose slots each render holds.
 
+Both deployments run their flows from this checkout (``code_dir``): the deployment's pull step sets
+the working folder there (``Flow.from_source`` on a local folder), so a process worker started
+anywhere finds ``flows/``. A catalog URL with a password is stored in the Prefect ``Secret`` block
+``magic141-catalog-url`` and the deployments' parameters reference the block, never the password.
+
 :func:`apply_service` checks the whole configuration (schedules, time zone, CLIP model and
 weights, slots) before it contacts the server, then creates or updates all of it against the
 configured ``PREFECT_API_URL``.
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.schedules import CronSchedule
 from prefect.client.schemas.actions import (
@@ -33,8 +39,10 @@ from prefect.schedules import Cron
 from prefect.workers.process import ProcessWorker
 
 from deployments.rebuild_index import NIGHTLY_CRON, rebuild_index_deployment
+from deployments.source import PROJECT_DIR, from_checkout
 from flows.bulk import GPU_LIMIT, bulk_inbox
 from retrieval_index.embedder import EmbedderSpec
+from tasks.catalog import has_password
 from tasks.request import MAX_WORKERS, ModelSpec, check_model
 
 logger = logging.getLogger(__name__)
@@ -43,6 +51,7 @@ BULK_DEPLOYMENT = "bulk-generate"
 INBOX_CRON = "*/5 * * * *"
 PROCESS_POOL = "magic141-process"
 GPU_POOL = "magic141-gpu"
+CATALOG_SECRET = "magic141-catalog-url"
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class ServiceConfig:
     gpu_slots: int = 1
     clip_model: str = "tiny"
     clip_weights: Path | None = None
+    code_dir: Path = PROJECT_DIR  # the checkout the workers run the flows from
 
 
 def _schedule_valid(cron: str, timezone: str) -> bool:
@@ -93,14 +103,31 @@ def check_service(config: ServiceConfig) -> None:
     check_model(ModelSpec(config.preset, weights, config.quantize, config.low_memory))
     if not 0 <= config.workers <= MAX_WORKERS:
         raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {config.workers}")
+    if not (config.code_dir / "flows" / "bulk.py").is_file():
+        raise ValueError(f"code folder {str(config.code_dir)!r} is not a checkout of this project (no flows/bulk.py)")
 
 
-def bulk_inbox_deployment(config: ServiceConfig) -> RunnerDeployment:
-    """The ``bulk-generate`` deployment: ``bulk-inbox`` on ``config.inbox_cron``, one run at a time."""
+def catalog_parameter(catalog_url: str) -> str | dict[str, object]:
+    """The deployments' ``catalog_url`` parameter: the URL, or a reference to a Secret block when it has a password.
+
+    The block is created or updated here (Prefect resolves the reference when a run starts).
+    """
+    if not has_password(catalog_url):
+        return catalog_url
+    block_id = Secret(value=catalog_url).save(CATALOG_SECRET, overwrite=True)
+    logger.info("catalog URL stored in the Secret block %s", CATALOG_SECRET)
+    return {"$ref": {"block_document_id": str(block_id)}}
+
+
+def bulk_inbox_deployment(config: ServiceConfig, catalog: str | dict[str, object] | None = None) -> RunnerDeployment:
+    """The ``bulk-generate`` deployment: ``bulk-inbox`` on ``config.inbox_cron``, one run at a time.
+
+    ``catalog`` is the catalog parameter (:func:`catalog_parameter`; default: the URL as it is).
+    """
     parameters = {
         "inbox": str(config.inbox.absolute()),
         "out_dir": str(config.out_dir.absolute()),
-        "catalog_url": config.catalog_url,
+        "catalog_url": config.catalog_url if catalog is None else catalog,
         "index_dir": str(config.index_dir.absolute()),
         "preset": config.preset,
         "weights": None if config.weights is None else str(config.weights.absolute()),
@@ -109,7 +136,7 @@ def bulk_inbox_deployment(config: ServiceConfig) -> RunnerDeployment:
         "workers": config.workers,
         "gpu_limit": GPU_LIMIT,
     }
-    return bulk_inbox.to_deployment(
+    return from_checkout(bulk_inbox, config.code_dir).to_deployment(
         name=BULK_DEPLOYMENT,
         schedules=[Cron(config.inbox_cron, timezone=config.timezone)],
         parameters=parameters,
@@ -119,13 +146,16 @@ def bulk_inbox_deployment(config: ServiceConfig) -> RunnerDeployment:
     )
 
 
-def service_deployments(config: ServiceConfig) -> list[tuple[RunnerDeployment, str]]:
-    """Each deployment with the work pool it runs on."""
+def service_deployments(
+    config: ServiceConfig, catalog: str | dict[str, object] | None = None
+) -> list[tuple[RunnerDeployment, str]]:
+    """Each deployment with the work pool it runs on; ``catalog`` as in :func:`bulk_inbox_deployment`."""
     rebuild = rebuild_index_deployment(
-        config.corpus, config.index_dir, config.catalog_url, model=config.clip_model, pretrained=config.clip_weights,
-        cron=config.index_cron, timezone=config.timezone,
+        config.corpus, config.index_dir, config.catalog_url if catalog is None else catalog,
+        model=config.clip_model, pretrained=config.clip_weights, cron=config.index_cron, timezone=config.timezone,
+        code_dir=config.code_dir,
     )
-    return [(bulk_inbox_deployment(config), GPU_POOL), (rebuild, PROCESS_POOL)]
+    return [(bulk_inbox_deployment(config, catalog), GPU_POOL), (rebuild, PROCESS_POOL)]
 
 
 def _ensure_pool(name: str, description: str) -> None:
@@ -156,7 +186,7 @@ def apply_service(config: ServiceConfig) -> dict[str, UUID]:
     client (``httpx.HTTPError``, ``prefect.exceptions.PrefectException``) pass through.
     """
     check_service(config)
-    deployments = service_deployments(config)
+    deployments = service_deployments(config, catalog_parameter(config.catalog_url))
     _ensure_pool(PROCESS_POOL, "CPU work: retrieval-index rebuilds.")
     _ensure_pool(GPU_POOL, "GPU machines: bulk video production (one worker per GPU machine).")
     _ensure_limit(GPU_LIMIT, config.gpu_slots)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import re
 import secrets
@@ -184,10 +186,11 @@ def generate(
     )
     quiet_model_libraries(ray=request.workers > 0)
     from flows.generate import generate as generate_flow
+    from tasks.catalog import hide_password
 
     with prefect_api(), progress_bars():
         try:
-            result = generate_flow(request)
+            result = generate_flow(replace(request, catalog_url=hide_password(request.catalog_url)))
         finally:
             if request.workers:
                 from tasks.render_pool import shutdown_pools

@@ -83,17 +83,19 @@ def bulk(
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         raise UserError(one_line(exc)) from None
-    from flows.bulk import bulk_generate
+    from flows.bulk import batch_of, bulk_generate
+    from tasks.catalog import hide_password
 
     with prefect_api(), progress_bars({"bulk": "rows"}):
         try:
-            result = bulk_generate(
-                str(csv_file.absolute()), settings.out_dir, settings.catalog_url, settings.index_dir, roots,
+            result = batch_of(bulk_generate(
+                str(csv_file.absolute()), settings.out_dir, hide_password(settings.catalog_url), settings.index_dir,
+                roots,
                 preset=preset, weights=settings.model.weights, quantize=quantize, low_memory=low_memory, steps=steps,
                 workers=workers,
                 ray_address=ray_address, concurrency=rows_at_once, retries=retries, retry_delay_s=retry_delay,
-                threshold=threshold, strength=strength,
-            )
+                threshold=threshold, strength=strength, return_state=True,
+            ))
         finally:
             if workers:
                 from tasks.render_pool import shutdown_pools

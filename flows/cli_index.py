@@ -26,7 +26,7 @@ index_app = typer.Typer(help="Build, query and inspect the CLIP/FAISS retrieval 
 IndexDirOption = Annotated[
     Path | None, typer.Option("--index-dir", help="Index folder (default: $MAGIC141_INDEX_DIR or out/index).")
 ]
-_STAGE_LABELS = {"scan": "scan corpus", "embed": "embed images", "index": "fill index"}
+STAGE_LABELS = {"scan": "scan corpus", "embed": "embed images", "index": "fill index"}
 
 
 @index_app.command("build")
@@ -57,7 +57,7 @@ def index_build(
     model and settings, nothing is built or published and the current version is reported unchanged.
     """
     from retrieval_index import CorpusError
-    from tasks.catalog import CatalogError, redact
+    from tasks.catalog import CatalogError, hide_password, redact
 
     quiet_model_libraries(diffusers=False)
     from tasks.index import check_rebuild
@@ -71,9 +71,9 @@ def index_build(
         raise UserError(one_line(exc)) from None
     from flows.rebuild_index import rebuild_index
 
-    with prefect_api(), bad_input_from_flow(CorpusError), progress_bars(_STAGE_LABELS):
+    with prefect_api(), bad_input_from_flow(CorpusError), progress_bars(STAGE_LABELS):
         result = rebuild_index(
-            list(request.corpus), request.index_dir, request.catalog_url, request.spec.model,
+            list(request.corpus), request.index_dir, hide_password(request.catalog_url), request.spec.model,
             request.spec.pretrained, request.incremental, request.policy.recall_target, force,
         )
     summary = {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
 
+from tasks.catalog import plain_url
 from tasks.prior import PriorPolicy
 from tasks.produce import VideoJob, produce_video, sweep_work_dirs
 from tasks.request import GenerateRequest, validate_request
@@ -45,7 +46,7 @@ def generate(request: GenerateRequest) -> GenerateResult:
     The prior's decision is recorded as ``prior_details``. Work folders that dead runs left in
     the output folder are removed first.
     """
-    request = validate_request(request)
+    request = validate_request(replace(request, catalog_url=plain_url(request.catalog_url)))
     sweep_work_dirs(Path(request.out).parent, request.catalog_url)
     video = produce_video(VideoJob(request, prior_policy(request)), flow_run.get_id())
     return GenerateResult(

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow
+from prefect.blocks.system import Secret
 from prefect.runtime import flow_run
+from pydantic import SecretStr
 
 from retrieval_index.builder import EmbedSummary, Validation
 from retrieval_index.store import build_lock
+from tasks.catalog import plain_url
 from tasks.index import (
     RebuildRequest,
     build_faiss_index,
@@ -60,7 +63,7 @@ class RebuildResult:
 def rebuild_index(
     corpus: list[str],
     index_dir: str | None = None,
-    catalog_url: str | None = None,
+    catalog_url: str | SecretStr | Secret | None = None,
     model: str = "tiny",
     pretrained: str | None = None,
     incremental: bool = True,
@@ -69,14 +72,15 @@ def rebuild_index(
 ) -> RebuildResult:
     """Build a new version of the retrieval index over ``corpus`` (folders and/or .csv/.parquet manifests).
 
-    ``index_dir`` defaults to ``$MAGIC141_INDEX_DIR`` or ``out/index``; the catalog to
+    ``index_dir`` defaults to ``$MAGIC141_INDEX_DIR`` or ``out/index``; the catalog (a URL, or a secret
+    holding one, so that run parameters keep no password) to
     ``$MAGIC141_CATALOG_URL`` or ``catalog.db`` beside the index folder. ``model`` is ``tiny`` or an
     open_clip model name with a local ``pretrained`` weights file. ``incremental`` embeds only
     images whose content is not in the embedding cache. If the current version already indexes
     this corpus with these settings, nothing is published (``unchanged``); ``force`` builds anyway.
     """
     started = time.perf_counter()
-    request = check_rebuild(corpus, index_dir, catalog_url, model, pretrained, incremental, recall_target)
+    request = check_rebuild(corpus, index_dir, plain_url(catalog_url), model, pretrained, incremental, recall_target)
     with build_lock(Path(request.index_dir)):
         staging, build_id = start_build(request, flow_run.get_id())
         try:

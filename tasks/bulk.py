@@ -46,6 +46,7 @@ from tasks.catalog.batches import (
     start_batch,
 )
 from tasks.catalog.models import new_id
+from tasks.inbox import dropped_name
 from tasks.models import image_prior, video_pipeline
 from tasks.prior import PriorPolicy
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_settings
@@ -459,10 +460,10 @@ def report_batch(batch_id: str, catalog_url: str) -> BatchReport:
         [{name: entry[name] for name in ("row", "key", "status", "prior_source", "seconds", "output", "time")}
          for entry in table],
         key=f"bulk-rows-{batch_id}",
-        description=f"Rows of batch {batch_id} ({Path(batch['csv_path']).name})",
+        description=f"Rows of batch {batch_id} ({dropped_name(batch['csv_path'])})",
     )
     create_markdown_artifact(_summary_markdown(batch, table), key=f"bulk-summary-{batch_id}",
-                             description=f"Summary of batch {batch_id}")
+                             description=f"Summary of batch {batch_id} ({dropped_name(batch['csv_path'])})")
     get_run_logger().info("batch %s %s: %s", batch_id, status, counts)
     return BatchReport(batch_id, status, counts, table)
 
@@ -476,7 +477,7 @@ def _summary_markdown(batch: dict[str, Any], table: list[dict[str, Any]]) -> str
     lines = [
         f"# Batch `{batch['id']}`",
         "",
-        f"CSV `{batch['csv_path']}` -> `{batch['out_dir']}`: **{batch['status']}**",
+        f"CSV {dropped_name(batch['csv_path'])} (`{batch['csv_path']}`) -> `{batch['out_dir']}`: **{batch['status']}**",
         "",
         "| " + " | ".join(counts) + " |",
         "|" + "---|" * len(counts),

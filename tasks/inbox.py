@@ -36,6 +36,11 @@ LOCK_FILE = ".inbox.lock"
 DEFAULT_SETTLE_S = 10.0
 
 
+def dropped_name(path: str | Path) -> str:
+    """The CSV's file name as the operator dropped it: a claim's ``.processing`` suffix removed."""
+    return Path(path).name.removesuffix(PROCESSING_SUFFIX)
+
+
 def claim_lease_path(processing: str | Path) -> Path:
     """The lease of the claim ``name.csv.processing``: ``.name.csv.lease`` beside it."""
     path = Path(processing)
@@ -171,7 +176,7 @@ def file_csv(processing: str, succeeded: bool) -> str:
     Returns the new path.
     """
     source = Path(processing)
-    name = source.name.removesuffix(PROCESSING_SUFFIX)
+    name = dropped_name(source)
     folder = source.parent / ("done" if succeeded else "failed")
     folder.mkdir(exist_ok=True)
     stem, suffix = os.path.splitext(name)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import PIL.Image
+from pydantic import SecretStr
 
 from magic141.presets import get_preset
 from magic141.windows import WINDOW_MODES
@@ -37,7 +38,7 @@ class GenerateRequest:
 
     prompt: str
     out: str
-    catalog_url: str
+    catalog_url: str | SecretStr  # a SecretStr when it carries a password (tasks.catalog.hide_password)
     image: str | None = None
     seconds: float = 5.0
     fps: int = 24

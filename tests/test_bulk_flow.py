@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import PIL.Image
+import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+)
 from prefect.client.schemas.sorting import ArtifactSort
 
-from flows.bulk import bulk_generate
+from flows.bulk import BatchFailed, batch_of, bulk_generate
 from retrieval_index import build_index
 from retrieval_index.demo import make_demo_corpus
 from tasks.catalog import open_catalog
@@ -94,10 +101,21 @@ def test_a_row_that_keeps_failing_is_marked_failed_and_the_others_finish(prefect
             (tmp_path / "green.png").unlink(missing_ok=True)
 
     with listening(remove_image_while_rendering):
-        result = bulk_generate(str(csv), str(tmp_path), catalog_url, concurrency=1, retries=2, retry_delay_s=0)
+        state = bulk_generate(str(csv), str(tmp_path), catalog_url, concurrency=1, retries=2, retry_delay_s=0,
+                              return_state=True)
 
+    assert state.is_failed(), "a batch with a failed row is not green in the UI"
+    assert state.message == "1 of 3 row(s) failed (0 pending, 2 done, 0 skipped, 1 failed, 0 rejected)"
+    with pytest.raises(BatchFailed, match="1 of 3 row"):
+        state.result()  # what a direct call of the flow raises
+    result = batch_of(state)
     assert (result.counts["done"], result.counts["failed"]) == (2, 1)
     assert result.status == "failed"
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+        rows = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    assert run.name == f"bulk prompts.csv {result.batch_id[:8]}"
+    assert {task.name for task in rows if task.name.startswith("row ")} == {"row first", "row second", "row third"}
     with open_catalog(catalog_url) as catalog:
         failed = list_rows(catalog, batch_id=result.batch_id, status="failed")
         done = list_rows(catalog, batch_id=result.batch_id, status="done")

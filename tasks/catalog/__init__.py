@@ -6,7 +6,10 @@ from tasks.catalog.store import (
     Catalog,
     CatalogError,
     default_catalog_url,
+    has_password,
+    hide_password,
     open_catalog,
+    plain_url,
     redact,
     resolve_catalog_url,
 )
@@ -17,7 +20,10 @@ __all__ = [
     "CatalogError",
     "Video",
     "default_catalog_url",
+    "has_password",
+    "hide_password",
     "open_catalog",
+    "plain_url",
     "redact",
     "resolve_catalog_url",
 ]

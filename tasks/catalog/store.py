@@ -102,6 +102,35 @@ def redact(url: str | URL) -> str:
         return _PASSWORD_IN_URL.sub(r"\1***@", url)
 
 
+def has_password(url: str) -> bool:
+    """Whether the catalog URL carries a password (a malformed URL is checked by :func:`open_catalog`)."""
+    try:
+        return make_url(url).password is not None
+    except (ArgumentError, ValueError):
+        return _PASSWORD_IN_URL.search(url) is not None
+
+
+def hide_password(url: str | None) -> Any:
+    """``url`` as a flow parameter: a ``SecretStr`` when it carries a password, so run parameters keep none.
+
+    Prefect stores a ``SecretStr`` parameter as ``**********``; the flow unwraps it with :func:`plain_url`.
+    """
+    if url is None or not has_password(url):
+        return url
+    from pydantic import SecretStr
+
+    return SecretStr(url)
+
+
+def plain_url(url: Any) -> str | None:
+    """The catalog URL a flow was given: a string, a ``SecretStr`` or a Prefect ``Secret`` block holding it."""
+    if url is None or isinstance(url, str):
+        return url
+    if hasattr(url, "get_secret_value"):
+        return url.get_secret_value()
+    return plain_url(url.get())
+
+
 def default_catalog_url(out_dir: Path) -> str:
     """SQLite catalog inside the output folder."""
     return f"sqlite:///{(Path(out_dir).resolve() / 'catalog.db').as_posix()}"
