@@ -14,8 +14,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tasks.services import ServiceStartError
 
-stdout = Console()
-stderr = Console(stderr=True)
+# Text that is not read on a terminal (a pipe, a file, a CI log) is never cut or wrapped to 80 columns:
+# tables take the width their values need. $COLUMNS still sets a width.
+UNLIMITED_WIDTH = 100_000
+
+
+def _console(*, stderr: bool) -> Console:
+    console = Console(stderr=stderr)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(stderr=stderr, width=UNLIMITED_WIDTH)
+
+
+stdout = _console(stderr=False)
+stderr = _console(stderr=True)
 
 
 class UserError(Exception):

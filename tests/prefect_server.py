@@ -30,9 +30,12 @@ def free_port() -> int:
 class PrefectServer:
     """One ``prefect server start`` process on 127.0.0.1, with its data in ``home``."""
 
-    def __init__(self, home: Path, *, services: bool = False, port: int | None = None) -> None:
+    def __init__(
+        self, home: Path, *, services: bool = False, port: int | None = None, settings: dict[str, str] | None = None
+    ) -> None:
         self.home = home
         self.services = services
+        self.settings = dict(settings or {})  # more PREFECT_* settings of the server process
         self.port = port or free_port()
         self.log_path = home / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -51,6 +54,7 @@ class PrefectServer:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_UI_ENABLED="false",
         )
+        env.update(self.settings)
         return env
 
     def start(self) -> None:

@@ -166,3 +166,20 @@ def test_bad_input_does_not_create_the_output_folder(args: list[str], tmp_path: 
     captured = capsys.readouterr()
     assert status == 2 and captured.err.startswith("magic141: error: ") and captured.err.count("\n") == 1, captured.err
     assert [p.name for p in tmp_path.iterdir()] == ["prompts.csv"], "neither out/ nor --out-dir is left behind"
+
+
+def test_a_catalog_password_never_reaches_the_run_parameters(prefect_api, pg_url: str, tmp_path: Path):
+    """The Prefect API stores every flow run's parameters; a catalog URL's password is kept out of them."""
+    catalog = pg_url.replace("://postgres@", "://postgres:s3cret-pw@")  # trust authentication takes any password
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("id,prompt,seconds,fps\nboat,a paper boat,1,6\n")
+    done = subprocess.run(_command(csv, tmp_path / "out", catalog, "--json"), env=_env(), capture_output=True,
+                          text=True, timeout=420)
+    assert done.returncode == 0, done.stderr
+    assert "s3cret-pw" not in done.stdout
+    batch_id = json.loads(done.stdout)["batch_id"]
+    with get_client(sync_client=True) as client:
+        [run] = [run for run in client.read_flow_runs() if run.name == f"bulk prompts.csv {batch_id[:8]}"]
+    assert run.parameters["catalog_url"] == "**********"
+    with open_catalog(catalog) as store:
+        assert get_batch(store, batch_id)["counts"]["done"] == 1

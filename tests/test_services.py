@@ -205,3 +205,49 @@ def test_model_commands_print_only_their_own_lines(weights_folder: Path, tmp_pat
     assert deploy.returncode == 2
     [line] = deploy.stderr.strip().splitlines()
     assert line.startswith("python -m deployments: error: PREFECT_API_URL is not set"), line
+
+
+def _ray_status(env: dict[str, str], address: str) -> str:
+    done = subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True, text=True, timeout=60)
+    return done.stdout if done.returncode == 0 else ""
+
+
+def test_the_readme_cluster_recipe_a_head_and_a_worker_node_render_a_video(prefect_api, tmp_path: Path) -> None:
+    """As the README starts a cluster: an auth token, a head and a worker node with GPUs declared, then
+    'magic141 generate --ray-address'. Both nodes are stopped by process group ('ray stop' stops every Ray)."""
+    home = tmp_path / "ray-home"
+    home.mkdir()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_AUTH_MODE="token")
+    token = subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, text=True, timeout=60)
+    assert token.returncode == 0 and (home / ".ray" / "auth_token").is_file(), token.stderr
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    nodes = []
+    try:
+        for command in (["--head", f"--port={port}", "--include-dashboard=false"], [f"--address={address}"]):
+            log = tmp_path / f"ray-node-{len(nodes)}.log"
+            with log.open("wb") as sink:
+                nodes.append(subprocess.Popen(
+                    [RAY, "start", *command, "--num-cpus=1", "--num-gpus=1", "--disable-usage-stats", "--block"],
+                    env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+                ))
+            deadline = time.monotonic() + 180
+            while _ray_status(env, address).count(" node_") < len(nodes):
+                if time.monotonic() > deadline or nodes[-1].poll() is not None:
+                    pytest.fail(f"Ray node {len(nodes)} did not join:\n{log.read_text()}", pytrace=False)
+                time.sleep(2)
+        done = _run([MAGIC141, "generate", "--prompt", "a red kite", "--seconds", "2", "--windows", "parallel",
+                     "--workers", "2", "--ray-address", address, "--out", str(tmp_path / "kite.mp4"),
+                     "--catalog", f"sqlite:///{tmp_path / 'c.db'}", "--json"],
+                    {**env, "PREFECT_API_URL": prefect_api.api_url}, tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["frames"] == 48
+    finally:
+        for node in reversed(nodes):
+            os.killpg(node.pid, signal.SIGTERM)
+            try:
+                node.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait()
