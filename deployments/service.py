@@ -119,7 +119,9 @@ def catalog_parameter(catalog_url: str) -> str | dict[str, object]:
     return {"$ref": {"block_document_id": str(block_id)}}
 
 
-def bulk_inbox_deployment(config: ServiceConfig, catalog: str | dict[str, object] | None = None) -> RunnerDeployment:
+def bulk_inbox_deployment(
+    config: ServiceConfig, catalog: str | dict[str, object] | None = None
+) -> RunnerDeployment:
     """The ``bulk-generate`` deployment: ``bulk-inbox`` on ``config.inbox_cron``, one run at a time.
 
     ``catalog`` is the catalog parameter (:func:`catalog_parameter`; default: the URL as it is).

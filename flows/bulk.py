@@ -107,8 +107,8 @@ def bulk_generate(
     """Produce every valid row of the prompt CSV at ``csv_path`` into ``out_dir`` and catalogue the batch.
 
     Ends Failed when a row failed: a direct call then raises :class:`BatchFailed`, which holds the
-    :class:`BulkResult` (:func:`batch_of` reads it from the state either way). ``catalog_url`` (a URL or a secret holding one) defaults to
-    ``$MAGIC141_CATALOG_URL`` or ``catalog.db`` in ``out_dir``;
+    :class:`BulkResult` (:func:`batch_of` reads it from the state either way). ``catalog_url`` (a URL
+    or a secret holding one) defaults to ``$MAGIC141_CATALOG_URL`` or ``catalog.db`` in ``out_dir``;
     ``index_dir`` is the retrieval index for the ``auto`` and ``retrieve`` priors (none: ``auto``
     generates text-to-image). ``image_roots`` are the folders row images must lie in (default:
     the CSV's folder). ``concurrency`` defaults to ``max(1, workers)``.
@@ -197,7 +197,8 @@ def bulk_inbox(
     this run too, and claims left by dead runs are taken over first (:mod:`tasks.inbox`). A CSV
     goes to ``failed/`` when it is refused as a whole or a valid row failed; rejected rows alone do
     not fail it (their reasons are in the batch). Returns one entry per CSV; the run ends Failed
-    when a CSV went to ``failed/`` (a direct call raises :class:`InboxFailed`). An artifact lists each CSV by its dropped name and where it was filed.
+    when a CSV went to ``failed/`` (a direct call raises :class:`InboxFailed`). An artifact lists each
+    CSV by its dropped name and where it was filed.
     """
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     catalog = hide_password(plain_url(catalog_url))

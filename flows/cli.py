@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -21,6 +20,7 @@ from flows.cli_bulk import bulk
 from flows.cli_catalog_ext import check_export, check_row_status, export_catalog, print_batch_rows
 from flows.cli_common import (
     UserError,
+    cell,
     configure_cli,
     one_line,
     prefect_api,
@@ -265,12 +265,12 @@ def catalog_list(
         table.add_row(
             row["id"][:12],
             row["created_at"][:19],
-            escape(row["prompt"][:40]),
+            cell(row["prompt"][:40]),
             str(row["frames"]),
             str(row["fps"]),
             f"{row['width']}x{row['height']}",
             row["prior_source"],
-            escape(row["output_path"]),
+            cell(row["output_path"]),
         )
     stdout.print(table)
 
@@ -300,9 +300,9 @@ def catalog_show(
             str(window["window_index"]),
             f"{window['frame_start']}-{window['frame_end'] - 1}",
             f"{window['latent_start']}-{window['latent_end'] - 1}",
-            escape(window["actor"]),
-            escape(window["node"]),
-            escape(window["gpu_id"] or "-"),
+            cell(window["actor"]),
+            cell(window["node"]),
+            cell(window["gpu_id"] or "-"),
             f"{window['seconds']:.2f}",
             str(window["attempts"]),
         )

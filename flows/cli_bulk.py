@@ -8,17 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import UserError, one_line, prefect_api, print_fields, progress_bars, quiet_model_libraries, stdout
+from flows.cli_common import (
+    UserError,
+    cell,
+    one_line,
+    prefect_api,
+    print_fields,
+    progress_bars,
+    quiet_model_libraries,
+    stdout,
+)
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 
 DEFAULT_OUT_DIR = Path("out")
+TABLE_ROWS = 50  # rows shown on the terminal; a count per reason follows for the rest
+TABLE_REASONS = 10
 
 
 def bulk(
@@ -121,7 +132,21 @@ def _print_summary(result: Any, as_json: bool) -> None:
     print_fields((("batch", result.batch_id), ("csv", result.csv_path), ("videos", result.out_dir),
                   ("catalog", catalog), ("rows", f"{result.counts.get('total', 0)}: {counts}")), 8)
     table = Table("row", "key", "status", "prior", "output / reason")
-    for row in result.rows:
+    for row in result.rows[:TABLE_ROWS]:
         detail = row["reason"] if row["status"] in ("failed", "rejected") else row["output"]
-        table.add_row(str(row["row"]), escape(row["key"]), row["status"], row["prior_source"] or "-", escape(str(detail)))
+        table.add_row(str(row["row"]), cell(row["key"]), row["status"], row["prior_source"] or "-", cell(str(detail)))
     stdout.print(table)
+    hidden = len(result.rows) - TABLE_ROWS
+    if hidden <= 0:
+        return
+    stdout.print(f"... and {hidden:,} more row(s): every row is in --json and in `magic141 catalog list --status "
+                 f"failed|rejected`", highlight=False, markup=False, soft_wrap=True)
+    reasons = Counter(row["reason"] for row in result.rows if row["status"] in ("failed", "rejected"))
+    if reasons:
+        summary = Table("rows", "reason", title="failed and rejected rows by reason")
+        for reason, count in reasons.most_common(TABLE_REASONS):
+            summary.add_row(f"{count:,}", cell(reason))
+        if len(reasons) > TABLE_REASONS:
+            summary.add_row(f"{sum(reasons.values()) - sum(c for _, c in reasons.most_common(TABLE_REASONS)):,}",
+                            f"({len(reasons) - TABLE_REASONS:,} other reasons)")
+        stdout.print(summary)

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from rich.markup import escape
 from rich.table import Table
 
-from flows.cli_common import UserError, stdout
+from flows.cli_common import UserError, cell, stdout
 from retrieval_index.fileio import atomic_file
 from tasks.catalog import Catalog, CatalogError
 from tasks.catalog.batches import export_videos, list_rows
@@ -41,10 +40,10 @@ def print_batch_rows(store: Catalog, status: str, limit: int, as_json: bool) -> 
     for row in rows:
         table.add_row(
             row["batch_id"][:12],
-            escape(Path(row["csv_path"]).name),
+            cell(Path(row["csv_path"]).name),
             str(row["row_number"]),
-            escape(row["row_key"] or ""),
-            escape(row["reason"] or ""),
+            cell(row["row_key"] or ""),
+            cell(row["reason"] or ""),
             (row["video_id"] or "")[:12],
         )
     stdout.print(table)

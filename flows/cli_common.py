@@ -155,10 +155,24 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def shown(value: object) -> str:
+    """``value`` as the terminal may show it: no escape sequences or control characters from CSVs or the catalog."""
+    from tasks.request import printable_text
+
+    return printable_text(str(value))
+
+
+def cell(value: object) -> str:
+    """A table cell of ``value``: :func:`shown`, with rich markup escaped."""
+    from rich.markup import escape
+
+    return escape(shown(value))
+
+
 def print_fields(fields: Iterable[tuple[str, object]], width: int) -> None:
     """Print ``name: value`` lines, names right-aligned to ``width``; values are shown as they are, never as markup."""
     for name, value in fields:
-        stdout.print(f"{name:>{width}}: {value}", highlight=False, soft_wrap=True, markup=False)
+        stdout.print(f"{name:>{width}}: {shown(value)}", highlight=False, soft_wrap=True, markup=False)
 
 
 @contextlib.contextmanager

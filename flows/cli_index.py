@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from flows.cli_common import (
     UserError,
     bad_input_from_flow,
+    cell,
     one_line,
     prefect_api,
     print_fields,
@@ -140,7 +140,7 @@ def index_query(
         return
     table = Table("rank", "score", "path", title=f"index version {reader.version}")
     for row in rows:
-        table.add_row(str(row["rank"]), f"{row['score']:.4f}", escape(row["path"]))
+        table.add_row(str(row["rank"]), f"{row['score']:.4f}", cell(row["path"]))
     stdout.print(table)
 
 

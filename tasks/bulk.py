@@ -18,6 +18,7 @@ import os
 import re
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,6 +62,7 @@ from tasks.request import (
     check_low_memory,
     check_model,
     check_steps,
+    printable_text,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,11 @@ MAX_CONCURRENCY = 256
 _SLUG = re.compile(r"[^a-z0-9]+")
 _LEASE_PREFIX = ".magic141-batch-"
 _LEASE_SUFFIX = ".lease"
+# Prefect refuses events over about 1.5 MB, artifacts included: a batch's artifacts hold a page of rows.
+ARTIFACT_ROWS = 500
+ARTIFACT_ROWS_LISTED = 100
+ARTIFACT_REASONS = 20
+ARTIFACT_CELL_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -456,11 +463,13 @@ def report_batch(batch_id: str, catalog_url: str) -> BatchReport:
             "video_id": row["video_id"] or "",
         })
     counts = batch["counts"]
+    shown = table[:ARTIFACT_ROWS]
+    more = f"; the first {len(shown):,} of {len(table):,}, the catalog has all" if len(table) > len(shown) else ""
     create_table_artifact(
-        [{name: entry[name] for name in ("row", "key", "status", "prior_source", "seconds", "output", "time")}
-         for entry in table],
+        [{name: printable_text(entry[name])[:ARTIFACT_CELL_CHARS] if isinstance(entry[name], str) else entry[name]
+          for name in ("row", "key", "status", "prior_source", "seconds", "output", "time")} for entry in shown],
         key=f"bulk-rows-{batch_id}",
-        description=f"Rows of batch {batch_id} ({dropped_name(batch['csv_path'])})",
+        description=f"Rows of batch {batch_id} ({dropped_name(batch['csv_path'])}){more}",
     )
     create_markdown_artifact(_summary_markdown(batch, table), key=f"bulk-summary-{batch_id}",
                              description=f"Summary of batch {batch_id} ({dropped_name(batch['csv_path'])})")
@@ -468,8 +477,8 @@ def report_batch(batch_id: str, catalog_url: str) -> BatchReport:
     return BatchReport(batch_id, status, counts, table)
 
 
-def _cell(text: str) -> str:
-    return " ".join(str(text).split()).replace("|", "\\|")
+def _cell(text: object) -> str:
+    return " ".join(printable_text(str(text)).split()).replace("|", "\\|")
 
 
 def _summary_markdown(batch: dict[str, Any], table: list[dict[str, Any]]) -> str:
@@ -485,7 +494,22 @@ def _summary_markdown(batch: dict[str, Any], table: list[dict[str, Any]]) -> str
     ]
     for status, title in (("failed", "Failures"), ("rejected", "Rejected rows")):
         entries = [entry for entry in table if entry["status"] == status]
-        if entries:
-            lines += ["", f"## {title}", "", "| row | key | reason |", "|---|---|---|"]
-            lines += [f"| {entry['row']} | {_cell(entry['key'])} | {_cell(entry['reason'])} |" for entry in entries]
+        if not entries:
+            continue
+        reasons = Counter(entry["reason"] for entry in entries)
+        lines += ["", f"## {title} by reason", "", "| rows | reason |", "|---|---|"]
+        lines += [f"| {count} | {_short(reason)} |" for reason, count in reasons.most_common(ARTIFACT_REASONS)]
+        if len(reasons) > ARTIFACT_REASONS:
+            lines.append(f"| {sum(count for _, count in reasons.most_common()[ARTIFACT_REASONS:])} | "
+                         f"({len(reasons) - ARTIFACT_REASONS} other reasons) |")
+        lines += ["", f"## {title}", "", "| row | key | reason |", "|---|---|---|"]
+        lines += [f"| {entry['row']} | {_short(entry['key'])} | {_short(entry['reason'])} |"
+                  for entry in entries[:ARTIFACT_ROWS_LISTED]]
+        if len(entries) > ARTIFACT_ROWS_LISTED:
+            lines.append(f"| | | ... and {len(entries) - ARTIFACT_ROWS_LISTED} more: `magic141 catalog list "
+                         f"--status {status}` |")
     return "\n".join(lines) + "\n"
+
+
+def _short(text: str) -> str:
+    return _cell(text)[:ARTIFACT_CELL_CHARS]

@@ -56,15 +56,16 @@ from tasks.catalog.models import WINDOW_MODES
 from tasks.ffmpeg import sha256_file
 from tasks.prior_policy import PRIOR_MODES
 from tasks.request import (
+    MAX_PROMPT_CHARS,
     GenerateRequest,
     ModelSpec,
     check_duration,
     check_fps,
-    check_seconds,
     check_guidance,
     check_image,
-    check_prompt,
+    check_seconds,
     check_seed,
+    clean_prompt,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ DEFAULT_WINDOWS = "chained"
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_CELL_CHARS = MAX_PROMPT_CHARS  # any cell; the prompt's own check names the same limit
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 RETRIEVE_WITHOUT_INDEX = (
     "prior 'retrieve' needs a retrieval index and none is configured; pass --index-dir DIR (or set "
@@ -228,6 +230,9 @@ def _decode(path: Path, data: bytes) -> str:
 
 def _records(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
     """(spreadsheet row number, cells) for every record, blank ones included."""
+    # Long cells are read whole and rejected with their row (MAX_CELL_CHARS), not left to the csv module's limit,
+    # which would refuse the whole file.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     number = 0
     while True:
@@ -338,8 +343,13 @@ class _RowChecker:
         key = _row_key({column: cells[column] for column in cells if column in COLUMNS})
         problems.extend(self._key_problems(number, key, cells.get("id", "")))
 
-        prompt = cells.get("prompt", "")
-        attempt(check_prompt, prompt)
+        for column, value in cells.items():
+            if len(value) > MAX_CELL_CHARS and column != "prompt":
+                problems.append(f"{column} is {len(value):,} characters; at most {MAX_CELL_CHARS:,}")
+        prompt = attempt(clean_prompt, cells.get("prompt", "")) or ""
+        negative_prompt = None
+        if cells.get("negative_prompt") and len(cells["negative_prompt"]) <= MAX_CELL_CHARS:
+            negative_prompt = attempt(clean_prompt, cells["negative_prompt"], "negative prompt")
         seconds = attempt(_number, "seconds", cells.get("seconds") or str(DEFAULT_SECONDS), False)
         fps = attempt(_number, "fps", cells.get("fps") or str(DEFAULT_FPS), True)
         known_problems = len(problems)
@@ -384,7 +394,7 @@ class _RowChecker:
             row_number=number,
             row_key=key,
             prompt=prompt,
-            negative_prompt=cells.get("negative_prompt") or None,
+            negative_prompt=negative_prompt,
             image=None if image is None else str(image),
             image_sha256=None if image is None else sha256_file(image),
             seconds=float(seconds),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
+import unicodedata
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,6 +22,18 @@ MAX_STEPS = 100
 FPS_RANGE = (1, 120)
 QUANTIZATION_LEVELS = ("int8", "int4")
 MAX_WORKERS = 256
+MAX_PROMPT_CHARS = 10_000
+# Images over this many pixels are refused before they are decoded (a decompression bomb is a few kB).
+MAX_IMAGE_PIXELS_ENV = "MAGIC141_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+_ESCAPE_SEQUENCE = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor movement
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC: window titles, hyperlinks
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"  # DCS, SOS, PM, APC strings
+    r"|\x1b[ -/]*[0-~]?"  # any other escape
+    r"|\x9b[0-?]*[ -/]*[@-~]"  # 8-bit CSI
+)
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True)
@@ -69,10 +83,52 @@ class GenerateRequest:
         return ModelSpec(self.preset, self.weights, self.quantize, self.low_memory)
 
 
-def check_prompt(prompt: object) -> None:
-    """Raise ``ValueError`` unless ``prompt`` is a non-blank string."""
+def printable_text(text: str) -> str:
+    """``text`` without terminal escape sequences, control characters and bidirectional overrides.
+
+    Line breaks and tabs stay. What comes from a CSV or the catalog goes through this before it is
+    stored, shown on a terminal or encoded.
+    """
+    text = _ESCAPE_SEQUENCE.sub("", text)
+    return "".join(
+        char for char in text
+        if char in "\n\t" or (unicodedata.category(char) != "Cc" and char not in _BIDI_CONTROLS)
+    )
+
+
+def clean_prompt(prompt: object, what: str = "prompt") -> str:
+    """The prompt as it is stored and encoded (:func:`printable_text`); ``ValueError`` when no text is left
+    or it is longer than :data:`MAX_PROMPT_CHARS`."""
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt is empty; give a text describing the video")
+        raise ValueError(f"{what} is empty; give a text describing the video")
+    cleaned = printable_text(prompt)
+    if not cleaned.strip():
+        raise ValueError(
+            f"{what} has no printable text (only control characters or escape sequences); give a text describing "
+            f"the video"
+        )
+    if len(cleaned) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{what} is {len(cleaned):,} characters; at most {MAX_PROMPT_CHARS:,}; shorten it")
+    return cleaned
+
+
+def check_prompt(prompt: object) -> None:
+    """Raise ``ValueError`` unless ``prompt`` carries printable text within the length limit (:func:`clean_prompt`)."""
+    clean_prompt(prompt)
+
+
+def max_image_pixels() -> int:
+    """The pixel limit of input images: ``$MAGIC141_MAX_IMAGE_PIXELS``, else 64 million."""
+    text = os.environ.get(MAX_IMAGE_PIXELS_ENV)
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"{MAX_IMAGE_PIXELS_ENV}={text!r} is not a positive whole number of pixels, e.g. 64000000")
+    return limit
 
 
 def check_seconds(seconds: float) -> None:
@@ -145,11 +201,24 @@ def check_image(path: str) -> None:
         raise ValueError(f"image {path!r} does not exist; give the path of a PNG/JPEG/WebP file")
     if not file.is_file():
         raise ValueError(f"image {path!r} is not a file; give the path of a PNG/JPEG/WebP file")
+    limit = max_image_pixels()
     try:
         with PIL.Image.open(file) as image:
+            width, height = image.size  # from the header: nothing is decoded yet
+            if width * height > limit:
+                raise ValueError(
+                    f"image {path!r} is {width}x{height} ({width * height:,} pixels), over the limit of {limit:,} "
+                    f"({MAX_IMAGE_PIXELS_ENV}); give a smaller image"
+                )
             image.load()
     except PermissionError:
         raise ValueError(f"image {path!r} is not readable (permission denied); check its permissions") from None
+    except PIL.Image.DecompressionBombError as exc:  # Pillow's own limit, for headers it checks at open
+        reason = " ".join(str(exc).split())
+        raise ValueError(
+            f"image {path!r} is too large to decode ({reason}); at most {limit:,} pixels ({MAX_IMAGE_PIXELS_ENV}); "
+            f"give a smaller image"
+        ) from None
     except (PIL.UnidentifiedImageError, OSError, SyntaxError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"image {path!r} is not a readable image ({reason}); give a PNG/JPEG/WebP file") from None
@@ -277,7 +346,8 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
     ``check_out=False`` leaves the output path to the caller (``check_output``), for a caller that
     creates the output folder only once everything else is known to be valid.
     """
-    check_prompt(request.prompt)
+    prompt = clean_prompt(request.prompt)
+    negative_prompt = None if not request.negative_prompt else clean_prompt(request.negative_prompt, "negative prompt")
     preset = get_preset(request.preset)
     check_duration(request.seconds, request.fps)
     check_steps(request.steps)
@@ -286,7 +356,7 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
     check_guidance(guidance)
     if not math.isfinite(request.true_cfg) or request.true_cfg < 1:
         raise ValueError(f"true CFG scale must be >= 1 (1 disables it), got {request.true_cfg}")
-    if request.true_cfg > 1 and not request.negative_prompt:
+    if request.true_cfg > 1 and not negative_prompt:
         raise ValueError("true CFG needs a negative prompt; pass --negative-prompt")
     check_seed(request.seed)
     model = check_model(request.model)
@@ -305,6 +375,6 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
     if check_out:
         check_output(request.out)
     return replace(
-        request, image=image, out=os.path.abspath(request.out), guidance=guidance, weights=model.weights,
-        index_dir=index_dir,
+        request, prompt=prompt, negative_prompt=negative_prompt, image=image, out=os.path.abspath(request.out),
+        guidance=guidance, weights=model.weights, index_dir=index_dir,
     )

@@ -183,3 +183,18 @@ def test_a_catalog_password_never_reaches_the_run_parameters(prefect_api, pg_url
     assert run.parameters["catalog_url"] == "**********"
     with open_catalog(catalog) as store:
         assert get_batch(store, batch_id)["counts"]["done"] == 1
+
+
+def test_a_big_batch_prints_a_page_and_counts_per_reason_and_never_an_escape_sequence(prefect_api, tmp_path: Path):
+    rows = "".join(f"r{n},scene {n},601,6\n" for n in range(58))
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("id,prompt,seconds,fps\n" + rows + '"\x1b]0;owned\x07evil","\x1b[31m",1,6\n' + "dup,x,0,6\n")
+    done = subprocess.run(_command(csv, tmp_path / "out", f"sqlite:///{tmp_path / 'c.db'}"), env=_env(),
+                          capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    assert "... and 10 more row(s): every row is in --json" in done.stdout
+    assert "58 │ seconds must be at most 600, got 601.0" in done.stdout.replace("  ", " ").replace("  ", " ")
+    as_json = subprocess.run(_command(csv, tmp_path / "out", f"sqlite:///{tmp_path / 'c.db'}", "--json"), env=_env(),
+                             capture_output=True, text=True, timeout=420)
+    assert len(json.loads(as_json.stdout)["rows"]) == 60

@@ -19,7 +19,7 @@ from tasks.bulk_csv import (
     read_prompt_csv,
 )
 from tasks.ffmpeg import sha256_file
-from tasks.request import ModelSpec, validate_request
+from tasks.request import GenerateRequest, ModelSpec, validate_request
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "prompts.csv"
 
@@ -339,3 +339,76 @@ def test_content_key_is_pinned_and_canonical() -> None:
 def test_content_key_changes_with_every_input(name: str, value: object) -> None:
     assert content_key(**{**KEY_INPUTS, name: value}) != content_key(**KEY_INPUTS)
 
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A few hundred bytes of PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_hostile_images_reject_their_rows_with_the_file_named_and_the_rest_go_on(tmp_path: Path, picture: Path):
+    (tmp_path / "bomb.png").write_bytes(_png_header(20_000, 20_000))
+    (tmp_path / "large.png").write_bytes(_png_header(9_000, 9_000))
+    (tmp_path / "truncated.png").write_bytes(_png_header(64, 48)[:40])
+    os.mkfifo(tmp_path / "fifo.png")
+    path = write_csv(tmp_path, "id,prompt,image\nbomb,a,bomb.png\nlarge,a,large.png\ntruncated,a,truncated.png\n"
+                               f"fifo,a,fifo.png\ndevice,a,/dev/zero\ngood,a,{picture.name}\n")
+    table = read_prompt_csv(path, [tmp_path, "/dev"])
+    reasons = {row.row_key: row.reason for row in table.rejected}
+    assert [row.row_key for row in table.valid] == ["good"]
+    assert "bomb.png" in reasons["bomb"] and "too large to decode" in reasons["bomb"]
+    assert reasons["large"] == (f"image {str(tmp_path / 'large.png')!r} is 9000x9000 (81,000,000 pixels), over the "
+                                f"limit of 64,000,000 (MAGIC141_MAX_IMAGE_PIXELS); give a smaller image")
+    assert "truncated.png" in reasons["truncated"] and "not a readable image" in reasons["truncated"]
+    assert "fifo.png" in reasons["fifo"] and "is not a file" in reasons["fifo"]
+    assert "/dev/zero" in reasons["device"] and "is not a file" in reasons["device"]
+
+
+def test_the_pixel_limit_is_a_setting(tmp_path: Path, picture: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MAGIC141_MAX_IMAGE_PIXELS", "100")
+    path = write_csv(tmp_path, f"prompt,image\na,{picture.name}\n")
+    [row] = read_prompt_csv(path).rejected
+    assert "over the limit of 100 (MAGIC141_MAX_IMAGE_PIXELS)" in row.reason
+
+
+def test_a_long_cell_rejects_its_row_and_names_the_limit(tmp_path: Path):
+    long_prompt = "x" * 1_048_576
+    path = write_csv(tmp_path, f'id,prompt,negative_prompt\nlong,"{long_prompt}",\njust,{"y" * 10_001},\n'
+                               f'negative,a,{"n" * 10_001}\nfine,{"z" * 10_000},\n')
+    table = read_prompt_csv(path)
+    reasons = {row.row_key: row.reason for row in table.rejected}
+    assert reasons == {
+        "long": "prompt is 1,048,576 characters; at most 10,000; shorten it",
+        "just": "prompt is 10,001 characters; at most 10,000; shorten it",
+        "negative": "negative_prompt is 10,001 characters; at most 10,000",
+    }
+    assert [row.row_key for row in table.valid] == ["fine"]
+
+
+def test_prompts_lose_escape_sequences_and_must_keep_some_text(tmp_path: Path):
+    path = write_csv(tmp_path, 'id,prompt\nnoise,"\x01\x02\x1b[31m\x1b]0;title\x07\x1b[0m"\n'
+                               'styled,"a \x1b[1mbold\x1b[0m dog\u202e on grass"\n')
+    table = read_prompt_csv(path)
+    [rejected] = table.rejected
+    assert rejected.row_key == "noise"
+    assert rejected.reason.startswith("prompt has no printable text (only control characters or escape sequences)")
+    [valid] = table.valid
+    assert valid.prompt == "a bold dog on grass"
+
+
+def test_generate_cleans_its_prompt_and_checks_its_length(tmp_path: Path):
+    out = str(tmp_path / "v.mp4")
+    catalog = f"sqlite:///{tmp_path / 'c.db'}"
+    checked = validate_request(GenerateRequest(prompt="a \x1b[31mred\x1b[0m kite", out=out, catalog_url=catalog))
+    assert checked.prompt == "a red kite"
+    with pytest.raises(ValueError, match=r"^prompt is 10,001 characters; at most 10,000; shorten it$"):
+        validate_request(GenerateRequest(prompt="k" * 10_001, out=out, catalog_url=catalog))
+    with pytest.raises(ValueError, match=r"^prompt has no printable text"):
+        validate_request(GenerateRequest(prompt="\x1b[2J\x07", out=out, catalog_url=catalog))

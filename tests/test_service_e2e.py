@@ -93,7 +93,7 @@ def test_a_schedule_makes_runs_workers_run_them_and_failures_are_visible(
     assert "building it once now" in applied.stdout and current_version(index_dir) is not None
     assert (inbox / "done").is_dir() and (inbox / "failed").is_dir()
 
-    (inbox / "prompts.csv").write_text("id,prompt,seconds,fps\nboat,a paper boat,1,6\nkite,a red kite,1,6\n")
+    (inbox / "prompts.csv").write_text("id,prompt,seconds,fps\nboat,a paper boat,1,6\n")
     settled = time.time() - 60
     os.utime(inbox / "prompts.csv", (settled, settled))
 
@@ -110,7 +110,7 @@ def test_a_schedule_makes_runs_workers_run_them_and_failures_are_visible(
         _wait("the scheduled inbox run filing prompts.csv in done/", (inbox / "done" / "prompts.csv").exists, 360,
               *logs)
         with open_catalog(catalog) as store:
-            assert len(store.list_videos()) == 2
+            assert len(store.list_videos()) == 1
 
         triggered = subprocess.run([str(BIN / "prefect"), "deployment", "run", "rebuild-index/rebuild-index"],
                                    env=env, cwd=elsewhere, capture_output=True, text=True, timeout=120)

@@ -169,8 +169,9 @@ def test_first_runs_succeed_on_a_busy_machine(prefect_api, tmp_path: Path) -> No
             [MAGIC141, "index", "build", str(tmp_path / "corpus"), "--index-dir", str(tmp_path / "index"), "--json"],
             env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        render = _run([MAGIC141, "generate", "--prompt", "a blue square", "--seconds", "1", "--workers", "2",
-                       "--out", str(tmp_path / "clip.mp4"), "--catalog", f"sqlite:///{tmp_path / 'c.db'}"],
+        render = _run([MAGIC141, "generate", "--prompt", "a blue square", "--seconds", "1", "--fps", "8",
+                       "--workers", "2", "--out", str(tmp_path / "clip.mp4"),
+                       "--catalog", f"sqlite:///{tmp_path / 'c.db'}"],
                       {**_env(tmp_path), "PREFECT_API_URL": prefect_api.api_url}, tmp_path, timeout=540)
         built_out, built_err = index.communicate(timeout=540)
     finally:
@@ -237,17 +238,19 @@ def test_the_readme_cluster_recipe_a_head_and_a_worker_node_render_a_video(prefe
                 if time.monotonic() > deadline or nodes[-1].poll() is not None:
                     pytest.fail(f"Ray node {len(nodes)} did not join:\n{log.read_text()}", pytrace=False)
                 time.sleep(2)
-        done = _run([MAGIC141, "generate", "--prompt", "a red kite", "--seconds", "2", "--windows", "parallel",
+        done = _run([MAGIC141, "generate", "--prompt", "a red kite", "--seconds", "2", "--fps", "8",
+                     "--windows", "parallel",
                      "--workers", "2", "--ray-address", address, "--out", str(tmp_path / "kite.mp4"),
                      "--catalog", f"sqlite:///{tmp_path / 'c.db'}", "--json"],
                     {**env, "PREFECT_API_URL": prefect_api.api_url}, tmp_path)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["frames"] == 48
+        assert json.loads(done.stdout)["frames"] == 16
     finally:
-        for node in reversed(nodes):
+        for node in reversed(nodes):  # 'ray start --block' stops its node's processes on SIGTERM
             os.killpg(node.pid, signal.SIGTERM)
+        for node in nodes:
             try:
-                node.wait(timeout=30)
+                node.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait()
