@@ -30,6 +30,7 @@ test: $(VENV)/.synced
 
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/cli_latency.py
+	$(VENV)/bin/python bench/big_csv.py
 	$(VENV)/bin/python bench/generate_overhead.py
 	$(VENV)/bin/python bench/quantization.py
 	$(VENV)/bin/python bench/long_video.py

@@ -234,7 +234,7 @@ def plan_batch(table: PromptCsv, settings: BulkSettings, batch_id: str) -> list[
 
     A row that needs the text-to-image prior when the weights have none is rejected here.
     """
-    video_fingerprint = _video_fingerprint(settings)
+    video_fingerprint = _video_fingerprint(settings) if table.valid else ""  # no model is loaded for no row
     prior_fingerprint: str | None = None
     prior_problem: str | None = None
     if any(row_policy(row, settings).may_generate() for row in table.valid):
