@@ -47,6 +47,7 @@ from tasks.catalog.batches import (
     start_batch,
 )
 from tasks.catalog.models import new_id
+from tasks.diskspace import DiskFullError, is_disk_full
 from tasks.inbox import dropped_name
 from tasks.models import image_prior, video_pipeline
 from tasks.prior import PriorPolicy
@@ -316,7 +317,12 @@ def batch_lease(settings: BulkSettings) -> Iterator[str]:
     """
     batch_id = new_id()
     path = batch_lease_path(settings.out_dir, batch_id)
-    write_lease(path, batch_id=batch_id, catalog=redact(settings.catalog_url))
+    try:
+        write_lease(path, batch_id=batch_id, catalog=redact(settings.catalog_url))
+    except OSError as exc:
+        if is_disk_full(exc, settings.out_dir):
+            raise DiskFullError(settings.out_dir) from exc
+        raise
     with heartbeat(path):
         try:
             yield batch_id
@@ -412,7 +418,8 @@ def produce_row(job: RowJob, batch_id: str, settings: BulkSettings) -> RowOutcom
             flow_run.get_id(),
         )
     except Exception as exc:
-        _record_row(settings, batch_id, row, "failed", reason=f"{type(exc).__name__}: {_one_line(exc)}",
+        reason = str(exc) if isinstance(exc, DiskFullError) else f"{type(exc).__name__}: {_one_line(exc)}"
+        _record_row(settings, batch_id, row, "failed", reason=reason,
                     content_key=job.content_key, attempts=attempt, seconds=time.perf_counter() - started)
         raise
     status = "done" if video.added else "skipped"

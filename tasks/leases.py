@@ -130,7 +130,12 @@ def write_lease(path: Path, **facts: Any) -> None:
     """Create the lease file ``path`` for this process, with ``facts`` (JSON values); fails if it exists."""
     record = {**asdict(Owner.current()), "created_at": datetime.now(UTC).isoformat(), **facts}
     with open(path, "x", encoding="utf-8") as handle:
-        json.dump(record, handle)
+        try:
+            json.dump(record, handle)
+            handle.flush()
+        except BaseException:  # a full disk, say: no empty or half-written lease is left behind
+            path.unlink(missing_ok=True)
+            raise
 
 
 def read_lease(path: Path) -> Lease | None:

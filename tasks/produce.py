@@ -37,6 +37,7 @@ from prefect.concurrency.sync import concurrency
 
 from tasks.catalog import open_catalog, redact
 from tasks.catalog.batches import find_video, find_video_by_output
+from tasks.diskspace import DiskFullError, is_disk_full
 from tasks.leases import LEASE_S, Lease, held_lease, lease_expiry, read_lease
 from tasks.prior import PRIOR_FILE, PriorPolicy, prepare_prior
 from tasks.provenance import combined_fingerprint, library_versions
@@ -229,7 +230,21 @@ def _remove_if_ours(files: dict[Path, int]) -> None:
 
 
 def produce_video(job: VideoJob, flow_run_id: str | None) -> ProducedVideo:
-    """Make, publish and catalogue one video (call inside a flow or task run)."""
+    """Make, publish and catalogue one video (call inside a flow or task run).
+
+    A full disk under the output folder, however it shows, raises :class:`DiskFullError` naming the
+    folder and its free space; nothing partial is published.
+    """
+    folder = Path(job.request.out).parent
+    try:
+        return _produce_video(job, flow_run_id)
+    except Exception as exc:
+        if is_disk_full(exc, folder):
+            raise DiskFullError(folder) from exc
+        raise
+
+
+def _produce_video(job: VideoJob, flow_run_id: str | None) -> ProducedVideo:
     started = time.perf_counter()
     request = job.request
     out = Path(request.out)

@@ -21,6 +21,19 @@ import httpx
 START_TIMEOUT_S = 240.0
 
 
+def stop_groups(processes: list[subprocess.Popen], timeout_s: float = 15.0) -> None:
+    """Stop each process with everything it started (its process group): SIGTERM, then SIGKILL after ``timeout_s``."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -96,11 +109,5 @@ class PrefectServer:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # the server and the uvicorn process it may start
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_groups([self.process])  # the server and the uvicorn process it may start
         self.process = None

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -198,3 +199,48 @@ def test_a_big_batch_prints_a_page_and_counts_per_reason_and_never_an_escape_seq
     as_json = subprocess.run(_command(csv, tmp_path / "out", f"sqlite:///{tmp_path / 'c.db'}", "--json"), env=_env(),
                              capture_output=True, text=True, timeout=420)
     assert len(json.loads(as_json.stdout)["rows"]) == 60
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs filled to its last byte: the output folder of a disk that is full."""
+    folder = tmp_path / "full"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}); needs root")
+    try:
+        with open(folder / "filler", "wb") as filler:
+            try:
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+            except OSError:
+                pass
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_is_named_as_such_and_leaves_nothing_partial(prefect_api, full_disk: Path, tmp_path: Path):
+    csv = tmp_path / "prompts.csv"
+    csv.write_text("id,prompt,seconds,fps\nboat,a paper boat,1,6\n")
+    catalog = f"sqlite:///{tmp_path / 'c.db'}"  # the catalog's own disk has room: the videos' disk is full
+    command = _command(csv, full_disk, catalog, "--retries", "0", "--json")
+
+    stopped = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=420)
+    assert stopped.returncode == 1
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"magic141: error: no space left on {full_disk}: 0 B free; free space and rerun")
+    assert sorted(path.name for path in full_disk.iterdir()) == ["filler"], "no empty lease is left"
+
+    filler = full_disk / "filler"
+    os.truncate(filler, filler.stat().st_size - 4096)  # room for the batch's lease, not for the video
+    failed = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=420)
+    assert failed.returncode == 1, failed.stderr
+    [row] = json.loads(failed.stdout)["rows"]
+    assert row["status"] == "failed"
+    assert row["reason"].startswith(f"no space left on {full_disk}: ") and row["reason"].endswith(
+        " free; free space and rerun"), row["reason"]
+    assert sorted(path.name for path in full_disk.iterdir()) == ["filler"], "nothing partial is left"

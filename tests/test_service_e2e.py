@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prefect_server import PrefectServer
+from prefect_server import PrefectServer, stop_groups
 
 from retrieval_index.demo import make_demo_corpus
 from retrieval_index.store import current_version
@@ -125,14 +124,7 @@ def test_a_schedule_makes_runs_workers_run_them_and_failures_are_visible(
         assert listed.returncode == 0, listed.stdout + listed.stderr
         assert "bulk-inbox/bulk-generate" in listed.stdout and "rebuild-index/rebuild-index" in listed.stdout
     finally:
-        for worker in workers:
-            os.killpg(worker.pid, signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
-                worker.wait()
+        stop_groups(workers, 30)
 
     inbox_runs = [run for run in _runs_of(service_server, "bulk-generate") if run["state_type"] == "COMPLETED"]
     assert inbox_runs and all(run["name"] == "inbox inbox" for run in inbox_runs)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from prefect_server import free_port
+from prefect_server import free_port, stop_groups
 
 from magic141.components import build_i2v_components
 from magic141.presets import get_preset
@@ -72,12 +71,7 @@ def host_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield address
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_groups([process], 30)
 
 
 def test_a_local_ray_is_private_even_beside_a_host_cluster(host_ray_cluster: str) -> None:
@@ -246,11 +240,4 @@ def test_the_readme_cluster_recipe_a_head_and_a_worker_node_render_a_video(prefe
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["frames"] == 16
     finally:
-        for node in reversed(nodes):  # 'ray start --block' stops its node's processes on SIGTERM
-            os.killpg(node.pid, signal.SIGTERM)
-        for node in nodes:
-            try:
-                node.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(node.pid, signal.SIGKILL)
-                node.wait()
+        stop_groups(nodes[::-1], 10)  # 'ray start --block' stops its node's processes on SIGTERM
