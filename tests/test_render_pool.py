@@ -86,16 +86,19 @@ def test_pool_renders_what_the_library_renders(pool: RenderPool, tiny_pipeline, 
 @pytest.mark.parametrize("mode", ["parallel", "chained"])
 def test_killed_actor_loses_no_window_and_changes_nothing(pool: RenderPool, prior_image, mode: str):
     undisturbed_plan, undisturbed, _ = render(pool, job(prior_image, f"calm-{mode}", seed=8), mode, 70)
-    victim = pool.refresh()[0]  # worker 0's current process, after any earlier restart
+    actors = pool.refresh()  # each worker's current process, after any earlier restart
     killed: list[int] = []
 
     def kill_once_busy() -> None:
-        """Kill worker 0 while it holds a request: killed when idle, Ray would restart it unseen."""
+        """Kill the first worker seen holding a request: killed when idle, Ray would restart it unseen."""
         deadline = time.monotonic() + 120
-        while pool._busy[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        os.kill(victim.pid, signal.SIGKILL)
-        killed.append(victim.pid)
+        while time.monotonic() < deadline:
+            busy = [worker for worker, requests in enumerate(pool._busy) if requests]
+            if busy:
+                os.kill(actors[busy[0]].pid, signal.SIGKILL)
+                killed.append(actors[busy[0]].pid)
+                return
+            time.sleep(0.002)
 
     killer = threading.Thread(target=kill_once_busy, daemon=True)
 

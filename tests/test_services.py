@@ -71,7 +71,7 @@ def host_ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield address
     finally:
-        stop_groups([process], 30)
+        stop_groups([process], 5)  # 'ray start --block' is slow to end on SIGTERM; its group is killed
 
 
 def test_a_local_ray_is_private_even_beside_a_host_cluster(host_ray_cluster: str) -> None:
@@ -240,4 +240,4 @@ def test_the_readme_cluster_recipe_a_head_and_a_worker_node_render_a_video(prefe
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["frames"] == 16
     finally:
-        stop_groups(nodes[::-1], 10)  # 'ray start --block' stops its node's processes on SIGTERM
+        stop_groups(nodes[::-1], 5)  # 'ray start --block' is slow to end on SIGTERM; its group is killed
