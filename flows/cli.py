@@ -31,6 +31,7 @@ from flows.cli_common import (
     stdout,
 )
 from flows.cli_index import index_app
+from flows.cli_train import train_app
 from tasks.catalog import (
     CATALOG_URL_ENV,
     CatalogError,
@@ -51,6 +52,7 @@ app.add_typer(catalog_app, name="catalog")
 model_app = typer.Typer(help="Convert, quantize and inspect model weights.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(index_app, name="index")
+app.add_typer(train_app, name="train")
 app.command("bulk")(bulk)
 # Exit status of a command whose own services (Prefect's temporary server, a local Ray) did not start: try again
 # later or run the service separately (sysexits' EX_TEMPFAIL).

@@ -205,9 +205,9 @@ def render_frame(scene: Scene, t: float, width: int, height: int) -> np.ndarray:
     return np.rint(alpha * colour + (1 - alpha) * background).astype(np.uint8)
 
 
-def render_video(scene: Scene, frames: int, fps: float, width: int, height: int) -> np.ndarray:
-    """``frames`` frames at ``fps``, (F, H, W, 3) uint8."""
-    return np.stack([render_frame(scene, i / fps, width, height) for i in range(frames)])
+def render_video(scene: Scene, frames: int, fps: float, width: int, height: int, start: float = 0.0) -> np.ndarray:
+    """``frames`` frames at ``fps`` from ``start`` seconds on, (F, H, W, 3) uint8."""
+    return np.stack([render_frame(scene, start + i / fps, width, height) for i in range(frames)])
 
 
 @dataclass(frozen=True)

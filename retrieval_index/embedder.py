@@ -2,9 +2,10 @@
 
 ``EmbedderSpec("tiny")`` is a small open_clip CLIP with random weights drawn from a fixed seed, so
 every process that builds it gets the same weights (the index builder and its readers run in
-different processes). Any other spec names an open_clip architecture and a local weights file
-(``.safetensors``, or a PyTorch checkpoint that open_clip reads with ``weights_only=True``);
-nothing is ever downloaded.
+different processes). A folder holding ``open_clip_config.json`` and ``open_clip_model.safetensors``
+(open_clip's own layout, as ``magic141 train clip`` writes it) is a model with its weights. Any other
+spec names an open_clip architecture and a local weights file (``.safetensors``, or a PyTorch
+checkpoint that open_clip reads with ``weights_only=True``); nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 TINY = "tiny"
 TINY_SEED = 1141
+FOLDER_CONFIG = "open_clip_config.json"
+FOLDER_WEIGHTS = "open_clip_model.safetensors"
 # A small ViT/transformer CLIP: 64-d embeddings of 32 px images; uses open_clip's bundled BPE vocabulary.
 TINY_CONFIG: dict[str, Any] = {
     "embed_dim": 64,
@@ -48,6 +51,11 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def _file_digest(path: Path) -> str:
+    info = path.stat()
+    return _file_sha256(str(path), info.st_size, info.st_mtime_ns)
+
+
 @dataclass(frozen=True)
 class EmbedderSpec:
     """Which CLIP model embeds images and texts: ``tiny``, or an open_clip model name plus a local weights file."""
@@ -64,11 +72,21 @@ class EmbedderSpec:
                     "drop the weights file or name an open_clip model such as ViT-B-32"
                 )
             return self
+        folder = Path(self.model)
+        if (folder / FOLDER_CONFIG).is_file():
+            if self.pretrained is not None:
+                raise RetrievalIndexError(
+                    f"CLIP folder {self.model!r} holds its own weights and takes no weights file; drop the weights file"
+                )
+            if not (folder / FOLDER_WEIGHTS).is_file():
+                raise RetrievalIndexError(f"CLIP folder {self.model!r} has no {FOLDER_WEIGHTS}; train or copy it there")
+            return EmbedderSpec(str(folder.absolute()))
         import open_clip
 
         if self.model not in open_clip.list_models():
             raise RetrievalIndexError(
-                f"unknown CLIP model {self.model!r}; use 'tiny' or an open_clip model name such as ViT-B-32"
+                f"unknown CLIP model {self.model!r}; use 'tiny', a trained model folder (holding {FOLDER_CONFIG}) "
+                "or an open_clip model name such as ViT-B-32"
             )
         if self.pretrained is None:
             raise RetrievalIndexError(
@@ -86,11 +104,14 @@ class EmbedderSpec:
     def model_id(self) -> str:
         """Names the exact weights: the architecture plus a fingerprint of the config (tiny) or weights file."""
         spec = self.check()
-        if spec.pretrained is None:
+        if spec.model == TINY:
             config = json.dumps({"config": TINY_CONFIG, "seed": TINY_SEED}, sort_keys=True).encode()
             return f"open_clip:{TINY}@{hashlib.sha256(config).hexdigest()[:16]}"
-        info = Path(spec.pretrained).stat()
-        return f"open_clip:{spec.model}@{_file_sha256(spec.pretrained, info.st_size, info.st_mtime_ns)[:16]}"
+        if spec.pretrained is None:  # a model folder: its config and weights name it
+            folder = Path(spec.model)
+            digests = [_file_digest(folder / name) for name in (FOLDER_CONFIG, FOLDER_WEIGHTS)]
+            return f"open_clip:{folder.name}@{hashlib.sha256(''.join(digests).encode()).hexdigest()[:16]}"
+        return f"open_clip:{spec.model}@{_file_digest(Path(spec.pretrained))[:16]}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,16 +169,17 @@ def _build_tiny(device: str) -> tuple[torch.nn.Module, Any, Any]:
 def _load_pretrained(spec: EmbedderSpec, device: str) -> tuple[torch.nn.Module, Any, Any]:
     import open_clip
 
+    name = spec.model if spec.pretrained is not None else f"local-dir:{spec.model}"
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.model, pretrained=spec.pretrained, device=device, weights_only=True, pretrained_text=False
+            name, pretrained=spec.pretrained, device=device, weights_only=True, pretrained_text=False
         )
     except (RuntimeError, KeyError, ValueError, OSError) as exc:
         raise RetrievalIndexError(
             f"cannot load CLIP weights {spec.pretrained!r} into {spec.model}: {' '.join(str(exc).split())[:300]}; "
             f"check the file is an open_clip checkpoint for that model"
         ) from exc
-    return model, preprocess, open_clip.get_tokenizer(spec.model)
+    return model, preprocess, open_clip.get_tokenizer(name)
 
 
 @lru_cache(maxsize=4)

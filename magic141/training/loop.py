@@ -1,0 +1,336 @@
+"""The training loop every stage shares: seeded steps, safetensors checkpoints, exact resume, a loss log and curve.
+
+A stage (:class:`Stage`) builds one trainee module whose ``forward(batch)`` returns the loss, and makes
+the batch of any step from the step's sample indices. Everything random is drawn per sample from
+``(seed, step, sample)``, so a step's global batch is the same whether one process or N data-parallel
+ranks compute it, and a run resumed from a checkpoint repeats exactly what the uninterrupted run does.
+
+The output folder of a run::
+
+    run.json                  the stage, its description and the settings that fix the result
+    losses.jsonl              one line per step: {"step": n, "loss": x, ...}
+    loss.png                  the loss curve
+    checkpoints/step-NNNNNN/  trainee.safetensors, optimizer.safetensors, state.json (the last two kept)
+    final/                    the stage's loadable weights folder
+
+With ``world > 1`` the caller has set up ``torch.distributed`` (Ray Train does, see ``tasks.train_pool``)
+and passes ``wrap`` (DistributedDataParallel); rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+logger = logging.getLogger(__name__)
+
+KEEP_CHECKPOINTS = 2
+StepCallback = Callable[[int, int, float], None]
+
+
+class TrainingError(ValueError):
+    """Settings or an output folder that a run refuses before any compute."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What fixes a run's result (with the stage's description), and where it goes."""
+
+    out: Path
+    max_steps: int
+    seed: int = 0
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    checkpoint_every: int = 100
+    resume: bool = False
+    workers: int = 1
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        checks = (
+            (self.max_steps >= 1, f"--max-steps must be >= 1, got {self.max_steps}"),
+            (self.batch_size >= 1, f"the batch size must be >= 1, got {self.batch_size}"),
+            (self.learning_rate > 0, f"the learning rate must be > 0, got {self.learning_rate}"),
+            (self.checkpoint_every >= 1, f"checkpoints must be >= 1 step apart, got {self.checkpoint_every}"),
+            (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+            (
+                self.batch_size % self.workers == 0,
+                f"the batch of {self.batch_size} does not split evenly over {self.workers} workers; "
+                "choose a worker count that divides it",
+            ),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise TrainingError(message)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings two runs must share for one to resume the other (steps and workers may change)."""
+        return {"seed": self.seed, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                "grad_clip": self.grad_clip}
+
+
+class Stage(Protocol):
+    """One trainable component: picklable, so Ray Train workers can build it."""
+
+    name: str
+
+    def describe(self) -> dict[str, Any]:
+        """JSON that names the architecture and data; a run resumes only a run of the same description."""
+
+    def build(self, seed: int) -> torch.nn.Module:
+        """The trainee, initialised from ``seed``; ``forward(batch)`` returns the mean loss over the batch,
+        or a (loss, {name: float}) pair to log more than the loss."""
+
+    def batch(self, seed: int, step: int, samples: Sequence[int]) -> Any:
+        """The batch of ``samples`` at ``step``: every random draw comes from ``sample_rng(seed, step, sample)``."""
+
+    def save(self, trainee: torch.nn.Module, folder: Path) -> None:
+        """Write the trainee as a loadable weights folder."""
+
+
+def sample_rng(seed: int, step: int, sample: int) -> torch.Generator:
+    """The generator of one sample's random draws at one step."""
+    state = np.random.SeedSequence([seed, step, sample]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator("cpu").manual_seed(int(state >> 1))
+
+
+def step_samples(seed: int, step: int, batch_size: int, dataset_size: int | None = None) -> list[int]:
+    """The global batch of ``step``: consecutive sample indices, in epochs reshuffled by seed when the
+    dataset is finite."""
+    first = step * batch_size
+    if dataset_size is None:
+        return list(range(first, first + batch_size))
+    indices = []
+    for position in range(first, first + batch_size):
+        epoch, offset = divmod(position, dataset_size)
+        order = np.random.default_rng([seed, epoch]).permutation(dataset_size)
+        indices.append(int(order[offset]))
+    return indices
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run left its weights, and how its loss went."""
+
+    out: Path
+    final: Path
+    steps: int
+    first_loss: float
+    last_loss: float
+    losses: list[float] = field(default_factory=list)
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    folder = out / "checkpoints"
+    return sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file()) if folder.is_dir() else []
+
+
+def check_output(stage: Stage, settings: TrainSettings) -> Path | None:
+    """Refuse an output folder holding another run, or a run without ``--resume``; return the checkpoint to
+    resume from (None to start afresh)."""
+    out = settings.out
+    run_file = out / "run.json"
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} is a file; name a folder for the run")
+    if not run_file.is_file():
+        if out.is_dir() and any(out.iterdir()):
+            raise TrainingError(f"--out {out} is not empty and holds no training run; choose a new or empty folder")
+        if settings.resume:
+            raise TrainingError(f"--resume: {out} holds no run to resume; drop --resume to start one")
+        return None
+    recorded = json.loads(run_file.read_text())
+    mine = _run_record(stage, settings)
+    for key in ("stage", "description", "identity"):
+        if recorded.get(key) != mine[key]:
+            raise TrainingError(
+                f"--out {out} holds another run ({key} differs: {_diff(recorded.get(key), mine[key])}); "
+                "choose a new folder or the settings of that run"
+            )
+    if not settings.resume:
+        raise TrainingError(f"--out {out} already holds this run; pass --resume to continue it or choose a new folder")
+    checkpoints = _checkpoints(out)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _diff(recorded: Any, mine: Any) -> str:
+    if isinstance(recorded, dict) and isinstance(mine, dict):
+        keys = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
+        return ", ".join(f"{k} {recorded.get(k)!r} there, {mine.get(k)!r} here" for k in keys[:3])
+    return f"{recorded!r} there, {mine!r} here"
+
+
+def _run_record(stage: Stage, settings: TrainSettings) -> dict[str, Any]:
+    return {"stage": stage.name, "description": stage.describe(), "identity": settings.identity()}
+
+
+def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _save_checkpoint(out: Path, step: int, trainee: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    folder = out / "checkpoints" / f"step-{step:06d}"
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in trainee.state_dict().items()}, partial / "trainee.safetensors")
+    tensors, meta = _optimizer_tensors(optimizer.state_dict())
+    save_file(tensors, partial / "optimizer.safetensors")
+    (partial / "state.json").write_text(json.dumps({"step": step, "optimizer": meta}))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    for old in _checkpoints(out)[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old)
+
+
+def _load_checkpoint(folder: Path, trainee: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    state = json.loads((folder / "state.json").read_text())
+    trainee.load_state_dict(load_file(folder / "trainee.safetensors"))
+    optimizer.load_state_dict(_optimizer_state(load_file(folder / "optimizer.safetensors"), state["optimizer"]))
+    return int(state["step"])
+
+
+def read_losses(out: Path) -> list[dict[str, float]]:
+    path = Path(out) / "losses.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_losses(out: Path, step: int) -> None:
+    """Drop the log lines past ``step`` (written after the checkpoint a resumed run starts from)."""
+    kept = [entry for entry in read_losses(out) if entry["step"] <= step]
+    (out / "losses.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in kept))
+
+
+def plot_losses(out: Path, title: str) -> Path:
+    """Write ``loss.png``: every logged value against the step, on a log scale where all are positive."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = read_losses(out)
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    names = [k for k in entries[0] if k != "step"] if entries else []
+    steps = [e["step"] for e in entries]
+    for name in names:
+        axis.plot(steps, [e.get(name, math.nan) for e in entries], label=name, linewidth=1)
+    if entries and all(e.get(n, 1) > 0 for e in entries for n in names):
+        axis.set_yscale("log")
+    axis.set_xlabel("step")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    if names:
+        axis.legend()
+    figure.tight_layout()
+    path = out / "loss.png"
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def _global_mean(value: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= world
+    return value
+
+
+def run(
+    stage: Stage,
+    settings: TrainSettings,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    on_step: StepCallback | None = None,
+    dataset_size: int | None = None,
+    resume_from: Path | None = None,
+) -> TrainResult | None:
+    """Train ``stage`` to ``settings.max_steps`` from the checkpoint ``resume_from`` (as :func:`check_output`
+    chose it, once for all ranks); rank 0 returns the result, other ranks None."""
+    writer = rank == 0
+    torch.manual_seed(settings.seed)
+    trainee = stage.build(settings.seed)
+    trainee.train()
+    parameters = [p for p in trainee.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
+    start = 0 if resume_from is None else _load_checkpoint(resume_from, trainee, optimizer)
+    if writer:
+        settings.out.mkdir(parents=True, exist_ok=True)
+        (settings.out / "run.json").write_text(json.dumps(_run_record(stage, settings), indent=2) + "\n")
+        _truncate_losses(settings.out, start)
+        if start:
+            logger.info("resuming %s at step %d of %d from %s", stage.name, start, settings.max_steps, resume_from)
+    model = wrap(trainee) if wrap is not None and world > 1 else trainee
+    log = (settings.out / "losses.jsonl").open("a") if writer else None
+    try:
+        for step in range(start, settings.max_steps):
+            samples = step_samples(settings.seed, step, settings.batch_size, dataset_size)[rank::world]
+            output = model(stage.batch(settings.seed, step, samples))
+            loss, extras = output if isinstance(output, tuple) else (output, {})
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
+            optimizer.step()
+            value = float(_global_mean(loss.detach(), world))
+            if not math.isfinite(value):
+                raise FloatingPointError(f"{stage.name}: the loss is {value} at step {step + 1}; lower the learning rate")
+            done = step + 1
+            if log is not None:
+                log.write(json.dumps({"step": done, "loss": value, **extras}) + "\n")
+                log.flush()
+                if done % settings.checkpoint_every == 0 or done == settings.max_steps:
+                    _save_checkpoint(settings.out, done, trainee, optimizer)
+            if on_step is not None:
+                on_step(done, settings.max_steps, value)
+    finally:
+        if log is not None:
+            log.close()
+    if not writer:
+        return None
+    final = settings.out / "final"
+    partial = final.with_name("final.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    stage.save(trainee, partial)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    plot_losses(settings.out, stage.name)
+    result = result_of(settings)
+    logger.info("%s: %d steps, loss %.4g -> %.4g; weights in %s", stage.name, result.steps, result.first_loss,
+                result.last_loss, final)
+    return result
+
+
+def result_of(settings: TrainSettings) -> TrainResult:
+    """The result of the finished run in ``settings.out``, from its loss log."""
+    losses = [entry["loss"] for entry in read_losses(settings.out)]
+    return TrainResult(settings.out, settings.out / "final", settings.max_steps, losses[0], losses[-1], losses)

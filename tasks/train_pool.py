@@ -1,0 +1,122 @@
+"""Training on one process or data-parallel on a Ray pool: Ray Train starts the workers and their torch.distributed group.
+
+One worker trains in this process, with no Ray at all. With ``workers > 1`` a :class:`ray.train.torch.TorchTrainer`
+runs :func:`magic141.training.loop.run` on every worker, gloo on CPUs or NCCL on GPUs; Ray Train wraps the
+trainee in DistributedDataParallel, and each rank computes its share of every step's global batch, so the
+loss curve is that of one worker at the same batch. Without a Ray address the pool is a private local
+instance (:func:`tasks.services.start_local_ray`).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from magic141.training.loop import (
+    Stage,
+    StepCallback,
+    TrainResult,
+    TrainSettings,
+    check_output,
+    read_losses,
+    result_of,
+    run,
+)
+from tasks.services import ray_address, start_local_ray
+
+logger = logging.getLogger(__name__)
+POLL_S = 1.0
+
+
+def _worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    torch.set_num_threads(config["threads"])
+    run(
+        config["stage"],
+        config["settings"],
+        rank=context.get_world_rank(),
+        world=context.get_world_size(),
+        wrap=ray.train.torch.prepare_model,
+        dataset_size=config["dataset_size"],
+        resume_from=config["resume_from"],
+    )
+
+
+def train(
+    stage: Stage,
+    settings: TrainSettings,
+    *,
+    address: str | None = None,
+    use_gpu: bool = False,
+    on_step: StepCallback | None = None,
+    dataset_size: int | None = None,
+) -> TrainResult:
+    """Train ``stage`` on ``settings.workers`` workers and return rank 0's result.
+
+    The output folder is checked once, before any worker starts; ``on_step`` follows the loss log.
+    """
+    resume_from = check_output(stage, settings)
+    if settings.workers == 1:
+        result = run(stage, settings, on_step=on_step, dataset_size=dataset_size, resume_from=resume_from)
+        assert result is not None
+        return result
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    joined = ray_address(address)
+    if not ray.is_initialized():
+        if joined is None:
+            start_local_ray(num_cpus=settings.workers, num_gpus=settings.workers if use_gpu else 0)
+        else:
+            ray.init(address=joined, log_to_driver=False)
+    config = {
+        "stage": stage,
+        "settings": settings,
+        "threads": max(1, torch.get_num_threads() // settings.workers),
+        "dataset_size": dataset_size,
+        "resume_from": resume_from,
+    }
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(name=f"magic141-{stage.name}", storage_path=tempfile.mkdtemp(prefix="magic141-train-")),
+    )
+    logger.info("training %s on %d Ray Train workers", stage.name, settings.workers)
+    failure: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # re-raised in the caller's thread below
+            failure.append(exc)
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    _follow(settings.out, thread, on_step, settings.max_steps)
+    if failure:
+        raise failure[0]
+    return result_of(settings)
+
+
+def _follow(out: Path, thread: threading.Thread, on_step: StepCallback | None, total: int) -> None:
+    """Report each new line of the loss log until the training thread ends."""
+    reported = 0
+    while True:
+        thread.join(POLL_S)
+        if on_step is not None:
+            for entry in read_losses(out)[reported:]:
+                on_step(int(entry["step"]), total, float(entry["loss"]))
+                reported += 1
+        if not thread.is_alive():
+            return

@@ -1,0 +1,97 @@
+"""The shared training loop on a real stage at a tiny size: losses fall, resume is exact, DDP on Ray Train
+matches one worker, and bad settings are refused before any compute."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from magic141.training.clip import ClipStage
+from magic141.training.loop import TrainingError, TrainSettings, read_losses
+from retrieval_index.embedder import EmbedderSpec, load_embedder
+from retrieval_index.errors import RetrievalIndexError
+from tasks.train_pool import train
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": [48, 64], "patch_size": 16, "width": 32, "layers": 1, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
+}
+
+
+def _stage() -> ClipStage:
+    return ClipStage(config=json.loads(json.dumps(TINY_CLIP)))
+
+
+def _settings(out: Path, steps: int, **changes: object) -> TrainSettings:
+    return TrainSettings(**{"out": out, "max_steps": steps, "batch_size": 16, "learning_rate": 3e-3,
+                            "checkpoint_every": 3, "seed": 5, **changes})
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "final" / "open_clip_model.safetensors")
+
+
+def test_a_run_writes_a_loadable_folder_a_loss_log_a_curve_and_its_loss_falls(tmp_path: Path) -> None:
+    seen: list[int] = []
+    result = train(_stage(), _settings(tmp_path / "run", 30), on_step=lambda step, total, loss: seen.append(step))
+    assert seen == list(range(1, 31))
+    losses = [entry["loss"] for entry in read_losses(tmp_path / "run")]
+    assert len(losses) == 30 and sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+    assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+    assert result.final == tmp_path / "run" / "final"
+    assert {p.name for p in result.final.iterdir()} == {"open_clip_config.json", "open_clip_model.safetensors"}
+    assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 2  # the last two are kept
+    embedder = load_embedder(EmbedderSpec(str(result.final)), "cpu")  # the retrieval index loads the folder as it is
+    frame = PIL.Image.fromarray(np.zeros((48, 64, 3), np.uint8))
+    assert embedder.embed_images([frame]).shape == embedder.embed_texts(["a red circle"]).shape == (1, 16)
+    assert embedder.model_id.startswith("open_clip:final@")
+    with pytest.raises(RetrievalIndexError, match="holds its own weights and takes no weights file"):
+        EmbedderSpec(str(result.final), "w.safetensors").check()
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path) -> None:
+    train(_stage(), _settings(tmp_path / "whole", 8))
+    train(_stage(), _settings(tmp_path / "parts", 5))
+    shutil.rmtree(tmp_path / "parts" / "checkpoints" / "step-000005")  # as if it died after step 5's log line
+    train(_stage(), _settings(tmp_path / "parts", 8, resume=True))
+    assert read_losses(tmp_path / "parts") == read_losses(tmp_path / "whole")
+    whole, parts = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
+    assert all(torch.equal(whole[key], parts[key]) for key in whole)
+
+
+def test_two_ray_train_workers_follow_the_loss_curve_of_one(tmp_path: Path) -> None:
+    one = train(_stage(), _settings(tmp_path / "one", 4))
+    seen: list[int] = []
+    two = train(_stage(), _settings(tmp_path / "two", 4, workers=2), on_step=lambda step, total, loss: seen.append(step))
+    assert seen == [1, 2, 3, 4]
+    assert two.losses == pytest.approx(one.losses, rel=1e-4, abs=1e-5)
+    first, second = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    worst = max(float((first[key] - second[key]).abs().max()) for key in first)
+    assert worst < 0.5 * 3e-3, worst  # float noise on near-zero gradients, scaled up by Adam to under half a step
+
+
+def test_bad_settings_and_folders_are_refused_before_any_compute(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="--max-steps must be >= 1, got 0"):
+        _settings(tmp_path / "a", 0)
+    with pytest.raises(TrainingError, match="does not split evenly over 3 workers"):
+        _settings(tmp_path / "a", 1, workers=3)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine\n")
+    with pytest.raises(TrainingError, match="is not empty and holds no training run"):
+        train(_stage(), _settings(tmp_path / "busy", 1))
+    with pytest.raises(TrainingError, match="holds no run to resume"):
+        train(_stage(), _settings(tmp_path / "new", 1, resume=True))
+    train(_stage(), _settings(tmp_path / "done", 1))
+    with pytest.raises(TrainingError, match="already holds this run; pass --resume"):
+        train(_stage(), _settings(tmp_path / "done", 2))
+    with pytest.raises(TrainingError, match="holds another run \\(identity differs: seed 5 there, 6 here\\)"):
+        train(_stage(), _settings(tmp_path / "done", 2, seed=6, resume=True))
+    assert not (tmp_path / "new").exists() and not (tmp_path / "busy" / "run.json").exists()
