@@ -30,13 +30,28 @@ RayAddressOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
-def _train(stage_factory: Callable[[], Any], settings: dict[str, Any], ray_address: str | None, as_json: bool) -> None:
-    from magic141.training.loop import TrainingError, TrainSettings
+def _check_settings(settings: dict[str, Any]) -> Any:
+    """The settings, and the output folder as far as it can be checked before the stage exists."""
+    from magic141.training.loop import TrainingError, TrainSettings, check_folder
 
     try:
         checked = TrainSettings(**settings)
+        check_folder(checked)
+        return checked
     except TrainingError as exc:
         raise UserError(one_line(exc)) from None
+
+
+def _train(
+    stage_factory: Callable[[], Any],
+    settings: dict[str, Any],
+    ray_address: str | None,
+    as_json: bool,
+    dataset_size: int | None = None,
+) -> None:
+    from magic141.training.loop import TrainingError
+
+    checked = _check_settings(settings)
     quiet_model_libraries(diffusers=False, ray=checked.workers > 1)
     from tasks.train_pool import train
 
@@ -50,7 +65,7 @@ def _train(stage_factory: Callable[[], Any], settings: dict[str, Any], ray_addre
             progress.update(bar, completed=step, total=total, loss=f"{loss:.4g}")
 
         try:
-            result = train(stage, checked, address=ray_address, on_step=on_step)
+            result = train(stage, checked, address=ray_address, on_step=on_step, dataset_size=dataset_size)
         except TrainingError as exc:
             raise UserError(one_line(exc)) from None
     summary = {"stage": stage.name, "steps": result.steps, "first_loss": result.first_loss,
@@ -82,3 +97,116 @@ def train_clip(
     settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
                 "batch_size": batch_size, "learning_rate": learning_rate}
     _train(ClipStage, settings, ray_address, as_json)
+
+
+PresetOption = Annotated[str, typer.Option("--preset", help="Preset whose architecture and video geometry are trained.")]
+
+
+def _preset(name: str) -> Any:
+    from magic141.presets import get_preset
+
+    try:
+        return get_preset(name)
+    except ValueError as exc:
+        raise UserError(one_line(exc)) from None
+
+
+@train_app.command("vae")
+def train_vae(
+    preset: PresetOption = "toy",
+    out: OutOption = Path("out/train/vae"),
+    max_steps: StepsOption = 2000,
+    seed: SeedOption = 0,
+    resume: ResumeOption = False,
+    workers: WorkersOption = 1,
+    batch_size: BatchOption = 4,
+    learning_rate: LearningRateOption = 1e-3,
+    ray_address: RayAddressOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The video VAE (HunyuanVideo's causal 3D VAE at the preset's size) on toy-world clips and single frames.
+
+    Its final/ folder is a diffusers AutoencoderKLHunyuanVideo, with the scaling factor measured on its latents.
+    """
+    from magic141.training.vae import VaeStage
+
+    config = _preset(preset)
+    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
+                "batch_size": batch_size, "learning_rate": learning_rate}
+    _train(lambda: VaeStage(config.vae, config.width, config.height, config.fps), settings, ray_address, as_json)
+
+
+def _transformer_stage(preset_name: str, mode: str, vae: Path | None, init: Path | None, samples: int,
+                       cache_dir: Path, seed: int) -> Any:
+    """The stage over its latent cache, built first (with a bar) when this dataset has none yet."""
+    from magic141.training.transformer import TransformerStage, build_cache, cache_path, encoders
+
+    preset = _preset(preset_name)
+    for name, folder, marker in (("--vae", vae, "config.json"), ("--t2v", init, "config.json")):
+        if folder is not None and not (folder / marker).is_file():
+            raise UserError(f"{name} {folder} is not a weights folder (no {marker}); pass the final/ folder of its run")
+    if samples < 1:
+        raise UserError(f"--samples must be >= 1, got {samples}")
+    components = encoders(preset, vae)
+    path, fingerprint = cache_path(cache_dir, components, samples, seed)
+    if not path.is_file():
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=stderr) as progress:
+            bar = progress.add_task("encode windows", total=samples)
+            build_cache(components, preset, samples, seed, path, lambda done, total: progress.update(bar, completed=done))
+    return TransformerStage(preset, mode, path, fingerprint, init)
+
+
+VaeOption = Annotated[Path | None, typer.Option("--vae", help="Trained VAE folder (final/ of 'train vae').")]
+SamplesOption = Annotated[int, typer.Option("--samples", help="Training windows encoded into the latent cache.")]
+CacheOption = Annotated[Path, typer.Option("--cache-dir", help="Where latent caches are kept, one per VAE and dataset.")]
+
+
+@train_app.command("t2v")
+def train_t2v(
+    preset: PresetOption = "toy",
+    vae: VaeOption = None,
+    samples: SamplesOption = 2000,
+    cache_dir: CacheOption = Path("out/train/cache"),
+    out: OutOption = Path("out/train/t2v"),
+    max_steps: StepsOption = 3000,
+    seed: SeedOption = 0,
+    resume: ResumeOption = False,
+    workers: WorkersOption = 1,
+    batch_size: BatchOption = 16,
+    learning_rate: LearningRateOption = 5e-4,
+    ray_address: RayAddressOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The text-to-video teacher: flow matching on the VAE latents of toy-world windows and their captions."""
+    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
+                "batch_size": batch_size, "learning_rate": learning_rate}
+    _check_settings(settings)
+    stage = _transformer_stage(preset, "t2v", vae, None, samples, cache_dir, seed)
+    _train(lambda: stage, settings, ray_address, as_json, dataset_size=samples)
+
+
+@train_app.command("i2v")
+def train_i2v(
+    t2v: Annotated[Path, typer.Option("--t2v", help="The T2V teacher's folder (final/ of 'train t2v').")],
+    preset: PresetOption = "toy",
+    vae: VaeOption = None,
+    samples: SamplesOption = 2000,
+    cache_dir: CacheOption = Path("out/train/cache"),
+    out: OutOption = Path("out/train/i2v"),
+    max_steps: StepsOption = 3000,
+    seed: SeedOption = 0,
+    resume: ResumeOption = False,
+    workers: WorkersOption = 1,
+    batch_size: BatchOption = 16,
+    learning_rate: LearningRateOption = 5e-4,
+    ray_address: RayAddressOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The image-to-video teacher: the T2V teacher widened to 2C+1 inputs (copy and zero init), trained with the
+    first-frame latent and the VLM's image tokens in front of the text tokens."""
+    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
+                "batch_size": batch_size, "learning_rate": learning_rate}
+    _check_settings(settings)
+    stage = _transformer_stage(preset, "i2v", vae, t2v, samples, cache_dir, seed)
+    _train(lambda: stage, settings, ray_address, as_json, dataset_size=samples)

@@ -80,9 +80,12 @@ class I2VComponents:
         return pipe
 
 
-def build_transformer(config: TransformerConfig, text: TextEncoderConfig) -> HunyuanVideoTransformer3DModel:
+def build_transformer(
+    config: TransformerConfig, text: TextEncoderConfig, image_condition: bool = True
+) -> HunyuanVideoTransformer3DModel:
+    """The I2V transformer (2C+1 inputs, ``latent_concat``), or without ``image_condition`` its T2V base (C inputs)."""
     return HunyuanVideoTransformer3DModel(
-        in_channels=config.in_channels,
+        in_channels=config.in_channels if image_condition else config.latent_channels,
         out_channels=config.latent_channels,
         num_attention_heads=config.num_attention_heads,
         attention_head_dim=config.attention_head_dim,
@@ -96,7 +99,7 @@ def build_transformer(config: TransformerConfig, text: TextEncoderConfig) -> Hun
         text_embed_dim=text.llm_hidden_size,
         pooled_projection_dim=text.clip_hidden_size,
         rope_axes_dim=config.rope_axes_dim,
-        image_condition_type="latent_concat",
+        image_condition_type="latent_concat" if image_condition else None,
     )
 
 

@@ -3,6 +3,7 @@ matches one worker, and bad settings are refused before any compute."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,7 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffusers import HunyuanVideoTransformer3DModel
+
 from magic141.training.clip import ClipStage
+from magic141.training.transformer import FlowTrainee
 from magic141.training.loop import TrainingError, TrainSettings, read_losses
 from retrieval_index.embedder import EmbedderSpec, load_embedder
 from retrieval_index.errors import RetrievalIndexError
@@ -90,8 +94,42 @@ def test_bad_settings_and_folders_are_refused_before_any_compute(tmp_path: Path)
     with pytest.raises(TrainingError, match="holds no run to resume"):
         train(_stage(), _settings(tmp_path / "new", 1, resume=True))
     train(_stage(), _settings(tmp_path / "done", 1))
-    with pytest.raises(TrainingError, match="already holds this run; pass --resume"):
+    with pytest.raises(TrainingError, match="already holds a run; pass --resume"):
         train(_stage(), _settings(tmp_path / "done", 2))
     with pytest.raises(TrainingError, match="holds another run \\(identity differs: seed 5 there, 6 here\\)"):
         train(_stage(), _settings(tmp_path / "done", 2, seed=6, resume=True))
     assert not (tmp_path / "new").exists() and not (tmp_path / "busy" / "run.json").exists()
+
+
+@pytest.fixture(scope="module")
+def latent_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    from magic141.presets import get_preset
+    from magic141.training.transformer import build_cache, cache_path, encoders
+
+    components = encoders(get_preset("tiny"), None)
+    path, fingerprint = cache_path(tmp_path_factory.mktemp("cache"), components, 8, 0)
+    return build_cache(components, get_preset("tiny"), 8, 0, path), fingerprint
+
+
+def test_the_t2v_teacher_learns_and_its_i2v_widening_starts_where_it_stopped(latent_cache, tmp_path: Path) -> None:
+    from magic141.presets import get_preset
+    from magic141.training.transformer import TransformerStage
+
+    path, fingerprint = latent_cache
+    t2v = TransformerStage(get_preset("tiny"), "t2v", path, fingerprint)
+    settings = _settings(tmp_path / "t2v", 40, batch_size=8, learning_rate=2e-3, checkpoint_every=20)
+    result = train(t2v, settings, dataset_size=8)
+    assert sum(result.losses[-8:]) / 8 < 0.8 * sum(result.losses[:8]) / 8
+    i2v = TransformerStage(get_preset("tiny"), "i2v", path, fingerprint, init=result.final)
+    trainee = i2v.build(0)
+    assert trainee.transformer.config.in_channels == 2 * 16 + 1
+    # Copy and zero init: before any I2V step, the widened model reads the image channels as nothing, so on
+    # the same noisy latents and text it predicts what the T2V teacher predicts.
+    teacher = FlowTrainee(HunyuanVideoTransformer3DModel.from_pretrained(str(result.final)))
+    plain = t2v.batch(0, 0, range(4))
+    widened = dataclasses.replace(plain, hidden=i2v.batch(0, 0, range(4)).hidden)
+    assert widened.hidden.shape[1] == 33 and widened.hidden[:, 32].abs().sum() > 0  # the mask channel is set
+    with torch.no_grad():
+        assert float(trainee(widened)) == pytest.approx(float(teacher(plain)), rel=1e-5)
+    i2v_result = train(i2v, _settings(tmp_path / "i2v", 10, batch_size=8, learning_rate=2e-3), dataset_size=8)
+    assert len(i2v_result.losses) == 10

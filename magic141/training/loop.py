@@ -137,20 +137,29 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file()) if folder.is_dir() else []
 
 
-def check_output(stage: Stage, settings: TrainSettings) -> Path | None:
-    """Refuse an output folder holding another run, or a run without ``--resume``; return the checkpoint to
-    resume from (None to start afresh)."""
+def check_folder(settings: TrainSettings) -> bool:
+    """The checks of the output folder that need no stage; True when it holds a run that ``--resume`` continues."""
     out = settings.out
-    run_file = out / "run.json"
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--out {out} is a file; name a folder for the run")
-    if not run_file.is_file():
+    if not (out / "run.json").is_file():
         if out.is_dir() and any(out.iterdir()):
             raise TrainingError(f"--out {out} is not empty and holds no training run; choose a new or empty folder")
         if settings.resume:
             raise TrainingError(f"--resume: {out} holds no run to resume; drop --resume to start one")
+        return False
+    if not settings.resume:
+        raise TrainingError(f"--out {out} already holds a run; pass --resume to continue it or choose a new folder")
+    return True
+
+
+def check_output(stage: Stage, settings: TrainSettings) -> Path | None:
+    """Refuse an output folder holding another run, or a run without ``--resume``; return the checkpoint to
+    resume from (None to start afresh)."""
+    if not check_folder(settings):
         return None
-    recorded = json.loads(run_file.read_text())
+    out = settings.out
+    recorded = json.loads((out / "run.json").read_text())
     mine = _run_record(stage, settings)
     for key in ("stage", "description", "identity"):
         if recorded.get(key) != mine[key]:
@@ -158,8 +167,6 @@ def check_output(stage: Stage, settings: TrainSettings) -> Path | None:
                 f"--out {out} holds another run ({key} differs: {_diff(recorded.get(key), mine[key])}); "
                 "choose a new folder or the settings of that run"
             )
-    if not settings.resume:
-        raise TrainingError(f"--out {out} already holds this run; pass --resume to continue it or choose a new folder")
     checkpoints = _checkpoints(out)
     return checkpoints[-1] if checkpoints else None
 

@@ -24,7 +24,7 @@ from magic141.toy_world import render_video, sample_scene, split_captions
 from magic141.training.loop import sample_rng
 
 KL_WEIGHT = 1e-4
-CLIP_FRAMES = (17, 9, 17, 1)  # the clip length of step n is CLIP_FRAMES[n % 4]
+CLIP_FRAMES = (1, 5, 1, 9)  # the clip length of step n is CLIP_FRAMES[n % 4]
 SCALE_SAMPLES = 32
 SCALE_SEED = 2**31 - 1  # clips of no training run's seed measure the scaling factor
 
@@ -95,7 +95,7 @@ class VaeStage:
     @torch.no_grad()
     def scaling_factor(self, vae: torch.nn.Module) -> float:
         """One over the standard deviation of the latent means of held-aside training clips."""
-        videos = [self._sample(SCALE_SEED, 0, index, CLIP_FRAMES[0])[0] for index in range(SCALE_SAMPLES)]
+        videos = [self._sample(SCALE_SEED, 0, index, max(CLIP_FRAMES))[0] for index in range(SCALE_SAMPLES)]
         pixels = _frames_tensor(videos)
         latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(8)])
         return float(1.0 / latents.std())

@@ -1,0 +1,231 @@
+"""The video transformer trained by flow matching on toy-world windows: the T2V teacher, then the I2V teacher.
+
+As in the paper (Sec. 3.1), the text-to-video model comes first; the image-to-video model starts from it,
+its patch embedding widened from C to 2C+1 input channels with the new channels at zero
+(:func:`magic141.adaptation.widen_patch_embedding`), and learns to follow the first-frame latent and the
+VLM's image tokens, which go in front of the text tokens (the ``magic141`` prompt format).
+
+Training reads a cache of VAE latents and text-encoder states, computed once per (VAE, text encoders,
+dataset) before the first step: the text encoders stay frozen at their seeded weights, and the
+transformer's token refiner learns to read them. The loss is the flow-matching velocity error
+``||v(x_t, t) - (noise - x_0)||^2`` at ``x_t = (1 - s) x_0 + s noise``, with ``s`` drawn uniformly and shifted
+by the preset's flow shift, as the sampler's schedule is. One caption in ten is replaced by the empty
+prompt, so the teachers can be sampled with classifier-free guidance. The guidance embedding sees a
+constant ``w = 1``; CFG distillation later teaches it other values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from magic141.adaptation import widen_patch_embedding
+from magic141.components import I2VComponents, build_i2v_components, build_transformer, fingerprint_modules
+from magic141.conditioning import image_condition, model_input
+from magic141.presets import Preset
+from magic141.prompt_encoding import t2v_prompt_template, vlm_image_tokens
+from magic141.toy_world import all_captions, render_video, sample_scene, split_captions
+from magic141.training.loop import sample_rng
+
+logger = logging.getLogger(__name__)
+
+CAPTION_DROPOUT = 0.1
+TEACHER_GUIDANCE = 1.0
+MODES = ("t2v", "i2v")
+
+
+def _scale(vae: torch.nn.Module) -> float:
+    return float(vae.config.scaling_factor)
+
+
+@torch.no_grad()
+def build_cache(
+    components: I2VComponents,
+    preset: Preset,
+    samples: int,
+    seed: int,
+    path: Path,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Encode ``samples`` training windows (latents, first-frame latents, VLM image tokens) and every
+    caption's text states into one safetensors file at ``path``."""
+    vae = components.vae.eval()
+    captions = split_captions("train")
+    texts: dict[str, torch.Tensor] = {}
+    embeds, mask, pooled = encode_text(components, ["", *(c.text for c in all_captions())], preset.text.max_sequence_length)
+    for index in range(len(embeds)):
+        texts[f"text.{index}"], texts[f"text_mask.{index}"], texts[f"pooled.{index}"] = embeds[index], mask[index], pooled[index]
+    latents, firsts, tokens, caption_ids = [], [], [], []
+    text_index = {c.text: i + 1 for i, c in enumerate(all_captions())}
+    for index in range(samples):
+        rng = np.random.default_rng([seed, index])
+        caption = captions[index % len(captions)]
+        scene = sample_scene(caption, preset.width, preset.height, int(rng.integers(2**31)))
+        video = render_video(scene, preset.window_frames, preset.fps, preset.width, preset.height)
+        pixels = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        latents.append(vae.encode(pixels).latent_dist.mean[0] * _scale(vae))
+        firsts.append(vae.encode(pixels[:, :, :1]).latent_dist.mean[0] * _scale(vae))
+        tokens.append(vlm_image_tokens(components, PIL.Image.fromarray(video[0]), torch.device("cpu"))[0])
+        caption_ids.append(text_index[caption.text])
+        if on_progress is not None:
+            on_progress(index + 1, samples)
+    tensors = {
+        **texts,
+        "latents": torch.stack(latents),
+        "first_latents": torch.stack(firsts),
+        "image_tokens": torch.stack(tokens),
+        "captions": torch.tensor(caption_ids),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, partial)
+    partial.replace(path)
+    return path
+
+
+def encode_text(components: I2VComponents, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, ...]:
+    """The prompts' text states (B, L, D), masks (B, L) and pooled vectors (B, D) as the ``magic141`` format
+    encodes them (the language model alone, HunyuanVideo's T2V template), without the image tokens."""
+    from diffusers import HunyuanVideoPipeline
+
+    text = HunyuanVideoPipeline(
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        transformer=components.transformer,
+        vae=components.vae,
+        scheduler=components.scheduler,
+        text_encoder_2=components.text_encoder_2,
+        tokenizer_2=components.tokenizer_2,
+    )
+    embeds, pooled, mask = text.encode_prompt(
+        prompt=prompts, prompt_template=t2v_prompt_template(components.tokenizer), device=torch.device("cpu"),
+        max_sequence_length=max_sequence_length,
+    )
+    return embeds, mask, pooled
+
+
+@lru_cache(maxsize=2)
+def _load_cache(path: str) -> dict[str, torch.Tensor]:
+    return load_file(path)
+
+
+@dataclass(frozen=True)
+class FlowBatch:
+    hidden: torch.Tensor  # (B, C or 2C+1, T, h, w) model input
+    target: torch.Tensor  # (B, C, T, h, w) velocity
+    timestep: torch.Tensor  # (B,) in [0, 1000]
+    text: torch.Tensor  # (B, L, D)
+    text_mask: torch.Tensor  # (B, L)
+    pooled: torch.Tensor  # (B, D_pooled)
+
+
+class FlowTrainee(torch.nn.Module):
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, batch: FlowBatch) -> torch.Tensor:
+        guidance = torch.full_like(batch.timestep, TEACHER_GUIDANCE * 1000.0)
+        velocity = self.transformer(
+            hidden_states=batch.hidden,
+            timestep=batch.timestep,
+            encoder_hidden_states=batch.text,
+            encoder_attention_mask=batch.text_mask,
+            pooled_projections=batch.pooled,
+            guidance=guidance,
+            return_dict=False,
+        )[0]
+        return F.mse_loss(velocity, batch.target)
+
+
+@dataclass(frozen=True)
+class TransformerStage:
+    """Flow-matching training of the ``mode`` ("t2v" or "i2v") transformer on a latent cache.
+
+    The I2V stage starts from the T2V weights in ``init`` (widened); the T2V stage from seeded weights.
+    """
+
+    preset: Preset
+    mode: str
+    cache: Path
+    cache_fingerprint: str
+    init: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.mode
+
+    def describe(self) -> dict[str, Any]:
+        return {"preset": self.preset.name, "transformer": asdict(self.preset.transformer),
+                "cache": self.cache_fingerprint, "init": None if self.init is None else str(self.init)}
+
+    def build(self, seed: int) -> torch.nn.Module:
+        from diffusers import HunyuanVideoTransformer3DModel
+
+        torch.manual_seed(seed)
+        if self.mode == "t2v":
+            transformer = build_transformer(self.preset.transformer, self.preset.text, image_condition=False)
+        else:
+            transformer = HunyuanVideoTransformer3DModel.from_pretrained(str(self.init))
+            if transformer.config.image_condition_type is None:
+                widen_patch_embedding(transformer)
+        return FlowTrainee(transformer.train().requires_grad_(True))
+
+    def batch(self, seed: int, step: int, samples: Sequence[int]) -> FlowBatch:
+        cache = _load_cache(str(self.cache))
+        rows = []
+        for index in samples:
+            rng = sample_rng(seed, step, index)
+            x0 = cache["latents"][index]
+            noise = torch.randn(x0.shape, generator=rng)
+            u = float(torch.rand(1, generator=rng))
+            shift = self.preset.flow_shift
+            sigma = shift * u / (1 + (shift - 1) * u)
+            caption = int(cache["captions"][index])
+            if float(torch.rand(1, generator=rng)) < CAPTION_DROPOUT:
+                caption = 0
+            noisy = (1 - sigma) * x0 + sigma * noise
+            if self.mode == "i2v":
+                image, mask = image_condition(cache["first_latents"][index][None], x0.shape[1])
+                hidden = model_input(noisy[None], image, mask)[0]
+                text = torch.cat([cache["image_tokens"][index], cache[f"text.{caption}"]])
+                text_mask = torch.cat([torch.ones(cache["image_tokens"].shape[1]), cache[f"text_mask.{caption}"]])
+            else:
+                hidden, text, text_mask = noisy, cache[f"text.{caption}"], cache[f"text_mask.{caption}"]
+            rows.append((hidden, noise - x0, sigma * 1000.0, text, text_mask, cache[f"pooled.{caption}"]))
+        hidden, target, timestep, text, text_mask, pooled = zip(*rows)
+        return FlowBatch(torch.stack(hidden), torch.stack(target), torch.tensor(timestep), torch.stack(text),
+                         torch.stack(text_mask), torch.stack(pooled))
+
+    def save(self, trainee: torch.nn.Module, folder: Path) -> None:
+        trainee.transformer.save_pretrained(folder, safe_serialization=True)
+
+
+def cache_path(cache_dir: Path, components: I2VComponents, samples: int, seed: int) -> tuple[Path, str]:
+    """Where the cache of these encoders and this dataset lives, and its fingerprint."""
+    modules = {"vae": components.vae, "text_encoder": components.text_encoder, "text_encoder_2": components.text_encoder_2}
+    key = json.dumps({"encoders": fingerprint_modules(modules), "samples": samples, "seed": seed}, sort_keys=True)
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir / f"latents-{fingerprint}.safetensors", fingerprint
+
+
+def encoders(preset: Preset, vae_folder: Path | None) -> I2VComponents:
+    """The preset's seeded text encoders with the trained VAE of ``vae_folder`` (seeded too when None)."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    components = build_i2v_components(preset)
+    if vae_folder is not None:
+        components.vae = AutoencoderKLHunyuanVideo.from_pretrained(str(vae_folder)).eval().requires_grad_(False)
+    return components
