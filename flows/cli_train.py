@@ -30,6 +30,18 @@ RayAddressOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
+def _command(context: typer.Context) -> list[str]:
+    """The running command as a user would type it again: its path, then every option with its value."""
+    words = context.command_path.split()
+    for parameter in context.command.params:
+        value, option = context.params.get(parameter.name), parameter.opts[0]
+        if isinstance(value, bool):
+            words += [option] if value else []
+        elif value is not None:
+            words += [option, str(value)]
+    return words
+
+
 def _check_settings(settings: dict[str, Any]) -> Any:
     """The settings, and the output folder as far as it can be checked before the stage exists."""
     from magic141.training.loop import TrainingError, TrainSettings, check_folder
@@ -43,6 +55,7 @@ def _check_settings(settings: dict[str, Any]) -> Any:
 
 
 def _train(
+    context: typer.Context,
     stage_factory: Callable[[], Any],
     settings: dict[str, Any],
     ray_address: str | None,
@@ -65,7 +78,8 @@ def _train(
             progress.update(bar, completed=step, total=total, loss=f"{loss:.4g}")
 
         try:
-            result = train(stage, checked, address=ray_address, on_step=on_step, dataset_size=dataset_size)
+            result = train(stage, checked, address=ray_address, on_step=on_step, dataset_size=dataset_size,
+                           command=_command(context))
         except TrainingError as exc:
             raise UserError(one_line(exc)) from None
     summary = {"stage": stage.name, "steps": result.steps, "first_loss": result.first_loss,
@@ -78,6 +92,7 @@ def _train(
 
 @train_app.command("clip")
 def train_clip(
+    context: typer.Context,
     out: OutOption = Path("out/train/clip"),
     max_steps: StepsOption = 1500,
     seed: SeedOption = 0,
@@ -96,7 +111,7 @@ def train_clip(
 
     settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
                 "batch_size": batch_size, "learning_rate": learning_rate}
-    _train(ClipStage, settings, ray_address, as_json)
+    _train(context, ClipStage, settings, ray_address, as_json)
 
 
 PresetOption = Annotated[str, typer.Option("--preset", help="Preset whose architecture and video geometry are trained.")]
@@ -113,6 +128,7 @@ def _preset(name: str) -> Any:
 
 @train_app.command("vae")
 def train_vae(
+    context: typer.Context,
     preset: PresetOption = "toy",
     out: OutOption = Path("out/train/vae"),
     max_steps: StepsOption = 2000,
@@ -133,7 +149,7 @@ def train_vae(
     config = _preset(preset)
     settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
                 "batch_size": batch_size, "learning_rate": learning_rate}
-    _train(lambda: VaeStage(config.vae, config.width, config.height, config.fps), settings, ray_address, as_json)
+    _train(context, lambda: VaeStage(config.vae, config.width, config.height, config.fps), settings, ray_address, as_json)
 
 
 def _transformer_stage(preset_name: str, mode: str, vae: Path | None, init: Path | None, samples: int,
@@ -164,6 +180,7 @@ CacheOption = Annotated[Path, typer.Option("--cache-dir", help="Where latent cac
 
 @train_app.command("t2v")
 def train_t2v(
+    context: typer.Context,
     preset: PresetOption = "toy",
     vae: VaeOption = None,
     samples: SamplesOption = 2000,
@@ -183,11 +200,12 @@ def train_t2v(
                 "batch_size": batch_size, "learning_rate": learning_rate}
     _check_settings(settings)
     stage = _transformer_stage(preset, "t2v", vae, None, samples, cache_dir, seed)
-    _train(lambda: stage, settings, ray_address, as_json, dataset_size=samples)
+    _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
 
 
 @train_app.command("i2v")
 def train_i2v(
+    context: typer.Context,
     t2v: Annotated[Path, typer.Option("--t2v", help="The T2V teacher's folder (final/ of 'train t2v').")],
     preset: PresetOption = "toy",
     vae: VaeOption = None,
@@ -209,4 +227,4 @@ def train_i2v(
                 "batch_size": batch_size, "learning_rate": learning_rate}
     _check_settings(settings)
     stage = _transformer_stage(preset, "i2v", vae, t2v, samples, cache_dir, seed)
-    _train(lambda: stage, settings, ray_address, as_json, dataset_size=samples)
+    _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)

@@ -19,6 +19,7 @@ import itertools
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
@@ -228,3 +229,19 @@ def sample(index: int, split: str, seed: int, frames: int, fps: float, width: in
     scene_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
     scene = sample_scene(caption, width, height, scene_seed)
     return Sample(caption, scene_seed, render_video(scene, frames, fps, width, height))
+
+
+def write_corpus(folder: Path | str, count: int, split: str, seed: int, width: int = 64, height: int = 48) -> list[Path]:
+    """Write ``count`` first frames of ``split`` videos as PNG images named by their caption, for a retrieval
+    index over the toy world; return their paths."""
+    import PIL.Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(count):
+        example = sample(index, split, seed, 1, 8, width, height)
+        path = folder / f"{index:04d}-{example.caption.text.replace(' ', '-')}.png"
+        PIL.Image.fromarray(example.video[0]).save(path)
+        written.append(path)
+    return written

@@ -9,9 +9,13 @@ instance (:func:`tasks.services.start_local_ray`).
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
 import tempfile
 import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +62,46 @@ def train(
     use_gpu: bool = False,
     on_step: StepCallback | None = None,
     dataset_size: int | None = None,
+    command: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train ``stage`` on ``settings.workers`` workers and return rank 0's result.
 
-    The output folder is checked once, before any worker starts; ``on_step`` follows the loss log.
+    The output folder is checked once, before any worker starts; ``on_step`` follows the loss log. Each
+    call appends what it did to ``sessions.jsonl``: the ``command`` and commit it ran, the steps, the
+    workers and the wall time (the shipped weights' manifest is made of these).
     """
     resume_from = check_output(stage, settings)
+    started, first_step = time.monotonic(), 0 if resume_from is None else int(resume_from.name.split("-")[1])
+    result = _train(stage, settings, resume_from, address, use_gpu, on_step, dataset_size)
+    session = {"command": None if command is None else list(command), "commit": _commit(), "from_step": first_step,
+               "to_step": settings.max_steps, "workers": settings.workers, "seed": settings.seed,
+               "wall_s": round(time.monotonic() - started, 1)}
+    with (settings.out / "sessions.jsonl").open("a") as log:
+        log.write(json.dumps(session) + "\n")
+    return result
+
+
+def _commit() -> str | None:
+    """The commit of the project checkout this code runs from, with '+changes' when it has uncommitted ones."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def _train(
+    stage: Stage,
+    settings: TrainSettings,
+    resume_from: Path | None,
+    address: str | None,
+    use_gpu: bool,
+    on_step: StepCallback | None,
+    dataset_size: int | None,
+) -> TrainResult:
     if settings.workers == 1:
         result = run(stage, settings, on_step=on_step, dataset_size=dataset_size, resume_from=resume_from)
         assert result is not None

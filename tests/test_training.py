@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from diffusers import HunyuanVideoTransformer3DModel
 
 from magic141.training.clip import ClipStage
+from magic141.training.ship import check, ship
 from magic141.training.transformer import FlowTrainee
 from magic141.training.loop import TrainingError, TrainSettings, read_losses
 from retrieval_index.embedder import EmbedderSpec, load_embedder
@@ -53,6 +54,13 @@ def test_a_run_writes_a_loadable_folder_a_loss_log_a_curve_and_its_loss_falls(tm
     assert result.final == tmp_path / "run" / "final"
     assert {p.name for p in result.final.iterdir()} == {"open_clip_config.json", "open_clip_model.safetensors"}
     assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 2  # the last two are kept
+    (session,) = [json.loads(line) for line in (tmp_path / "run" / "sessions.jsonl").read_text().splitlines()]
+    assert (session["from_step"], session["to_step"], session["workers"], session["seed"]) == (0, 30, 1, 5)
+    shipped = ship([tmp_path / "run"], tmp_path / "shipped")
+    assert set(shipped["files"]) == {"clip/open_clip_config.json", "clip/open_clip_model.safetensors"}
+    assert shipped["stages"]["clip"]["sessions"] == [session] and check(tmp_path / "shipped") == []
+    (tmp_path / "shipped" / "clip" / "open_clip_config.json").write_text("{}")
+    assert check(tmp_path / "shipped") == ["clip/open_clip_config.json"]
     embedder = load_embedder(EmbedderSpec(str(result.final)), "cpu")  # the retrieval index loads the folder as it is
     frame = PIL.Image.fromarray(np.zeros((48, 64, 3), np.uint8))
     assert embedder.embed_images([frame]).shape == embedder.embed_texts(["a red circle"]).shape == (1, 16)
@@ -133,3 +141,29 @@ def test_the_t2v_teacher_learns_and_its_i2v_widening_starts_where_it_stopped(lat
         assert float(trainee(widened)) == pytest.approx(float(teacher(plain)), rel=1e-5)
     i2v_result = train(i2v, _settings(tmp_path / "i2v", 10, batch_size=8, learning_rate=2e-3), dataset_size=8)
     assert len(i2v_result.losses) == 10
+
+
+def test_the_train_command_trains_resumes_records_its_command_and_refuses_bad_settings(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    magic141 = [sys.executable, "-m", "flows.cli", "train", "clip"]
+    out = tmp_path / "clip"
+    first = subprocess.run([*magic141, "--out", str(out), "--max-steps", "2", "--batch-size", "8", "--json"],
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["steps"] == 2 and (out / "final" / "open_clip_model.safetensors").is_file()
+    again = subprocess.run([*magic141, "--out", str(out), "--max-steps", "3", "--batch-size", "8"],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and again.stderr.strip() == (
+        f"magic141: error: --out {out} already holds a run; pass --resume to continue it or choose a new folder"
+    )
+    resumed = subprocess.run([*magic141, "--out", str(out), "--max-steps", "3", "--batch-size", "8", "--resume",
+                              "--json"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    sessions = [json.loads(line) for line in (out / "sessions.jsonl").read_text().splitlines()]
+    assert [(s["from_step"], s["to_step"]) for s in sessions] == [(0, 2), (2, 3)]
+    assert sessions[1]["command"][:3] == ["magic141", "train", "clip"] and "--resume" in sessions[1]["command"]
+    bad = subprocess.run([*magic141, "--out", str(tmp_path / "x"), "--max-steps", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "magic141: error: --max-steps must be >= 1, got 0"
+    assert not (tmp_path / "x").exists()

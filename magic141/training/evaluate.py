@@ -1,0 +1,69 @@
+"""Held-out evaluations of the trained toy-world components that need no video model.
+
+- retrieval: recall@1 of a CLIP model over a toy corpus, read off the returned image by simple vision
+  (its colour and shape, and its background when the query names one);
+- VAE: PSNR of frames through the VAE, for single images (the I2V first frame) and whole windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+from magic141.metrics import psnr
+from magic141.toy_eval import read_frame
+from magic141.toy_world import BACKGROUNDS, COLOURS, SHAPES, render_video, sample_scene, split_captions
+
+
+def retrieval_queries() -> list[tuple[str, str, str, str | None]]:
+    """(text, colour, shape, background or None): every 'a {colour} {shape}' and '... on a {background} background'."""
+    queries: list[tuple[str, str, str, str | None]] = []
+    for colour in COLOURS:
+        for shape in SHAPES:
+            queries.append((f"a {colour} {shape}", colour, shape, None))
+            queries.extend((f"a {colour} {shape} on a {bg} background", colour, shape, bg) for bg in BACKGROUNDS)
+    return queries
+
+
+def retrieval_recall(index_dir: Path, queries: Sequence[tuple[str, str, str, str | None]]) -> dict[str, float]:
+    """Fraction of queries whose best match shows the right colour and shape (and background when named)."""
+    from retrieval_index import open_index
+
+    reader = open_index(index_dir, device="cpu")
+    hits = {"colour": 0, "shape": 0, "colour_and_shape": 0, "all_named": 0}
+    for text, colour, shape, background in queries:
+        best = reader.search_text(text, k=1)[0]
+        seen = read_frame(np.asarray(PIL.Image.open(best.path).convert("RGB")))
+        hits["colour"] += seen.colour == colour
+        hits["shape"] += seen.shape == shape
+        both = seen.colour == colour and seen.shape == shape
+        hits["colour_and_shape"] += both
+        hits["all_named"] += both and (background is None or seen.background == background)
+    return {name: count / len(queries) for name, count in hits.items()}
+
+
+@torch.no_grad()
+def vae_psnr(vae: torch.nn.Module, split: str, count: int, frames: int, fps: int, width: int, height: int,
+             seed: int = 0) -> dict[str, float]:
+    """Median PSNR (dB) of ``count`` videos of ``split`` through the VAE: their first frame alone, and
+    ``frames``-frame clips."""
+    captions = split_captions(split)
+    image_scores, clip_scores = [], []
+    for index in range(count):
+        caption = captions[index % len(captions)]
+        video = render_video(sample_scene(caption, width, height, seed + index), frames, fps, width, height)
+        pixels = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        for scores, clip in ((image_scores, pixels[:, :, :1]), (clip_scores, pixels)):
+            decoded = vae.decode(vae.encode(clip).latent_dist.mean).sample
+            out = ((decoded[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
+            scores.append(np.median([psnr(a, b) for a, b in zip(out, video[: clip.shape[2]])]))
+    return {"image_psnr": float(np.median(image_scores)), "clip_psnr": float(np.median(clip_scores))}
+
+
+def summary(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())

@@ -1,0 +1,85 @@
+"""Copy finished runs' weights into the shipped folder and write its manifest.
+
+``python -m magic141.training.ship --to magic141/toy_weights RUN [RUN ...]`` copies each run's ``final/``
+folder to ``<to>/<stage>/`` and writes ``<to>/MANIFEST.json``: the sha256 and size of every shipped file,
+and for each stage the commands, commits, seeds, steps and wall times that produced it (its
+``sessions.jsonl``). ``--check`` verifies a shipped folder against its manifest instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+MANIFEST = "MANIFEST.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> dict[str, dict[str, Any]]:
+    return {
+        str(path.relative_to(folder)): {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def ship(runs: list[Path], to: Path) -> dict[str, Any]:
+    """Copy every run's final folder under ``to`` and (re)write the manifest; return it."""
+    manifest_path = to / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"stages": {}}
+    for run in runs:
+        record = json.loads((run / "run.json").read_text())
+        final = run / "final"
+        if not final.is_dir():
+            raise ValueError(f"{run} has no final/ folder; let the run finish (or --resume it) first")
+        target = to / record["stage"]
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(final, target)
+        sessions = [json.loads(line) for line in (run / "sessions.jsonl").read_text().splitlines() if line.strip()]
+        manifest["stages"][record["stage"]] = {"sessions": sessions, "identity": record["identity"]}
+        logger.info("shipped %s from %s", record["stage"], run)
+    manifest["files"] = _files(to)
+    manifest["total_bytes"] = sum(entry["bytes"] for entry in manifest["files"].values())
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def check(folder: Path) -> list[str]:
+    """The files of ``folder`` that differ from its manifest (missing, changed or unlisted)."""
+    listed = json.loads((folder / MANIFEST).read_text())["files"]
+    present = _files(folder)
+    return sorted(name for name in set(listed) | set(present) if listed.get(name) != present.get(name))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Ship finished training runs' weights with a manifest.")
+    parser.add_argument("runs", type=Path, nargs="*", help="run folders (holding run.json and final/)")
+    parser.add_argument("--to", type=Path, required=True, help="the shipped weights folder")
+    parser.add_argument("--check", action="store_true", help="verify --to against its manifest and exit")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.check:
+        differing = check(args.to)
+        for name in differing:
+            logger.error("%s differs from %s", name, args.to / MANIFEST)
+        sys.exit(1 if differing else 0)
+    manifest = ship(args.runs, args.to)
+    logger.info("%d files, %.1f MB in %s", len(manifest["files"]), manifest["total_bytes"] / 1e6, args.to)
+
+
+if __name__ == "__main__":
+    main()
