@@ -23,6 +23,10 @@ WorkersOption = Annotated[
 ]
 BatchOption = Annotated[int, typer.Option("--batch-size", help="Global batch of every step, split over the workers.")]
 LearningRateOption = Annotated[float, typer.Option("--learning-rate", help="AdamW learning rate.")]
+ScheduleOption = Annotated[
+    str, typer.Option("--schedule", help="Learning rate: constant, or cosine down to a tenth at --max-steps.")
+]
+WarmupOption = Annotated[int, typer.Option("--warmup-steps", help="Steps of linear learning-rate warm-up.")]
 RayAddressOption = Annotated[
     str | None,
     typer.Option("--ray-address", help="Ray cluster to train on (default: $RAY_ADDRESS, else a private local instance)."),
@@ -100,6 +104,8 @@ def train_clip(
     workers: WorkersOption = 1,
     batch_size: BatchOption = 64,
     learning_rate: LearningRateOption = 1e-3,
+    schedule: ScheduleOption = "constant",
+    warmup_steps: WarmupOption = 0,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -110,7 +116,8 @@ def train_clip(
     from magic141.training.clip import ClipStage
 
     settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate}
+                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
+                "warmup_steps": warmup_steps}
     _train(context, ClipStage, settings, ray_address, as_json)
 
 
@@ -137,6 +144,8 @@ def train_vae(
     workers: WorkersOption = 1,
     batch_size: BatchOption = 4,
     learning_rate: LearningRateOption = 1e-3,
+    schedule: ScheduleOption = "cosine",
+    warmup_steps: WarmupOption = 0,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -148,7 +157,8 @@ def train_vae(
 
     config = _preset(preset)
     settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate}
+                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
+                "warmup_steps": warmup_steps}
     _train(context, lambda: VaeStage(config.vae, config.width, config.height, config.fps), settings, ray_address, as_json)
 
 
@@ -192,12 +202,15 @@ def train_t2v(
     workers: WorkersOption = 1,
     batch_size: BatchOption = 16,
     learning_rate: LearningRateOption = 5e-4,
+    schedule: ScheduleOption = "cosine",
+    warmup_steps: WarmupOption = 100,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The text-to-video teacher: flow matching on the VAE latents of toy-world windows and their captions."""
     settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate}
+                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
+                "warmup_steps": warmup_steps}
     _check_settings(settings)
     stage = _transformer_stage(preset, "t2v", vae, None, samples, cache_dir, seed)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
@@ -218,13 +231,16 @@ def train_i2v(
     workers: WorkersOption = 1,
     batch_size: BatchOption = 16,
     learning_rate: LearningRateOption = 5e-4,
+    schedule: ScheduleOption = "cosine",
+    warmup_steps: WarmupOption = 100,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The image-to-video teacher: the T2V teacher widened to 2C+1 inputs (copy and zero init), trained with the
     first-frame latent and the VLM's image tokens in front of the text tokens."""
     settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate}
+                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
+                "warmup_steps": warmup_steps}
     _check_settings(settings)
     stage = _transformer_stage(preset, "i2v", vae, t2v, samples, cache_dir, seed)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)

@@ -69,14 +69,32 @@ def test_a_run_writes_a_loadable_folder_a_loss_log_a_curve_and_its_loss_falls(tm
         EmbedderSpec(str(result.final), "w.safetensors").check()
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path) -> None:
-    train(_stage(), _settings(tmp_path / "whole", 8))
-    train(_stage(), _settings(tmp_path / "parts", 5))
-    shutil.rmtree(tmp_path / "parts" / "checkpoints" / "step-000005")  # as if it died after step 5's log line
-    train(_stage(), _settings(tmp_path / "parts", 8, resume=True))
+class _Killed(Exception):
+    pass
+
+
+def _die_at(step: int):
+    def on_step(done: int, total: int, loss: float) -> None:
+        if done == step:
+            raise _Killed
+
+    return on_step
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, schedule: str) -> None:
+    options = {"schedule": schedule, "warmup_steps": 2}
+    train(_stage(), _settings(tmp_path / "whole", 8, **options))
+    with pytest.raises(_Killed):  # dies after step 5's log line; its last checkpoint is step 3's
+        train(_stage(), _settings(tmp_path / "parts", 8, **options), on_step=_die_at(5))
+    assert len(read_losses(tmp_path / "parts")) == 5 and not (tmp_path / "parts" / "final").exists()
+    train(_stage(), _settings(tmp_path / "parts", 8, resume=True, **options))
     assert read_losses(tmp_path / "parts") == read_losses(tmp_path / "whole")
     whole, parts = _weights(tmp_path / "whole"), _weights(tmp_path / "parts")
     assert all(torch.equal(whole[key], parts[key]) for key in whole)
+    if schedule == "cosine":  # the schedule ends where it was planned: a longer run is another run
+        with pytest.raises(TrainingError, match="holds another run \\(identity differs: max_steps 8 there, 9 here"):
+            train(_stage(), _settings(tmp_path / "parts", 9, resume=True, **options))
 
 
 def test_two_ray_train_workers_follow_the_loss_curve_of_one(tmp_path: Path) -> None:

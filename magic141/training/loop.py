@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 logger = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2
+SCHEDULES = ("constant", "cosine")
 StepCallback = Callable[[int, int, float], None]
 
 
@@ -56,6 +57,8 @@ class TrainSettings:
     resume: bool = False
     workers: int = 1
     grad_clip: float = 1.0
+    schedule: str = "constant"  # or "cosine": from the learning rate down to a tenth of it at max_steps
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -65,6 +68,8 @@ class TrainSettings:
             (self.learning_rate > 0, f"the learning rate must be > 0, got {self.learning_rate}"),
             (self.checkpoint_every >= 1, f"checkpoints must be >= 1 step apart, got {self.checkpoint_every}"),
             (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"),
+            (self.warmup_steps >= 0, f"warm-up steps must be >= 0, got {self.warmup_steps}"),
             (
                 self.batch_size % self.workers == 0,
                 f"the batch of {self.batch_size} does not split evenly over {self.workers} workers; "
@@ -77,8 +82,21 @@ class TrainSettings:
 
     def identity(self) -> dict[str, Any]:
         """The settings two runs must share for one to resume the other (steps and workers may change)."""
-        return {"seed": self.seed, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "grad_clip": self.grad_clip}
+        identity = {"seed": self.seed, "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                    "grad_clip": self.grad_clip}
+        if self.schedule != "constant" or self.warmup_steps:
+            # A decaying schedule depends on where it ends: a resumed run keeps the total steps.
+            identity |= {"schedule": self.schedule, "warmup_steps": self.warmup_steps, "max_steps": self.max_steps}
+        return identity
+
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based): linear warm-up, then the schedule."""
+        if step < self.warmup_steps:
+            return self.learning_rate * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.learning_rate
+        progress = (step - self.warmup_steps) / max(1, self.max_steps - self.warmup_steps)
+        return self.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 class Stage(Protocol):
@@ -306,6 +324,8 @@ def run(
             loss, extras = output if isinstance(output, tuple) else (output, {})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = settings.learning_rate_at(step)
             torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
             optimizer.step()
             value = float(_global_mean(loss.detach(), world))
