@@ -9,7 +9,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: demo test bench bench-gpu lock clean
+.PHONY: demo test bench bench-gpu toy-weights lock clean
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -34,7 +34,13 @@ bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/generate_overhead.py
 	$(VENV)/bin/python bench/quantization.py
 	$(VENV)/bin/python bench/long_video.py
+	$(VENV)/bin/python bench/toy_world.py
 	$(VENV)/bin/python bench/retrieval.py   # about 30 min on 2 cores; creates bench/.autofaiss-venv
+
+# The shipped toy-world weights (magic141/toy_weights), trained from scratch on this machine's CPUs; the
+# transformer stages are trained by 'magic141 train all' too but not shipped yet.
+toy-weights: $(VENV)/.synced
+	OMP_NUM_THREADS=1 $(VENV)/bin/magic141 train all --out-dir out/train --stage clip --stage vae --ship-to magic141/toy_weights
 
 bench-gpu: $(VENV)/.synced
 	$(VENV)/bin/python bench/model_gpu.py --low-memory

@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from flows.cli_common import UserError, one_line, print_fields, quiet_model_libraries, stderr, stdout
+from tasks.training import DEFAULTS, SAMPLES
 
 train_app = typer.Typer(help="Train the toy world's models (see the README's 'Training' section).", no_args_is_help=True)
 
@@ -98,14 +99,14 @@ def _train(
 def train_clip(
     context: typer.Context,
     out: OutOption = Path("out/train/clip"),
-    max_steps: StepsOption = 1500,
+    max_steps: StepsOption = DEFAULTS["clip"].max_steps,
     seed: SeedOption = 0,
     resume: ResumeOption = False,
     workers: WorkersOption = 1,
-    batch_size: BatchOption = 64,
-    learning_rate: LearningRateOption = 1e-3,
-    schedule: ScheduleOption = "constant",
-    warmup_steps: WarmupOption = 0,
+    batch_size: BatchOption = DEFAULTS["clip"].batch_size,
+    learning_rate: LearningRateOption = DEFAULTS["clip"].learning_rate,
+    schedule: ScheduleOption = DEFAULTS["clip"].schedule,
+    warmup_steps: WarmupOption = DEFAULTS["clip"].warmup_steps,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -113,24 +114,15 @@ def train_clip(
 
     Its final/ folder is an open_clip model: 'magic141 index build CORPUS --model DIR' embeds with it.
     """
-    from magic141.training.clip import ClipStage
-
     settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
                 "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
                 "warmup_steps": warmup_steps}
-    _train(context, ClipStage, settings, ray_address, as_json)
+    _check_settings(settings)
+    stage = _stage("clip", "toy")
+    _train(context, lambda: stage, settings, ray_address, as_json)
 
 
 PresetOption = Annotated[str, typer.Option("--preset", help="Preset whose architecture and video geometry are trained.")]
-
-
-def _preset(name: str) -> Any:
-    from magic141.presets import get_preset
-
-    try:
-        return get_preset(name)
-    except ValueError as exc:
-        raise UserError(one_line(exc)) from None
 
 
 @train_app.command("vae")
@@ -138,14 +130,14 @@ def train_vae(
     context: typer.Context,
     preset: PresetOption = "toy",
     out: OutOption = Path("out/train/vae"),
-    max_steps: StepsOption = 2000,
+    max_steps: StepsOption = DEFAULTS["vae"].max_steps,
     seed: SeedOption = 0,
     resume: ResumeOption = False,
     workers: WorkersOption = 1,
-    batch_size: BatchOption = 4,
-    learning_rate: LearningRateOption = 1e-3,
-    schedule: ScheduleOption = "cosine",
-    warmup_steps: WarmupOption = 0,
+    batch_size: BatchOption = DEFAULTS["vae"].batch_size,
+    learning_rate: LearningRateOption = DEFAULTS["vae"].learning_rate,
+    schedule: ScheduleOption = DEFAULTS["vae"].schedule,
+    warmup_steps: WarmupOption = DEFAULTS["vae"].warmup_steps,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -153,34 +145,29 @@ def train_vae(
 
     Its final/ folder is a diffusers AutoencoderKLHunyuanVideo, with the scaling factor measured on its latents.
     """
-    from magic141.training.vae import VaeStage
-
-    config = _preset(preset)
     settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
                 "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
                 "warmup_steps": warmup_steps}
-    _train(context, lambda: VaeStage(config.vae, config.width, config.height, config.fps), settings, ray_address, as_json)
+    _check_settings(settings)
+    stage = _stage("vae", preset)
+    _train(context, lambda: stage, settings, ray_address, as_json)
 
 
-def _transformer_stage(preset_name: str, mode: str, vae: Path | None, init: Path | None, samples: int,
-                       cache_dir: Path, seed: int) -> Any:
-    """The stage over its latent cache, built first (with a bar) when this dataset has none yet."""
-    from magic141.training.transformer import TransformerStage, build_cache, cache_path, encoders
+def _stage(name: str, preset: str, **options: Any) -> Any:
+    """The stage, its transformer latent cache encoded first (with a bar) when this dataset has none yet."""
+    from tasks.training import make_stage
 
-    preset = _preset(preset_name)
-    for name, folder, marker in (("--vae", vae, "config.json"), ("--t2v", init, "config.json")):
-        if folder is not None and not (folder / marker).is_file():
-            raise UserError(f"{name} {folder} is not a weights folder (no {marker}); pass the final/ folder of its run")
-    if samples < 1:
-        raise UserError(f"--samples must be >= 1, got {samples}")
-    components = encoders(preset, vae)
-    path, fingerprint = cache_path(cache_dir, components, samples, seed)
-    if not path.is_file():
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=stderr) as progress:
-            bar = progress.add_task("encode windows", total=samples)
-            build_cache(components, preset, samples, seed, path, lambda done, total: progress.update(bar, completed=done))
-    return TransformerStage(preset, mode, path, fingerprint, init)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        bar = progress.add_task("encode windows", total=None, visible=False)
+
+        def on_cache(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total, visible=True)
+
+        try:
+            return make_stage(name, preset, on_cache=on_cache, **options)
+        except ValueError as exc:
+            raise UserError(one_line(exc)) from None
 
 
 VaeOption = Annotated[Path | None, typer.Option("--vae", help="Trained VAE folder (final/ of 'train vae').")]
@@ -193,17 +180,17 @@ def train_t2v(
     context: typer.Context,
     preset: PresetOption = "toy",
     vae: VaeOption = None,
-    samples: SamplesOption = 2000,
+    samples: SamplesOption = SAMPLES,
     cache_dir: CacheOption = Path("out/train/cache"),
     out: OutOption = Path("out/train/t2v"),
-    max_steps: StepsOption = 3000,
+    max_steps: StepsOption = DEFAULTS["t2v"].max_steps,
     seed: SeedOption = 0,
     resume: ResumeOption = False,
     workers: WorkersOption = 1,
-    batch_size: BatchOption = 16,
-    learning_rate: LearningRateOption = 5e-4,
-    schedule: ScheduleOption = "cosine",
-    warmup_steps: WarmupOption = 100,
+    batch_size: BatchOption = DEFAULTS["t2v"].batch_size,
+    learning_rate: LearningRateOption = DEFAULTS["t2v"].learning_rate,
+    schedule: ScheduleOption = DEFAULTS["t2v"].schedule,
+    warmup_steps: WarmupOption = DEFAULTS["t2v"].warmup_steps,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -212,7 +199,7 @@ def train_t2v(
                 "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
                 "warmup_steps": warmup_steps}
     _check_settings(settings)
-    stage = _transformer_stage(preset, "t2v", vae, None, samples, cache_dir, seed)
+    stage = _stage("t2v", preset, vae=vae, samples=samples, cache_dir=cache_dir, seed=seed)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
 
 
@@ -222,17 +209,17 @@ def train_i2v(
     t2v: Annotated[Path, typer.Option("--t2v", help="The T2V teacher's folder (final/ of 'train t2v').")],
     preset: PresetOption = "toy",
     vae: VaeOption = None,
-    samples: SamplesOption = 2000,
+    samples: SamplesOption = SAMPLES,
     cache_dir: CacheOption = Path("out/train/cache"),
     out: OutOption = Path("out/train/i2v"),
-    max_steps: StepsOption = 3000,
+    max_steps: StepsOption = DEFAULTS["i2v"].max_steps,
     seed: SeedOption = 0,
     resume: ResumeOption = False,
     workers: WorkersOption = 1,
-    batch_size: BatchOption = 16,
-    learning_rate: LearningRateOption = 5e-4,
-    schedule: ScheduleOption = "cosine",
-    warmup_steps: WarmupOption = 100,
+    batch_size: BatchOption = DEFAULTS["i2v"].batch_size,
+    learning_rate: LearningRateOption = DEFAULTS["i2v"].learning_rate,
+    schedule: ScheduleOption = DEFAULTS["i2v"].schedule,
+    warmup_steps: WarmupOption = DEFAULTS["i2v"].warmup_steps,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -242,5 +229,41 @@ def train_i2v(
                 "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
                 "warmup_steps": warmup_steps}
     _check_settings(settings)
-    stage = _transformer_stage(preset, "i2v", vae, t2v, samples, cache_dir, seed)
+    stage = _stage("i2v", preset, vae=vae, t2v=t2v, samples=samples, cache_dir=cache_dir, seed=seed)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
+
+
+@train_app.command("all")
+def train_all(
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="One run folder per stage under it.")] = Path("out/train"),
+    stage: Annotated[
+        list[str] | None, typer.Option("--stage", help="Train only this stage (repeat for several): clip, vae, t2v, i2v.")
+    ] = None,
+    seed: SeedOption = 0,
+    workers: WorkersOption = 1,
+    ship_to: Annotated[
+        Path | None, typer.Option("--ship-to", help="Copy the finished weights here with a MANIFEST.json.")
+    ] = None,
+    ray_address: RayAddressOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every stage in order as the Prefect flow 'train-toy-world' (progress artifacts per stage). Finished
+    stages are kept and interrupted ones resume, so rerunning after a crash loses nothing."""
+    from flows.cli_common import prefect_api, progress_bars
+
+    quiet_model_libraries(diffusers=False, ray=workers > 1)
+    from flows.train import train_toy_world
+
+    labels = {name: f"train {name}" for name in ("clip", "vae", "t2v", "i2v")}
+    labels |= {f"{name}-cache": f"encode {name} windows" for name in ("t2v", "i2v")}
+    with prefect_api(), progress_bars(labels):
+        runs = train_toy_world(str(out_dir), stage, None, seed, workers, ray_address,
+                               None if ship_to is None else str(ship_to))
+    rows = [{"stage": r.stage, "steps": r.steps, "first_loss": r.first_loss, "last_loss": r.last_loss,
+             "trained": r.trained, "folder": r.folder} for r in runs]
+    if as_json:
+        stdout.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        print_fields([(row["stage"], f"{row['steps']} steps, loss {row['first_loss']:.4g} -> {row['last_loss']:.4g}"
+                       f"{'' if row['trained'] else ' (kept)'}, {row['folder']}")], 5)

@@ -185,3 +185,18 @@ def test_the_train_command_trains_resumes_records_its_command_and_refuses_bad_se
     bad = subprocess.run([*magic141, "--out", str(tmp_path / "x"), "--max-steps", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "magic141: error: --max-steps must be >= 1, got 0"
     assert not (tmp_path / "x").exists()
+
+
+def test_the_training_flow_trains_keeps_finished_stages_and_ships_them(prefect_api, tmp_path: Path) -> None:
+    from flows.train import train_toy_world
+
+    out, shipped = tmp_path / "train", tmp_path / "weights"
+    (first,) = train_toy_world(str(out), ["clip"], {"clip": 2}, ship_to=str(shipped))
+    assert first.trained and first.steps == 2 and (out / "clip" / "final").is_dir()
+    assert check(shipped) == [] and (shipped / "clip" / "open_clip_model.safetensors").is_file()
+    (again,) = train_toy_world(str(out), ["clip"], {"clip": 2})
+    assert not again.trained and again.last_loss == first.last_loss
+    (longer,) = train_toy_world(str(out), ["clip"], {"clip": 3})  # an unfinished run resumes
+    assert longer.trained and len(read_losses(out / "clip")) == 3
+    with pytest.raises(ValueError, match="unknown training stage\\(s\\) dit"):
+        train_toy_world(str(out), ["dit"])
