@@ -250,7 +250,11 @@ def train_all(
     """Every stage in order as the Prefect flow 'train-toy-world' (progress artifacts per stage). Finished
     stages are kept and interrupted ones resume, so rerunning after a crash loses nothing."""
     from flows.cli_common import prefect_api, progress_bars
+    from tasks.training import STAGES
 
+    unknown = sorted(set(stage or ()) - set(STAGES))
+    if unknown:
+        raise UserError(f"unknown training stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
     quiet_model_libraries(diffusers=False, ray=workers > 1)
     from flows.train import train_toy_world
 
