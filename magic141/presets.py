@@ -122,6 +122,23 @@ class Preset:
         return dataclasses.replace(self, **changes)
 
 
+# The text encoders of the small presets: random (seeded) weights, frozen even when the toy preset is trained.
+SMALL_TEXT = TextEncoderConfig(
+    llm_hidden_size=32,
+    llm_layers=3,
+    llm_heads=2,
+    llm_intermediate_size=64,
+    vision_hidden_size=16,
+    vision_layers=1,
+    vision_heads=2,
+    vision_image_size=32,
+    vision_patch_size=8,
+    clip_hidden_size=16,
+    clip_layers=1,
+    clip_heads=2,
+    max_sequence_length=64,
+)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -138,21 +155,7 @@ PRESETS: dict[str, Preset] = {
             rope_axes_dim=(2, 2, 4),
         ),
         vae=VAEConfig(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4),
-        text=TextEncoderConfig(
-            llm_hidden_size=32,
-            llm_layers=3,
-            llm_heads=2,
-            llm_intermediate_size=64,
-            vision_hidden_size=16,
-            vision_layers=1,
-            vision_heads=2,
-            vision_image_size=32,
-            vision_patch_size=8,
-            clip_hidden_size=16,
-            clip_layers=1,
-            clip_heads=2,
-            max_sequence_length=64,
-        ),
+        text=SMALL_TEXT,
         prior=PriorConfig(
             unet_block_out_channels=(16, 32),
             unet_attention_head_dim=(2, 4),
@@ -180,21 +183,7 @@ PRESETS: dict[str, Preset] = {
             rope_axes_dim=(8, 12, 12),
         ),
         vae=VAEConfig(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=4),
-        text=TextEncoderConfig(
-            llm_hidden_size=32,
-            llm_layers=3,
-            llm_heads=2,
-            llm_intermediate_size=64,
-            vision_hidden_size=16,
-            vision_layers=1,
-            vision_heads=2,
-            vision_image_size=32,
-            vision_patch_size=8,
-            clip_hidden_size=16,
-            clip_layers=1,
-            clip_heads=2,
-            max_sequence_length=64,
-        ),
+        text=SMALL_TEXT,
         prior=PriorConfig(
             unet_block_out_channels=(32, 64),
             unet_attention_head_dim=(4, 8),

@@ -47,6 +47,19 @@ def t2v_prompt_template(tokenizer: Any) -> dict[str, Any]:
     return {"template": template, "crop_start": len(tokenizer(template.split("{}")[0]).input_ids)}
 
 
+def t2v_text_pipeline(components: I2VComponents) -> HunyuanVideoPipeline:
+    """diffusers' HunyuanVideo T2V pipeline over the components, for its prompt encoder (the language model alone)."""
+    return HunyuanVideoPipeline(
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        transformer=components.transformer,
+        vae=components.vae,
+        scheduler=components.scheduler,
+        text_encoder_2=components.text_encoder_2,
+        tokenizer_2=components.tokenizer_2,
+    )
+
+
 def _subsequence_end(sequence: list[int], pattern: list[int]) -> int:
     """Index just past the only occurrence of ``pattern`` in ``sequence``."""
     starts = [i for i in range(len(sequence) - len(pattern) + 1) if sequence[i : i + len(pattern)] == pattern]
@@ -84,15 +97,7 @@ def encode_magic141(
     max_sequence_length: int,
 ) -> tuple[PromptEmbeddings, PromptEmbeddings | None]:
     """The official Magic 1-For-1 conditioning: VLM image tokens, then the T2V-template prompt tokens."""
-    text = HunyuanVideoPipeline(
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        transformer=components.transformer,
-        vae=components.vae,
-        scheduler=components.scheduler,
-        text_encoder_2=components.text_encoder_2,
-        tokenizer_2=components.tokenizer_2,
-    )
+    text = t2v_text_pipeline(components)
     template = t2v_prompt_template(components.tokenizer)
     image_tokens = vlm_image_tokens(components, image, device)
 

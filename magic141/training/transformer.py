@@ -35,7 +35,7 @@ from magic141.adaptation import widen_patch_embedding
 from magic141.components import I2VComponents, build_i2v_components, build_transformer, fingerprint_modules
 from magic141.conditioning import image_condition, model_input
 from magic141.presets import Preset
-from magic141.prompt_encoding import t2v_prompt_template, vlm_image_tokens
+from magic141.prompt_encoding import t2v_prompt_template, t2v_text_pipeline, vlm_image_tokens
 from magic141.toy_world import all_captions, render_video, sample_scene, split_captions
 from magic141.training.loop import sample_rng
 
@@ -98,18 +98,7 @@ def build_cache(
 def encode_text(components: I2VComponents, prompts: list[str], max_sequence_length: int) -> tuple[torch.Tensor, ...]:
     """The prompts' text states (B, L, D), masks (B, L) and pooled vectors (B, D) as the ``magic141`` format
     encodes them (the language model alone, HunyuanVideo's T2V template), without the image tokens."""
-    from diffusers import HunyuanVideoPipeline
-
-    text = HunyuanVideoPipeline(
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        transformer=components.transformer,
-        vae=components.vae,
-        scheduler=components.scheduler,
-        text_encoder_2=components.text_encoder_2,
-        tokenizer_2=components.tokenizer_2,
-    )
-    embeds, pooled, mask = text.encode_prompt(
+    embeds, pooled, mask = t2v_text_pipeline(components).encode_prompt(
         prompt=prompts, prompt_template=t2v_prompt_template(components.tokenizer), device=torch.device("cpu"),
         max_sequence_length=max_sequence_length,
     )
