@@ -37,8 +37,22 @@ def _files(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def ship(runs: list[Path], to: Path) -> dict[str, Any]:
-    """Copy every run's final folder under ``to`` and (re)write the manifest; return it."""
+def _halve(folder: Path) -> None:
+    """Store the float32 tensors of every safetensors file in ``folder`` as float16 (half the bytes)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for path in folder.rglob("*.safetensors"):
+        tensors = load_file(path)
+        save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}, path)
+
+
+def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Copy every run's final folder under ``to`` and (re)write the manifest; return it.
+
+    The stages named in ``half`` are stored in float16, for models whose loaders cast the weights into
+    their own float32 parameters (open_clip does).
+    """
     manifest_path = to / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"stages": {}}
     for run in runs:
@@ -49,8 +63,12 @@ def ship(runs: list[Path], to: Path) -> dict[str, Any]:
         target = to / record["stage"]
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(final, target)
+        if record["stage"] in half:
+            _halve(target)
         sessions = [json.loads(line) for line in (run / "sessions.jsonl").read_text().splitlines() if line.strip()]
-        manifest["stages"][record["stage"]] = {"sessions": sessions, "identity": record["identity"]}
+        manifest["stages"][record["stage"]] = {
+            "sessions": sessions, "identity": record["identity"], "float16": record["stage"] in half
+        }
         logger.info("shipped %s from %s", record["stage"], run)
     manifest["files"] = _files(to)
     manifest["total_bytes"] = sum(entry["bytes"] for entry in manifest["files"].values())
@@ -70,6 +88,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="*", help="run folders (holding run.json and final/)")
     parser.add_argument("--to", type=Path, required=True, help="the shipped weights folder")
     parser.add_argument("--check", action="store_true", help="verify --to against its manifest and exit")
+    parser.add_argument("--half", action="append", default=[], metavar="STAGE", help="store STAGE in float16")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.check:
@@ -77,7 +96,7 @@ def main() -> None:
         for name in differing:
             logger.error("%s differs from %s", name, args.to / MANIFEST)
         sys.exit(1 if differing else 0)
-    manifest = ship(args.runs, args.to)
+    manifest = ship(args.runs, args.to, frozenset(args.half))
     logger.info("%d files, %.1f MB in %s", len(manifest["files"]), manifest["total_bytes"] / 1e6, args.to)
 
 
