@@ -1,7 +1,7 @@
 """Copy finished runs' weights into the shipped folder and write its manifest.
 
 ``python -m magic141.training.ship --to magic141/toy_weights RUN [RUN ...]`` copies each run's ``final/``
-folder to ``<to>/<stage>/`` and writes ``<to>/MANIFEST.json``: the sha256 and size of every shipped file,
+folder to ``<to>/<stage>/`` and its loss curve to ``<to>/curves/<stage>.png``, and writes ``<to>/MANIFEST.json``: the sha256 and size of every shipped file,
 and for each stage the commands, commits, seeds, steps and wall times that produced it (its
 ``sessions.jsonl``). ``--check`` verifies a shipped folder against its manifest instead.
 """
@@ -65,6 +65,9 @@ def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict
         shutil.copytree(final, target)
         if record["stage"] in half:
             _halve(target)
+        if (run / "loss.png").is_file():
+            (to / "curves").mkdir(exist_ok=True)
+            shutil.copyfile(run / "loss.png", to / "curves" / f"{record['stage']}.png")
         sessions = [json.loads(line) for line in (run / "sessions.jsonl").read_text().splitlines() if line.strip()]
         manifest["stages"][record["stage"]] = {
             "sessions": sessions, "identity": record["identity"], "float16": record["stage"] in half
