@@ -25,7 +25,7 @@ class StageDefaults:
 
 
 DEFAULTS: dict[str, StageDefaults] = {
-    "clip": StageDefaults(1500, 64, 1e-3, "constant", 0),
+    "clip": StageDefaults(3000, 64, 1e-3, "constant", 0),
     "vae": StageDefaults(3000, 4, 1e-3, "cosine", 0),
     "t2v": StageDefaults(3000, 16, 5e-4, "cosine", 100),
     "i2v": StageDefaults(3000, 16, 5e-4, "cosine", 100),
