@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 import PIL.Image
 import torch
@@ -64,6 +62,3 @@ def vae_psnr(vae: torch.nn.Module, split: str, count: int, frames: int, fps: int
             scores.append(np.median([psnr(a, b) for a, b in zip(out, video[: clip.shape[2]])]))
     return {"image_psnr": float(np.median(image_scores)), "clip_psnr": float(np.median(clip_scores))}
 
-
-def summary(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())

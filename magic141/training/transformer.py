@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 CAPTION_DROPOUT = 0.1
 TEACHER_GUIDANCE = 1.0
-MODES = ("t2v", "i2v")
 
 
 def _scale(vae: torch.nn.Module) -> float:
