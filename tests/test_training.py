@@ -57,7 +57,7 @@ def test_a_run_writes_a_loadable_folder_a_loss_log_a_curve_and_its_loss_falls(tm
     (session,) = [json.loads(line) for line in (tmp_path / "run" / "sessions.jsonl").read_text().splitlines()]
     assert (session["from_step"], session["to_step"], session["workers"], session["seed"]) == (0, 30, 1, 5)
     shipped = ship([tmp_path / "run"], tmp_path / "shipped")
-    assert set(shipped["files"]) == {"clip/open_clip_config.json", "clip/open_clip_model.safetensors"}
+    assert set(shipped["files"]) == {"clip/open_clip_config.json", "clip/open_clip_model.safetensors", "curves/clip.png"}
     assert shipped["stages"]["clip"]["sessions"] == [session] and check(tmp_path / "shipped") == []
     (tmp_path / "shipped" / "clip" / "open_clip_config.json").write_text("{}")
     assert check(tmp_path / "shipped") == ["clip/open_clip_config.json"]
