@@ -1,4 +1,4 @@
-# Two entry points: `make demo` runs the main job on the tiny preset, `make test` runs the test suite.
+# Two entry points: `make demo` runs the main job on the trained toy preset, `make test` runs the test suite.
 # Both bootstrap themselves: uv into .uv/, then the locked dependencies into .venv/.
 
 PYTHON ?= python3
@@ -21,9 +21,10 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 demo: $(VENV)/.synced
 	mkdir -p out/demo
-	$(VENV)/bin/python -c "from retrieval_index.demo import make_demo_corpus; make_demo_corpus('out/demo/corpus')"
-	$(VENV)/bin/magic141 index build out/demo/corpus --index-dir out/demo/index --incremental
+	$(VENV)/bin/python -c "from magic141.toy_world import write_corpus; write_corpus('out/demo/corpus', 120, 'train', seed=7)"
+	$(VENV)/bin/magic141 index build out/demo/corpus --index-dir out/demo/index --model toy --incremental
 	$(VENV)/bin/magic141 bulk examples/prompts.csv --out-dir out/demo --index-dir out/demo/index
+	$(VENV)/bin/magic141 catalog sheet --catalog sqlite:///out/demo/catalog.db --out out/demo/contact-sheet.png
 
 test: $(VENV)/.synced
 	$(VENV)/bin/python -m pytest

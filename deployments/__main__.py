@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.cli_common import UserError, configure_cli, quiet_model_libraries, stderr, stdout
+from magic141.presets import default_preset_name
 
 START_SERVER = (
     "start the server with 'prefect server start' and set PREFECT_API_URL to its API address "
@@ -38,13 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--inbox-cron", default=INBOX_CRON, help=f"when the inbox is read (default {INBOX_CRON!r})")
     parser.add_argument("--index-cron", default=NIGHTLY_CRON, help=f"when the index is rebuilt (default {NIGHTLY_CRON!r})")
     parser.add_argument("--timezone", default="UTC")
-    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--preset", default=default_preset_name(),
+                        help="model preset of the bulk runs (default: $MAGIC141_PRESET, else toy: its trained weights)")
     parser.add_argument("--weights", type=Path, help="weights folder or JSON file of the bulk runs (see magic141 generate)")
     parser.add_argument("--quantize", help=f"quantize the bulk runs' model on load: {' or '.join(QUANTIZATION_LEVELS)}")
     parser.add_argument("--low-memory", action="store_true",
                         help="bulk runs keep each model on the GPU only while it runs")
     parser.add_argument("--clip-model", default="tiny",
-                        help="CLIP model of the nightly index rebuild: 'tiny' (random, for demos) or an open_clip "
+                        help="CLIP model of the nightly index rebuild: 'toy' (trained), 'tiny' (random) or an open_clip "
                              "name such as ViT-B-32 (default: tiny)")
     parser.add_argument("--clip-weights", type=Path, metavar="FILE",
                         help="local weights file of --clip-model (needed for every model but tiny)")

@@ -21,7 +21,7 @@ configured ``PREFECT_API_URL``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
 
@@ -39,6 +39,7 @@ from prefect.schedules import Cron
 from prefect.workers.process import ProcessWorker
 
 from deployments.rebuild_index import NIGHTLY_CRON, rebuild_index_deployment
+from magic141.presets import default_preset_name
 from deployments.source import PROJECT_DIR, from_checkout
 from flows.bulk import GPU_LIMIT, bulk_inbox
 from retrieval_index.embedder import EmbedderSpec
@@ -66,7 +67,7 @@ class ServiceConfig:
     inbox_cron: str = INBOX_CRON
     index_cron: str = NIGHTLY_CRON
     timezone: str = "UTC"
-    preset: str = "tiny"
+    preset: str = field(default_factory=default_preset_name)
     weights: Path | None = None
     quantize: str | None = None
     low_memory: bool = False

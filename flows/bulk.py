@@ -33,6 +33,7 @@ from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import SecretStr
 
+from magic141.presets import default_preset_name
 from tasks.bulk import (
     batch_lease,
     check_bulk,
@@ -90,11 +91,11 @@ def bulk_generate(
     catalog_url: CatalogUrl = None,
     index_dir: str | None = None,
     image_roots: list[str] | None = None,
-    preset: str = "tiny",
+    preset: str | None = None,
     weights: str | None = None,
     quantize: str | None = None,
     low_memory: bool = False,
-    steps: int = 4,
+    steps: int | None = None,
     workers: int = 0,
     ray_address: str | None = None,
     concurrency: int | None = None,
@@ -111,7 +112,8 @@ def bulk_generate(
     or a secret holding one) defaults to ``$MAGIC141_CATALOG_URL`` or ``catalog.db`` in ``out_dir``;
     ``index_dir`` is the retrieval index for the ``auto`` and ``retrieve`` priors (none: ``auto``
     generates text-to-image). ``image_roots`` are the folders row images must lie in (default:
-    the CSV's folder). ``concurrency`` defaults to ``max(1, workers)``.
+    the CSV's folder). ``concurrency`` defaults to ``max(1, workers)``. ``preset`` defaults to
+    ``$MAGIC141_PRESET`` or ``toy``, ``steps`` to the preset's.
     """
     rows_at_once = concurrency if concurrency is not None else max(1, workers)
     settings = check_bulk(
@@ -182,7 +184,7 @@ def bulk_inbox(
     out_dir: str,
     catalog_url: CatalogUrl = None,
     index_dir: str | None = None,
-    preset: str = "tiny",
+    preset: str | None = None,
     weights: str | None = None,
     quantize: str | None = None,
     low_memory: bool = False,
@@ -206,7 +208,7 @@ def bulk_inbox(
     while (claimed := claim_next(inbox, settle_s)) is not None:
         with heartbeat(claim_lease_path(claimed)):
             handled.append(_run_claimed(claimed, inbox, out_dir, catalog, index_dir,
-                                        ModelSpec(preset, weights, quantize, low_memory), workers, concurrency,
+                                        ModelSpec(preset or default_preset_name(), weights, quantize, low_memory), workers, concurrency,
                                         gpu_limit))
     if handled:
         create_markdown_artifact(_inbox_markdown(inbox, handled), key="bulk-inbox",

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from flows.cli_bulk import bulk
+from flows.cli_evaluate import evaluate
 from flows.cli_catalog_ext import check_export, check_row_status, export_catalog, print_batch_rows
 from flows.cli_common import (
     UserError,
@@ -40,8 +41,10 @@ from tasks.catalog import (
     redact,
     resolve_catalog_url,
 )
+from magic141.presets import default_preset_name
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
-from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, check_output, check_prior, validate_request
+from tasks.ffmpeg import ProbeError
+from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, check_output, check_prior, printable_text, validate_request
 from tasks.services import ServiceStartError
 
 DEFAULT_OUT_DIR = Path("out")
@@ -54,6 +57,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(index_app, name="index")
 app.add_typer(train_app, name="train")
 app.command("bulk")(bulk)
+app.command("evaluate")(evaluate)
 # Exit status of a command whose own services (Prefect's temporary server, a local Ray) did not start: try again
 # later or run the service separately (sysexits' EX_TEMPFAIL).
 EXIT_SERVICE_START = 75
@@ -130,13 +134,13 @@ def generate(
     prompt: Annotated[str, typer.Option(help="What the video shows.")],
     image: Annotated[Path | None, typer.Option(help="First frame; without it the text-to-image prior makes one.")] = None,
     seconds: Annotated[float, typer.Option(help="Video length in seconds (at most 600).")] = 5.0,
-    fps: Annotated[int, typer.Option(help="Frames per second (1-120).")] = 24,
+    fps: Annotated[int | None, typer.Option(help="Frames per second, 1-120 (default: the preset's, 8 for toy).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed; random if omitted, always recorded.")] = None,
-    steps: Annotated[int, typer.Option(help="Sampler steps per window (4 for the distilled model).")] = 4,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps per window (default: the preset's).")] = None,
     guidance: Annotated[float | None, typer.Option(help="Embedded guidance scale w (preset default).")] = None,
     true_cfg: Annotated[float, typer.Option(help="True CFG scale for non-distilled weights (needs --negative-prompt).")] = 1.0,
     negative_prompt: Annotated[str | None, typer.Option(help="What the video should not show.")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset (video geometry, sampler defaults; random weights without --weights).")] = "tiny",
+    preset: Annotated[str | None, typer.Option(envvar="MAGIC141_PRESET", help="Model preset: video geometry, sampler defaults and, without --weights, its own weights (toy: trained, tiny: random).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Weights folder (transformer/, vae/, ...) or a JSON file naming each component's folder.")] = None,
     quantize: Annotated[str | None, typer.Option(help="Quantize transformer and text encoder weights on the fly: int8 or int4.")] = None,
     low_memory: Annotated[bool, typer.Option("--low-memory", help="Keep each model on the GPU only while it runs.")] = False,
@@ -171,7 +175,7 @@ def generate(
             guidance=guidance,
             true_cfg=true_cfg,
             negative_prompt=negative_prompt,
-            preset=preset,
+            preset=preset or default_preset_name(),
             weights=None if weights is None else str(weights),
             quantize=quantize,
             low_memory=low_memory,
@@ -275,6 +279,30 @@ def catalog_list(
             cell(row["output_path"]),
         )
     stdout.print(table)
+
+
+@catalog_app.command("sheet")
+def catalog_sheet(
+    out: Annotated[Path, typer.Option(help="The PNG to write.")],
+    catalog: CatalogOption = None,
+    limit: Annotated[int, typer.Option(help="Newest N videos, shown oldest first.")] = 20,
+    frames: Annotated[int, typer.Option(help="Frames shown per video, first to last.")] = 8,
+) -> None:
+    """Write one contact sheet of the newest videos: a row of frames per video, under its prompt."""
+    from tasks.thumbnails import write_videos_sheet
+
+    if limit < 1 or frames < 1:
+        raise UserError(f"--limit and --frames must be >= 1, got {limit} and {frames}")
+    if not out.absolute().parent.is_dir():
+        raise UserError(f"folder {str(out.absolute().parent)!r} does not exist; create it or choose another --out")
+    with _open(catalog) as store:
+        rows = store.list_videos(limit=limit)
+    videos = [(f"{printable_text(row['prompt'])[:90]} ({row['prior_source']} first frame, {row['frames']} frames)",
+               row["output_path"]) for row in reversed(rows) if Path(row["output_path"]).is_file()]
+    try:
+        stdout.print(str(write_videos_sheet(videos, out, frames)))
+    except (ValueError, ProbeError) as exc:
+        raise UserError(one_line(exc)) from None
 
 
 @catalog_app.command("show")

@@ -43,11 +43,11 @@ def bulk(
     image_root: Annotated[
         list[Path] | None, typer.Option(help="Folder row images may come from (repeatable; default: the CSV's folder).")
     ] = None,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = "tiny",
+    preset: Annotated[str | None, typer.Option(envvar="MAGIC141_PRESET", help="Model preset (default: toy, its trained weights).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Weights folder or JSON file (see magic141 generate).")] = None,
     quantize: Annotated[str | None, typer.Option(help="Quantize on the fly: int8 or int4.")] = None,
     low_memory: Annotated[bool, typer.Option("--low-memory", help="Keep each model on the GPU only while it runs.")] = False,
-    steps: Annotated[int, typer.Option(help="Sampler steps per window.")] = 4,
+    steps: Annotated[int | None, typer.Option(help="Sampler steps per window (default: the preset's).")] = None,
     workers: Annotated[int, typer.Option(help="Ray render actors, one per GPU; 0 renders in this process.")] = 0,
     ray_address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="Ray cluster to render on.")] = None,
     concurrency: Annotated[
@@ -78,7 +78,7 @@ def bulk(
     try:
         if retry_delay < 0:
             raise ValueError(f"retry delay must be >= 0 seconds, got {retry_delay}")
-        read_prompt_csv(csv_file, roots, index_configured=index_dir is not None)
+        read_prompt_csv(csv_file, roots, index_configured=index_dir is not None, preset=preset)
         quiet_model_libraries(ray=workers > 0)  # the file is read before the models' libraries are imported
         from tasks.bulk import check_bulk
 

@@ -39,7 +39,7 @@ def index_build(
     incremental: Annotated[
         bool, typer.Option("--incremental", help="Embed only images not in the embedding cache; reuse unchanged hashes.")
     ] = False,
-    model: Annotated[str, typer.Option(help="CLIP model: 'tiny' (random, for demos) or an open_clip name.")] = "tiny",
+    model: Annotated[str, typer.Option(help="CLIP model: 'toy' (trained on the toy world), 'tiny' (random), a trained folder, or an open_clip name.")] = "tiny",
     pretrained: Annotated[Path | None, typer.Option(help="Local weights file of --model (nothing is downloaded).")] = None,
     recall_target: Annotated[float, typer.Option(help="recall@10 the search knob is tuned to reach.")] = 0.95,
     catalog: Annotated[

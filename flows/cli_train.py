@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from flows.cli_common import UserError, one_line, print_fields, quiet_model_libraries, stderr, stdout
-from tasks.training import DEFAULTS, SAMPLES
+from tasks.training import DEFAULTS, PRIOR_AUTOENCODER_STEPS, SAMPLES
 
 train_app = typer.Typer(help="Train the toy world's models (see the README's 'Training' section).", no_args_is_help=True)
 
@@ -153,6 +153,41 @@ def train_vae(
     _train(context, lambda: stage, settings, ray_address, as_json)
 
 
+@train_app.command("prior")
+def train_prior(
+    context: typer.Context,
+    preset: PresetOption = "toy",
+    autoencoder_steps: Annotated[
+        int, typer.Option("--autoencoder-steps", help="First steps, which train the autoencoder; the UNet trains after.")
+    ] = PRIOR_AUTOENCODER_STEPS,
+    out: OutOption = Path("out/train/prior"),
+    max_steps: StepsOption = DEFAULTS["prior"].max_steps,
+    seed: SeedOption = 0,
+    resume: ResumeOption = False,
+    workers: WorkersOption = 1,
+    batch_size: BatchOption = DEFAULTS["prior"].batch_size,
+    learning_rate: LearningRateOption = DEFAULTS["prior"].learning_rate,
+    schedule: ScheduleOption = DEFAULTS["prior"].schedule,
+    warmup_steps: WarmupOption = DEFAULTS["prior"].warmup_steps,
+    ray_address: RayAddressOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The text-to-image prior (the preset's SDXL-family pipeline) on toy-world first frames: its autoencoder
+    first, then its UNet, with the text encoders frozen.
+
+    Its final/ folder is a diffusers pipeline: put it in a weights folder as prior/.
+    """
+    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
+                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
+                "warmup_steps": warmup_steps}
+    _check_settings(settings)
+    if max_steps <= autoencoder_steps:
+        raise UserError(f"--max-steps {max_steps} leaves no step for the UNet after {autoencoder_steps} autoencoder "
+                        "steps; raise --max-steps or lower --autoencoder-steps")
+    stage = _stage("prior", preset, autoencoder_steps=autoencoder_steps)
+    _train(context, lambda: stage, settings, ray_address, as_json)
+
+
 def _stage(name: str, preset: str, **options: Any) -> Any:
     """The stage, its transformer latent cache encoded first (with a bar) when this dataset has none yet."""
     from tasks.training import make_stage
@@ -237,7 +272,7 @@ def train_i2v(
 def train_all(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="One run folder per stage under it.")] = Path("out/train"),
     stage: Annotated[
-        list[str] | None, typer.Option("--stage", help="Train only this stage (repeat for several): clip, vae, t2v, i2v.")
+        list[str] | None, typer.Option("--stage", help="Train only this stage (repeat for several): clip, vae, prior, t2v, i2v.")
     ] = None,
     seed: SeedOption = 0,
     workers: WorkersOption = 1,
@@ -258,7 +293,7 @@ def train_all(
     quiet_model_libraries(diffusers=False, ray=workers > 1)
     from flows.train import train_toy_world
 
-    labels = {name: f"train {name}" for name in ("clip", "vae", "t2v", "i2v")}
+    labels = {name: f"train {name}" for name in STAGES}
     labels |= {f"{name}-cache": f"encode {name} windows" for name in ("t2v", "i2v")}
     with prefect_api(), progress_bars(labels):
         runs = train_toy_world(str(out_dir), stage, None, seed, workers, ray_address,

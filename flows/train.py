@@ -1,5 +1,5 @@
-"""The ``train_toy_world`` flow: every toy-world stage in order (CLIP, VAE, T2V teacher, I2V teacher), then the
-shipped weights folder.
+"""The ``train_toy_world`` flow: every toy-world stage in order (CLIP, VAE, text-to-image prior, T2V teacher,
+I2V teacher), then the shipped weights folder.
 
 Each stage is a task with a progress artifact; a stage whose run folder already holds its finished run
 is kept as it is, and one that was interrupted resumes from its last checkpoint, so rerunning the flow

@@ -235,7 +235,8 @@ def build_i2v_components(
     return components
 
 
-def _build_prior_unet(config: PriorConfig, cross_attention_dim: int) -> UNet2DConditionModel:
+def build_prior_unet(config: PriorConfig, cross_attention_dim: int) -> UNet2DConditionModel:
+    """The prior's SDXL UNet at random weights (drawn from torch's current generator)."""
     levels = len(config.unet_block_out_channels)
     down = ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1)
     up = ("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",)
@@ -260,23 +261,28 @@ def _build_prior_unet(config: PriorConfig, cross_attention_dim: int) -> UNet2DCo
     )
 
 
+def build_prior_vae(config: PriorConfig, sample_size: int) -> AutoencoderKL:
+    """The prior's image autoencoder at random weights (drawn from torch's current generator)."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(config.vae_block_out_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(config.vae_block_out_channels),
+        block_out_channels=config.vae_block_out_channels,
+        latent_channels=4,
+        norm_num_groups=min(8, config.vae_block_out_channels[0]),
+        sample_size=sample_size,
+    )
+
+
 def build_prior_pipeline(preset: Preset) -> StableDiffusionXLPipeline:
     """The text-to-image prior: an SDXL pipeline with seeded random weights."""
     config = preset.prior
     tokenizer = build_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(preset.init_seed + 1)
-        unet = _build_prior_unet(config, config.text_hidden_size)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(config.vae_block_out_channels),
-            up_block_types=("UpDecoderBlock2D",) * len(config.vae_block_out_channels),
-            block_out_channels=config.vae_block_out_channels,
-            latent_channels=4,
-            norm_num_groups=min(8, config.vae_block_out_channels[0]),
-            sample_size=preset.height,
-        )
+        unet = build_prior_unet(config, config.text_hidden_size)
+        vae = build_prior_vae(config, preset.height)
         text_encoder = build_clip_text(config.text_hidden_size, config.text_layers, config.text_heads, tokenizer)
         text_encoder_2 = build_clip_text(
             config.text_hidden_size, config.text_layers, config.text_heads, tokenizer, projection=True

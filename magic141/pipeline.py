@@ -142,12 +142,14 @@ class Magic141Pipeline:
         low_memory: bool = False,
         dtype: torch.dtype | None = None,
     ) -> Magic141Pipeline:
-        """The pipeline of a preset: random seeded weights, or the weights in a local folder / JSON file.
+        """The pipeline of a preset: the weights in a local folder / JSON file, else the preset's own weights
+        folder (the shipped toy weights), else random seeded weights.
 
         ``quantize`` ("int8" or "int4") quantizes the transformer and text encoders' weights on the fly;
         components saved pre-quantized load as they are.
         """
         preset = get_preset(preset) if isinstance(preset, str) else preset
+        weights = preset.weights_folder if weights is None else weights
         if dtype is None:
             dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
         if weights is None:

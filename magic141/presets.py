@@ -1,14 +1,21 @@
 """Named model presets: typed, frozen configurations of every component.
 
 A preset fully describes the architecture of the image prior, the I2V transformer, the VAE and the
-text encoders, plus the video geometry one sampler window covers. ``tiny`` builds in a second on a
-CPU with random weights (tests and the demo); ``full-540p`` is the paper's HunyuanVideo-13B geometry.
+text encoders, plus the video geometry one sampler window covers. ``toy`` is the default: its weights,
+trained on the toy world (:mod:`magic141.toy_world`), ship in the package (``magic141/toy_weights``).
+``tiny`` builds in a second on a CPU with random weights (fast tests); ``full-540p`` is the paper's
+HunyuanVideo-13B geometry. ``$MAGIC141_PRESET`` names the preset used when a command is given none.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+PRESET_ENV = "MAGIC141_PRESET"
+DEFAULT_PRESET = "toy"
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,14 @@ class Preset:
     flow_shift: float = 7.0
     init_seed: int = 0
     window_overlap_latent_frames: int = 2  # latents shared by neighbouring co-denoising windows
+    shipped_weights: str | None = None  # a weights folder inside the package, used when no weights are given
+
+    @property
+    def weights_folder(self) -> Path | None:
+        """The preset's own weights folder (``shipped_weights`` in the package); None: random seeded weights."""
+        if self.shipped_weights is None:
+            return None
+        return Path(__file__).parent / self.shipped_weights
 
     @property
     def window_frames(self) -> int:
@@ -198,6 +213,7 @@ PRESETS: dict[str, Preset] = {
         guidance_scale=1.0,
         flow_shift=3.0,
         window_overlap_latent_frames=1,
+        shipped_weights="toy_weights",
     ),
     "full-540p": Preset(
         name="full-540p",
@@ -244,6 +260,11 @@ PRESETS: dict[str, Preset] = {
         flow_shift=5.0,
     ),
 }
+
+
+def default_preset_name() -> str:
+    """The preset of a command given none: ``$MAGIC141_PRESET``, else ``toy``."""
+    return os.environ.get(PRESET_ENV) or DEFAULT_PRESET
 
 
 def get_preset(name: str) -> Preset:

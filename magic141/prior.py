@@ -28,7 +28,10 @@ class ImagePrior:
 
     @classmethod
     def from_preset(cls, preset: str | Preset, device: str | torch.device = "cpu") -> ImagePrior:
+        """The preset's prior: its own weights folder's ``prior/`` (the shipped toy prior), else seeded weights."""
         preset = get_preset(preset) if isinstance(preset, str) else preset
+        if preset.weights_folder is not None:
+            return cls.from_pretrained(preset.weights_folder / "prior", preset, device)
         return cls(build_prior_pipeline(preset), preset, device)
 
     @classmethod

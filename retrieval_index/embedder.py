@@ -29,6 +29,7 @@ from retrieval_index.errors import RetrievalIndexError
 logger = logging.getLogger(__name__)
 
 TINY = "tiny"
+TOY = "toy"  # the CLIP trained on the toy world, shipped with the toy preset's weights
 TINY_SEED = 1141
 FOLDER_CONFIG = "open_clip_config.json"
 FOLDER_WEIGHTS = "open_clip_model.safetensors"
@@ -40,6 +41,13 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 _load_lock = threading.Lock()
+
+
+def toy_clip_folder() -> Path:
+    """The toy world's trained CLIP: ``clip/`` in the toy preset's shipped weights folder."""
+    from magic141.presets import get_preset
+
+    return get_preset("toy").weights_folder / "clip"
 
 
 @lru_cache(maxsize=8)
@@ -58,7 +66,8 @@ def _file_digest(path: Path) -> str:
 
 @dataclass(frozen=True)
 class EmbedderSpec:
-    """Which CLIP model embeds images and texts: ``tiny``, or an open_clip model name plus a local weights file."""
+    """Which CLIP model embeds images and texts: ``tiny`` (random), ``toy`` (trained on the toy world, shipped),
+    a trained model folder, or an open_clip model name plus a local weights file."""
 
     model: str = TINY
     pretrained: str | None = None
@@ -72,11 +81,11 @@ class EmbedderSpec:
                     "drop the weights file or name an open_clip model such as ViT-B-32"
                 )
             return self
-        folder = Path(self.model)
+        folder = toy_clip_folder() if self.model == TOY else Path(self.model)
         if (folder / FOLDER_CONFIG).is_file():
             if self.pretrained is not None:
                 raise RetrievalIndexError(
-                    f"CLIP folder {self.model!r} holds its own weights and takes no weights file; drop the weights file"
+                    f"CLIP folder {str(folder)!r} holds its own weights and takes no weights file; drop the weights file"
                 )
             if not (folder / FOLDER_WEIGHTS).is_file():
                 raise RetrievalIndexError(f"CLIP folder {self.model!r} has no {FOLDER_WEIGHTS}; train or copy it there")

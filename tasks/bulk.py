@@ -33,7 +33,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import Crashed
 
-from magic141.presets import get_preset
+from magic141.presets import default_preset_name, get_preset
 from tasks.bulk_csv import PromptCsv, ValidRow, content_key, read_prompt_csv
 from tasks.catalog import CatalogError, open_catalog, redact, resolve_catalog_url
 from tasks.catalog.batches import (
@@ -86,7 +86,7 @@ class BulkSettings:
     out_dir: str
     catalog_url: str
     model: ModelSpec
-    steps: int = 4
+    steps: int  # resolved: the preset's when none is given
     workers: int = 0
     ray_address: str | None = None
     index_dir: str | None = None
@@ -120,11 +120,11 @@ def check_bulk(
     out_dir: str | os.PathLike[str],
     catalog_url: str | None,
     *,
-    preset: str = "tiny",
+    preset: str | None = None,
     weights: str | None = None,
     quantize: str | None = None,
     low_memory: bool = False,
-    steps: int = 4,
+    steps: int | None = None,
     workers: int = 0,
     ray_address: str | None = None,
     index_dir: str | None = None,
@@ -139,6 +139,8 @@ def check_bulk(
         raise ValueError(f"output folder {str(folder)!r} does not exist or is not a folder; create it first")
     if not os.access(folder, os.W_OK):
         raise ValueError(f"output folder {str(folder)!r} is not writable; choose another --out-dir")
+    preset = preset or default_preset_name()
+    steps = get_preset(preset).steps if steps is None else steps
     check_steps(steps)
     model = check_model(ModelSpec(preset, weights, quantize, low_memory))
     check_low_memory(low_memory, workers, ray_address)
@@ -202,7 +204,7 @@ def read_prompts(csv_path: str, settings: BulkSettings, image_roots: list[str] |
     a text-to-image model (weights without ``prior/``) for ``auto`` or ``generate`` without an image.
     """
     table = read_prompt_csv(csv_path, image_roots, index_configured=settings.index_dir is not None,
-                            text_to_image=has_text_to_image(settings.model))
+                            text_to_image=has_text_to_image(settings.model), preset=settings.model.preset)
     get_run_logger().info("%s: %d valid row(s), %d rejected", table.path, len(table.valid), len(table.rejected))
     return table
 

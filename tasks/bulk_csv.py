@@ -52,6 +52,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from magic141.presets import default_preset_name, get_preset
 from tasks.catalog.models import WINDOW_MODES
 from tasks.ffmpeg import sha256_file
 from tasks.prior_policy import PRIOR_MODES
@@ -75,7 +76,6 @@ MAX_ID_LENGTH = 255
 CONTENT_KEY_VERSION = 1
 _REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerateRequest)}
 DEFAULT_SECONDS: float = _REQUEST_DEFAULTS["seconds"]
-DEFAULT_FPS: int = _REQUEST_DEFAULTS["fps"]
 DEFAULT_PRIOR = "auto"
 DEFAULT_WINDOWS = "chained"
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
@@ -114,7 +114,7 @@ class ValidRow:
     def num_frames(self) -> int:
         return round(self.seconds * self.fps)
 
-    def to_request(self, out: str, catalog_url: str, model: ModelSpec, steps: int = 4) -> GenerateRequest:
+    def to_request(self, out: str, catalog_url: str, model: ModelSpec, steps: int) -> GenerateRequest:
         """The generation request for this row (the image only when the prior is the user's)."""
         return GenerateRequest(
             prompt=self.prompt,
@@ -305,9 +305,11 @@ class _RowChecker:
     """Validates rows one by one; remembers keys to reject later duplicates."""
 
     def __init__(
-        self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path], index_configured: bool, text_to_image: bool
+        self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path], index_configured: bool, text_to_image: bool,
+        default_fps: int,
     ) -> None:
         self.columns = columns
+        self.default_fps = default_fps
         self.csv_dir = csv_dir
         self.roots = roots
         self.index_configured = index_configured
@@ -351,7 +353,7 @@ class _RowChecker:
         if cells.get("negative_prompt") and len(cells["negative_prompt"]) <= MAX_CELL_CHARS:
             negative_prompt = attempt(clean_prompt, cells["negative_prompt"], "negative prompt")
         seconds = attempt(_number, "seconds", cells.get("seconds") or str(DEFAULT_SECONDS), False)
-        fps = attempt(_number, "fps", cells.get("fps") or str(DEFAULT_FPS), True)
+        fps = attempt(_number, "fps", cells.get("fps") or str(self.default_fps), True)
         known_problems = len(problems)
         if seconds is not None:
             attempt(check_seconds, seconds)
@@ -428,6 +430,7 @@ def read_prompt_csv(
     *,
     index_configured: bool = False,
     text_to_image: bool = True,
+    preset: str | None = None,
 ) -> PromptCsv:
     """Read and validate a prompt CSV; raise one ``ValueError`` line if the file as a whole is unusable.
 
@@ -435,8 +438,10 @@ def read_prompt_csv(
     the CSV's own folder). ``index_configured`` says the run has a retrieval index; without one,
     rows asking for prior ``retrieve`` are rejected (``auto`` then generates text-to-image).
     ``text_to_image`` says the run has a text-to-image model; without one, rows without an image
-    whose prior is ``auto`` or ``generate`` are rejected.
+    whose prior is ``auto`` or ``generate`` are rejected. Rows without an ``fps`` get the frame rate of
+    ``preset`` (default: :func:`magic141.presets.default_preset_name`).
     """
+    default_fps = get_preset(preset or default_preset_name()).fps
     file = Path(path).absolute()
     try:
         data = file.read_bytes()
@@ -458,7 +463,7 @@ def read_prompt_csv(
             continue
         if columns is None or checker is None:
             columns = _header(file, raw)
-            checker = _RowChecker(columns, csv_dir, roots, index_configured, text_to_image)
+            checker = _RowChecker(columns, csv_dir, roots, index_configured, text_to_image, default_fps)
             continue
         row = checker.check(number, raw)
         if isinstance(row, ValidRow):

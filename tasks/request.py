@@ -7,13 +7,13 @@ import os
 import re
 import tempfile
 import unicodedata
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import PIL.Image
 from pydantic import SecretStr
 
-from magic141.presets import get_preset
+from magic141.presets import default_preset_name, get_preset
 from magic141.windows import WINDOW_MODES
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_mode, check_prior_settings
 
@@ -38,9 +38,9 @@ _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u20
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which model to run: a preset (geometry, sampler defaults; random weights unless ``weights`` is set)."""
+    """Which model to run: a preset (geometry, sampler defaults; its own weights unless ``weights`` is set)."""
 
-    preset: str = "tiny"
+    preset: str = field(default_factory=default_preset_name)
     weights: str | None = None
     quantize: str | None = None
     low_memory: bool = False
@@ -55,13 +55,13 @@ class GenerateRequest:
     catalog_url: str | SecretStr  # a SecretStr when it carries a password (tasks.catalog.hide_password)
     image: str | None = None
     seconds: float = 5.0
-    fps: int = 24
+    fps: int | None = None  # None: the preset's frame rate
     seed: int = 0
-    steps: int = 4
+    steps: int | None = None  # None: the preset's sampler steps
     guidance: float | None = None
     true_cfg: float = 1.0
     negative_prompt: str | None = None
-    preset: str = "tiny"
+    preset: str = field(default_factory=default_preset_name)
     weights: str | None = None
     quantize: str | None = None
     low_memory: bool = False
@@ -317,9 +317,9 @@ def _gpu_visible() -> bool:
 
 def check_model(model: ModelSpec) -> ModelSpec:
     """Raise ``ValueError`` for an unknown preset, a missing weights folder or an unknown quantization
-    level; return ``model`` with its weights path absolute."""
-    get_preset(model.preset)
-    weights = None
+    level; return ``model`` with its weights path absolute (the preset's own folder when none is given)."""
+    preset = get_preset(model.preset)
+    weights = None if preset.weights_folder is None else str(preset.weights_folder)
     if model.weights is not None:
         from magic141.weights import WeightPaths
 
@@ -341,7 +341,8 @@ def check_low_memory(low_memory: bool, workers: int, ray_address: str | None) ->
 
 
 def validate_request(request: GenerateRequest, check_out: bool = True) -> GenerateRequest:
-    """Check every field; return the request with absolute paths and the preset's default guidance.
+    """Check every field; return the request with absolute paths and the preset's defaults filled in
+    (frame rate, steps, guidance).
 
     ``check_out=False`` leaves the output path to the caller (``check_output``), for a caller that
     creates the output folder only once everything else is known to be valid.
@@ -349,6 +350,8 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
     prompt = clean_prompt(request.prompt)
     negative_prompt = None if not request.negative_prompt else clean_prompt(request.negative_prompt, "negative prompt")
     preset = get_preset(request.preset)
+    request = replace(request, fps=preset.fps if request.fps is None else request.fps,
+                      steps=preset.steps if request.steps is None else request.steps)
     check_duration(request.seconds, request.fps)
     check_steps(request.steps)
     check_render(request, preset.window_latent_frames)
@@ -361,11 +364,11 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
     check_seed(request.seed)
     model = check_model(request.model)
     check_low_memory(request.low_memory, request.workers, request.ray_address)
-    if request.weights is not None and needs_text_to_image(request):
+    if model.weights is not None and needs_text_to_image(request):
         from magic141.weights import WeightPaths
 
-        if WeightPaths.resolve(request.weights).prior is None:
-            raise ValueError(f"weights {request.weights!r} have no text-to-image prior (prior/); pass --image or add one")
+        if WeightPaths.resolve(model.weights).prior is None:
+            raise ValueError(f"weights {model.weights!r} have no text-to-image prior (prior/); pass --image or add one")
     image = None
     if request.image is not None:
         check_image(request.image)

@@ -89,3 +89,39 @@ def write_contact_sheet(
         PIL.Image.fromarray(sheet).save(out, format="JPEG", quality=JPEG_QUALITY)
     logger.info("contact sheet of %s: %d frames in a %dx%d grid at %s", source.name, len(indices), across, down, target)
     return target
+
+
+def write_videos_sheet(
+    videos: list[tuple[str, str | os.PathLike[str]]], out: str | os.PathLike[str], frames: int = DEFAULT_FRAMES,
+    tile_width: int = DEFAULT_TILE_WIDTH,
+) -> Path:
+    """Write one PNG of several videos: a row per ``(label, video)``, its label above ``frames`` evenly spaced
+    frames from the first to the last (each row at its own video's aspect ratio). Written atomically."""
+    import PIL.ImageDraw
+    import PIL.ImageFont
+
+    if not videos:
+        raise ValueError("no videos to put on a contact sheet")
+    font = PIL.ImageFont.load_default()
+    label_height = 14
+    rows = []
+    for label, video in videos:
+        source = Path(video)
+        info = probe(source)
+        width = min(tile_width, info.width * 4)
+        height = max(1, round(width * info.height / info.width))
+        strip = np.concatenate(list(_read_frames(source, frame_indices(info.frames, frames), width, height)), axis=1)
+        row = PIL.Image.new("RGB", (strip.shape[1], strip.shape[0] + label_height), "white")
+        row.paste(PIL.Image.fromarray(strip), (0, label_height))
+        PIL.ImageDraw.Draw(row).text((2, 1), label, fill="black", font=font)
+        rows.append(row)
+    sheet = PIL.Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
+    top = 0
+    for row in rows:
+        sheet.paste(row, (0, top))
+        top += row.height
+    target = Path(out)
+    with atomic_file(target) as handle:
+        sheet.save(handle, format="PNG")
+    logger.info("contact sheet of %d videos at %s", len(videos), target)
+    return target

@@ -9,6 +9,7 @@ instance (:func:`tasks.services.start_local_ray`).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import subprocess
@@ -43,12 +44,14 @@ def _worker(config: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     torch.set_num_threads(config["threads"])
+    # A stage that trains its parts in phases leaves some parameters without a gradient at each step.
+    unused = {"find_unused_parameters": bool(getattr(config["stage"], "unused_parameters", False))}
     run(
         config["stage"],
         config["settings"],
         rank=context.get_world_rank(),
         world=context.get_world_size(),
-        wrap=ray.train.torch.prepare_model,
+        wrap=functools.partial(ray.train.torch.prepare_model, parallel_strategy_kwargs=unused),
         dataset_size=config["dataset_size"],
         resume_from=config["resume_from"],
     )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("clip", "vae", "t2v", "i2v")
+STAGES = ("clip", "vae", "prior", "t2v", "i2v")
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,12 @@ class StageDefaults:
 DEFAULTS: dict[str, StageDefaults] = {
     "clip": StageDefaults(3000, 64, 1e-3, "constant", 0),
     "vae": StageDefaults(3000, 4, 1e-3, "cosine", 0),
-    "t2v": StageDefaults(3000, 16, 5e-4, "cosine", 100),
-    "i2v": StageDefaults(3000, 16, 5e-4, "cosine", 100),
+    "prior": StageDefaults(3000, 16, 1e-3, "cosine", 100),
+    "t2v": StageDefaults(1500, 16, 5e-4, "cosine", 100),
+    "i2v": StageDefaults(5000, 16, 5e-4, "cosine", 100),
 }
 SAMPLES = 2000  # training windows in the transformers' latent cache
+PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
 
 
 def check_weights_folder(option: str, folder: Path | None) -> None:
@@ -48,6 +50,7 @@ def make_stage(
     samples: int = SAMPLES,
     cache_dir: Path = Path("out/train/cache"),
     seed: int = 0,
+    autoencoder_steps: int = PRIOR_AUTOENCODER_STEPS,
     on_cache: Callable[[int, int], None] | None = None,
 ) -> Any:
     """The stage ``name`` of ``preset_name``; a transformer stage's latent cache is built first when missing."""
@@ -64,6 +67,12 @@ def make_stage(
         from magic141.training.vae import VaeStage
 
         return VaeStage(preset.vae, preset.width, preset.height, preset.fps)
+    if name == "prior":
+        from magic141.training.prior import PriorStage
+
+        if autoencoder_steps < 1:
+            raise ValueError(f"--autoencoder-steps must be >= 1, got {autoencoder_steps}")
+        return PriorStage(preset, autoencoder_steps)
     from magic141.training.transformer import TransformerStage, build_cache, cache_path, encoders
 
     check_weights_folder("--vae", vae)
@@ -76,4 +85,4 @@ def make_stage(
     path, fingerprint = cache_path(cache_dir, components, samples, seed)
     if not path.is_file():
         build_cache(components, preset, samples, seed, path, on_cache)
-    return TransformerStage(preset, name, path, fingerprint, t2v if name == "i2v" else None)
+    return TransformerStage(preset, name, path, fingerprint, t2v if name == "i2v" else None, vae)

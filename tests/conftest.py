@@ -2,7 +2,9 @@
 
 The suite is hermetic: before anything is imported it gets a Prefect home, a log file and a Ray
 address setting of its own (none: every Ray instance a test starts is private), so neither the
-user's ``~/.prefect`` nor a Ray cluster running on the host changes what it does.
+user's ``~/.prefect`` nor a Ray cluster running on the host changes what it does. Its default preset
+(``$MAGIC141_PRESET``) is the random ``tiny`` one, which builds in a second; the tests of the trained
+``toy`` default name it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PREFECT_HOME"] = str(SUITE_HOME / "prefect-home")
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ["MAGIC141_LOG_FILE"] = str(SUITE_HOME / "magic141.log")
+    os.environ["MAGIC141_PRESET"] = "tiny"
     for name in ("PREFECT_API_URL", "PREFECT_PROFILE", "RAY_ADDRESS"):
         os.environ.pop(name, None)
 

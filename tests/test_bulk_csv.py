@@ -9,9 +9,9 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
+from magic141.toy_world import Caption
 from tasks.bulk_csv import (
     COLUMNS,
-    DEFAULT_FPS,
     DEFAULT_SECONDS,
     PromptCsv,
     content_key,
@@ -38,26 +38,35 @@ def picture(tmp_path: Path) -> Path:
 
 
 def test_example_file_has_good_rows_and_one_rejected() -> None:
-    parsed = read_prompt_csv(EXAMPLE)
+    parsed = read_prompt_csv(EXAMPLE, index_configured=True, preset="toy")
 
-    assert [row.row_key for row in parsed.valid] == ["fox", "boat", "wall", "lighthouse"]
-    boat = parsed.valid[1]
-    assert boat.prompt == "a paper boat drifting down a rainy street,\nlit by neon signs"
-    assert [row.row_number for row in parsed.valid] == [2, 3, 4, 5], "a multi-line cell is one spreadsheet row"
-    wall = parsed.valid[2]
-    assert wall.prior == "user" and wall.image == str(EXAMPLE.parent / "red-wall.png")
-    assert wall.image_sha256 == sha256_file(EXAMPLE.parent / "red-wall.png")
+    assert [row.row_key for row in parsed.valid] == ["retrieved", "generated", "user-image", "long"]
+    assert [row.prior for row in parsed.valid] == ["retrieve", "generate", "user", "auto"]
+    assert {row.fps for row in parsed.valid} == {8}, "an empty fps is the preset's"
+    user = parsed.valid[2]
+    assert user.image == str(EXAMPLE.parent / "yellow-triangle.png")
+    assert user.image_sha256 == sha256_file(EXAMPLE.parent / "yellow-triangle.png")
+    assert all(Caption.parse(row.prompt) for row in parsed.valid), "the prompts speak the toy world's language"
     assert [(row.row_number, row.row_key) for row in parsed.rejected] == [(6, "too-long")]
     assert "seconds must be at most 600" in parsed.rejected[0].reason
     assert parsed.sha256 == sha256_file(EXAMPLE) and parsed.path == str(EXAMPLE)
     assert set(parsed.columns) == set(COLUMNS) and parsed.unknown_columns == ()
 
 
+def test_a_quoted_cell_may_span_lines_and_stays_one_row(tmp_path: Path) -> None:
+    parsed = read_prompt_csv(write_csv(tmp_path, 'id,prompt\nboat,"a paper boat,\nlit by neon signs"\ncat,a cat\n'))
+
+    assert [row.prompt for row in parsed.valid] == ["a paper boat,\nlit by neon signs", "a cat"]
+    assert [row.row_number for row in parsed.valid] == [2, 3], "a multi-line cell is one spreadsheet row"
+
+
 def test_defaults_fill_empty_cells(tmp_path: Path) -> None:
-    parsed = read_prompt_csv(write_csv(tmp_path, "prompt,seconds,fps,prior,windows\na cat,,,,\n"))
+    csv_file = write_csv(tmp_path, "prompt,seconds,fps,prior,windows\na cat,,,,\n")
+    parsed = read_prompt_csv(csv_file)
 
     (row,) = parsed.valid
-    assert (row.seconds, row.fps, row.prior, row.windows) == (DEFAULT_SECONDS, DEFAULT_FPS, "auto", "chained")
+    assert (row.seconds, row.fps, row.prior, row.windows) == (DEFAULT_SECONDS, 24, "auto", "chained")  # tiny's fps
+    assert read_prompt_csv(csv_file, preset="toy").valid[0].fps == 8  # the frame rate the toy model was trained at
     assert row.guidance is None and row.negative_prompt is None and row.image is None
     assert row.seed == default_seed(row.row_key) and 0 <= row.seed < 2**31
     assert row.row_key.startswith("row-") and len(row.row_key) == 20
@@ -303,7 +312,7 @@ def test_valid_row_becomes_a_valid_generate_request(tmp_path: Path, picture: Pat
     catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
 
     requests = [
-        validate_request(row.to_request(str(tmp_path / f"{row.row_number}.mp4"), catalog, ModelSpec("tiny")))
+        validate_request(row.to_request(str(tmp_path / f"{row.row_number}.mp4"), catalog, ModelSpec("tiny"), 4))
         for row in parsed.valid
     ]
 

@@ -217,3 +217,28 @@ def test_the_shipped_weights_match_their_manifest_and_the_clip_finds_what_querie
     build_index([tmp_path / "corpus"], tmp_path / "index", EmbedderSpec(str(SHIPPED / "clip")))
     recall = retrieval_recall(tmp_path / "index", retrieval_queries())
     assert recall["colour"] >= 0.95 and recall["colour_and_shape"] >= 0.7, recall  # random CLIP: 0.38 and 0.08
+
+
+def test_the_prior_trains_its_autoencoder_then_its_unet_and_saves_a_pipeline_the_pipeline_loads(tmp_path: Path) -> None:
+    from magic141.presets import get_preset
+    from magic141.prior import ImagePrior
+    from magic141.training.prior import PriorStage
+
+    stage = PriorStage(get_preset("tiny"), autoencoder_steps=24)
+    result = train(stage, _settings(tmp_path / "prior", 30, batch_size=8, learning_rate=2e-3))
+    logged = read_losses(tmp_path / "prior")
+    autoencoder, unet = result.losses[:24], result.losses[24:]
+    assert all("psnr" in entry for entry in logged[:24]) and not any("psnr" in entry for entry in logged[24:])
+    assert len(autoencoder) == 24 and sum(unet[-3:]) < 0.85 * sum(unet[:3])
+    prior = ImagePrior.from_pretrained(result.final, "tiny")
+    untrained = stage.build(5)  # the run's initial weights (seed 5)
+    frames = untrained.scale_pixels[:16]
+
+    def error(vae: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(vae.decode(vae.encode(frames).latent_dist.mean).sample, frames))
+
+    assert error(prior.pipeline.vae) < 0.7 * error(untrained.vae)  # held-aside frames, not a training batch
+    scale = prior.pipeline.vae.config.scaling_factor
+    assert scale != pytest.approx(0.18215) and scale > 0  # measured on the trained autoencoder's latents
+    assert prior("a red circle moving left on a black background", seed=1).size == (64, 48)

@@ -1,7 +1,8 @@
 """Copy finished runs' weights into the shipped folder and write its manifest.
 
 ``python -m magic141.training.ship --to magic141/toy_weights RUN [RUN ...]`` copies each run's ``final/``
-folder to ``<to>/<stage>/`` and its loss curve to ``<to>/curves/<stage>.png``, and writes ``<to>/MANIFEST.json``: the sha256 and size of every shipped file,
+folder to ``<to>/<stage>/`` (the I2V teacher's weights folder to ``<to>`` itself, which makes it a weights
+folder: transformer/, vae/, text encoders, prior/ beside them) and its loss curve to ``<to>/curves/<stage>.png``, and writes ``<to>/MANIFEST.json``: the sha256 and size of every shipped file,
 and for each stage the commands, commits, seeds, steps and wall times that produced it (its
 ``sessions.jsonl``). ``--check`` verifies a shipped folder against its manifest instead.
 """
@@ -47,6 +48,14 @@ def _halve(folder: Path) -> None:
         save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}, path)
 
 
+def _targets(stage: str, final: Path, to: Path) -> list[tuple[Path, Path]]:
+    """Where a run's final folder goes: the I2V teacher's whole weights folder (transformer/, vae/, text
+    encoders, ...) at the top of ``to``, so that ``to`` is a weights folder; any other stage under its name."""
+    if stage == "i2v":
+        return [(child, to / child.name) for child in sorted(final.iterdir()) if child.is_dir()]
+    return [(final, to / stage)]
+
+
 def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Copy every run's final folder under ``to`` and (re)write the manifest; return it.
 
@@ -60,11 +69,11 @@ def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict
         final = run / "final"
         if not final.is_dir():
             raise ValueError(f"{run} has no final/ folder; let the run finish (or --resume it) first")
-        target = to / record["stage"]
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(final, target)
-        if record["stage"] in half:
-            _halve(target)
+        for source, target in _targets(record["stage"], final, to):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+            if record["stage"] in half:
+                _halve(target)
         if (run / "loss.png").is_file():
             (to / "curves").mkdir(exist_ok=True)
             shutil.copyfile(run / "loss.png", to / "curves" / f"{record['stage']}.png")

@@ -38,6 +38,7 @@ from magic141.presets import Preset
 from magic141.prompt_encoding import t2v_prompt_template, t2v_text_pipeline, vlm_image_tokens
 from magic141.toy_world import all_captions, render_video, sample_scene, split_captions
 from magic141.training.loop import sample_rng
+from magic141.weights import save_i2v_components
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ class TransformerStage:
     """Flow-matching training of the ``mode`` ("t2v" or "i2v") transformer on a latent cache.
 
     The I2V stage starts from the T2V weights in ``init`` (widened); the T2V stage from seeded weights.
+    The I2V stage saves a whole weights folder (``magic141.weights``): the trained transformer, declaring the
+    ``magic141`` prompt format it was trained with, beside the ``vae`` folder's VAE and the seeded text encoders.
     """
 
     preset: Preset
@@ -150,6 +153,7 @@ class TransformerStage:
     cache: Path
     cache_fingerprint: str
     init: Path | None = None
+    vae: Path | None = None
 
     @property
     def name(self) -> str:
@@ -198,7 +202,13 @@ class TransformerStage:
                          torch.stack(text_mask), torch.stack(pooled))
 
     def save(self, trainee: torch.nn.Module, folder: Path) -> None:
-        trainee.transformer.save_pretrained(folder, safe_serialization=True)
+        if self.mode == "t2v":
+            trainee.transformer.save_pretrained(folder, safe_serialization=True)
+            return
+        components = encoders(self.preset, self.vae)
+        components.transformer = trainee.transformer.eval()
+        components.prompt_format = "magic141"
+        save_i2v_components(components, folder)
 
 
 def cache_path(cache_dir: Path, components: I2VComponents, samples: int, seed: int) -> tuple[Path, str]:

@@ -1,0 +1,131 @@
+"""Prompt adherence of a video model on the toy world, read off its frames by simple vision.
+
+Each case is a caption of the held-out or the training combinations (:func:`magic141.toy_world.split_captions`)
+and a scene drawn for it. The video's first frame is the scene's own first frame (``first_frame="world"``:
+the user-image path) or the text-to-image prior's image for the caption (``"prior"``: the whole text-to-video
+factorisation). The video is sampled with the pipeline's windows and stitched as the CLI stitches it, then
+:func:`magic141.toy_eval.adherence` reads its colour, shape, background and motion, and
+:func:`magic141.metrics.video_metrics` measures it, with first-frame fidelity against the image it started from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import PIL.Image
+
+from magic141.toy_world import render_frame, sample_scene, split_captions
+from magic141.windows import WINDOW_MODES
+
+if TYPE_CHECKING:
+    from magic141.pipeline import Magic141Pipeline
+    from magic141.prior import ImagePrior
+    from magic141.sampler import SamplerConfig
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("held-out", "train")
+FIRST_FRAMES = ("world", "prior")
+SCORES = ("colour", "shape", "background", "motion", "motion_sustained", "first_frame_psnr")
+
+
+@dataclass(frozen=True)
+class AdherenceSettings:
+    """One evaluation: which captions, how long the videos are and how they are sampled."""
+
+    split: str = "held-out"
+    count: int = 100
+    seconds: float | None = None  # None: one window
+    windows: str = "chained"
+    steps: int | None = None  # None: the preset's
+    first_frame: str = "world"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}")
+        if self.first_frame not in FIRST_FRAMES:
+            raise ValueError(f"unknown first frame {self.first_frame!r}; choose one of: {', '.join(FIRST_FRAMES)}")
+        if self.count < 1:
+            raise ValueError(f"the case count must be >= 1, got {self.count}")
+        if self.windows not in WINDOW_MODES:
+            raise ValueError(f"unknown window mode {self.windows!r}; choose one of: {', '.join(WINDOW_MODES)}")
+        if self.seconds is not None and not self.seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {self.seconds}")
+
+
+class _Frames:
+    """A stitcher's writer that keeps the frames in memory."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+
+    def write(self, frames: np.ndarray) -> None:
+        self.parts.append(frames)
+
+    def video(self) -> np.ndarray:
+        return np.concatenate(self.parts)
+
+
+def sample_video(pipeline: Magic141Pipeline, image: PIL.Image.Image, prompt: str, num_frames: int, seed: int,
+                 sampler: SamplerConfig, windows: str) -> tuple[np.ndarray, list[int]]:
+    """The stitched (F, H, W, 3) video and the frames at which its windows start."""
+    from tasks.stitch import Stitcher
+
+    plan = pipeline.plan(num_frames, windows)
+    frames = _Frames()
+    stitcher = Stitcher(frames, plan)
+    for rendered in pipeline(image, prompt, num_frames=num_frames, seed=seed, sampler=sampler, windows=windows):
+        stitcher.add(rendered.window.index, rendered.frames)
+    return frames.video(), [window.start for window in plan[1:]]
+
+
+def evaluate_adherence(
+    pipeline: Magic141Pipeline,
+    settings: AdherenceSettings,
+    prior: ImagePrior | None = None,
+    on_case: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Every case's reading and scores, and their means: ``{"settings", "summary", "cases"}``."""
+    from magic141.metrics import video_metrics
+    from magic141.pipeline import fit_image
+    from magic141.sampler import SamplerConfig
+    from magic141.toy_eval import adherence
+
+    preset = pipeline.preset
+    if settings.first_frame == "prior" and prior is None:
+        raise ValueError("first frames from the prior need the text-to-image prior; pass one")
+    num_frames = preset.window_frames if settings.seconds is None else round(settings.seconds * preset.fps)
+    sampler = SamplerConfig(steps=preset.steps if settings.steps is None else settings.steps,
+                            guidance_scale=preset.guidance_scale, flow_shift=preset.flow_shift)
+    captions = split_captions(settings.split)
+    cases = []
+    for index in range(settings.count):
+        caption = captions[index % len(captions)]
+        seed = settings.seed * 100_003 + index
+        if settings.first_frame == "world":
+            scene = sample_scene(caption, preset.width, preset.height, seed)
+            image = PIL.Image.fromarray(render_frame(scene, 0.0, preset.width, preset.height))
+        else:
+            image = fit_image(prior(caption.text, seed=seed), preset.width, preset.height)
+        video, boundaries = sample_video(pipeline, image, caption.text, num_frames, seed, sampler, settings.windows)
+        scores = adherence(video, preset.fps, caption).to_dict()
+        metrics = video_metrics(video, np.asarray(image.convert("RGB")), boundaries)
+        cases.append({"caption": caption.text, "seed": seed, **scores, "flicker": metrics.flicker,
+                      "motion_magnitude": metrics.motion, "first_frame_psnr": metrics.first_frame_psnr,
+                      "first_frame_ssim": metrics.first_frame_ssim, "seam": metrics.seam})
+        if on_case is not None:
+            on_case(index + 1, settings.count)
+    means = (*SCORES[:-1], "flicker", "motion_magnitude", "first_frame_ssim")
+    summary: dict[str, Any] = {name: float(np.mean([case[name] for case in cases])) for name in means}
+    summary["first_frame_psnr"] = float(np.median([case["first_frame_psnr"] for case in cases]))
+    seams = [case["seam"] for case in cases if case["seam"] is not None]
+    summary["seam"] = float(np.mean(seams)) if seams else None
+    summary["frames"] = num_frames
+    return {"settings": settings.__dict__ | {"steps": sampler.steps}, "summary": summary, "cases": cases}
