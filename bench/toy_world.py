@@ -4,9 +4,13 @@
   its variants naming a background, read off the returned image by simple vision; the trained CLIP
   (shipped in magic141/toy_weights/clip) against the random 'tiny' CLIP, in the same run;
 - VAE: PSNR of single frames and 17-frame windows through the shipped VAE against a seeded untrained one;
+- prompt adherence of the shipped default (``magic141 evaluate``): colour, shape, background and motion read
+  off the frames, and first-frame PSNR, on held-out and training captions, for one window at the preset's
+  steps and at 4, and for 10 s videos in both window modes; first frames from the world (a user image) and
+  from the shipped text-to-image prior;
 - the wall time of every shipped stage's training on this machine, from the weights' manifest.
 
-``python bench/toy_world.py [--corpus N]`` writes the 'toy-world' section of BENCHMARKS.md.
+``python bench/toy_world.py [--corpus N] [--videos N] [--adherence N] [--long N]`` writes the 'toy-world' section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -35,10 +39,43 @@ def _recall(clip_model: str, corpus: Path, work: Path) -> dict[str, float]:
     return retrieval_recall(index_dir, retrieval_queries())
 
 
+def _adherence_lines(preset, count: int, long_count: int) -> list[str]:
+    from magic141.pipeline import Magic141Pipeline
+    from magic141.prior import ImagePrior
+    from tasks.adherence import AdherenceSettings, evaluate_adherence
+
+    pipeline = Magic141Pipeline.from_preset(preset)
+    prior = ImagePrior.from_preset(preset)
+    settings = [("world", None, "chained", None, count), ("world", None, "chained", 4, count),
+                ("prior", None, "chained", None, count), ("world", 10.0, "chained", None, long_count),
+                ("world", 10.0, "parallel", None, long_count)]
+    lines = ["Prompt adherence of the shipped default (`magic141 evaluate`), read off the frames by simple vision. "
+             "First frame 'world': the scene's own first frame, as a user image; 'prior': the shipped "
+             "text-to-image prior's image for the caption. Motion: direction over the first second.", "",
+             "| split | first frame | length | windows | steps | videos | colour | shape | background | motion "
+             "| motion kept | first-frame PSNR |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for split in ("held-out", "train"):
+        for first_frame, seconds, windows, steps, videos in settings:
+            result = evaluate_adherence(
+                pipeline, AdherenceSettings(split, videos, seconds, windows, steps, first_frame, seed=3), prior)
+            summary = result["summary"]
+            length = "1 window" if seconds is None else f"{seconds:g} s"
+            lines.append(
+                f"| {split} | {first_frame} | {length} ({summary['frames']} frames) | {windows} | "
+                f"{result['settings']['steps']} | {videos} | " + " | ".join(
+                    f"{100 * summary[key]:.0f}%" for key in ("colour", "shape", "background", "motion",
+                                                            "motion_sustained")) +
+                f" | {summary['first_frame_psnr']:.1f} dB |")
+            logging.info(lines[-1])
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--corpus", type=int, default=300, help="held-out first frames in the retrieval corpus")
     parser.add_argument("--videos", type=int, default=50, help="videos per split for the VAE")
+    parser.add_argument("--adherence", type=int, default=100, help="one-window videos per split and setting")
+    parser.add_argument("--long", type=int, default=30, help="10 s videos per split and window mode")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
@@ -82,6 +119,8 @@ def main() -> None:
             scores = vae_psnr(vae, split, args.videos, preset.window_frames, preset.fps, preset.width, preset.height,
                               seed=10_000)
             lines.append(f"| {name} | {split} | {scores['image_psnr']:.1f} | {scores['clip_psnr']:.1f} |")
+
+    lines += ["", *_adherence_lines(preset, args.adherence, args.long)]
 
     manifest = json.loads((WEIGHTS / "MANIFEST.json").read_text())
     lines += ["", "Training wall time of each shipped stage (its manifest's sessions):", "",
