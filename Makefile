@@ -41,7 +41,7 @@ bench: $(VENV)/.synced
 # The shipped toy-world weights (magic141/toy_weights), trained from scratch on this machine's CPUs; the
 # transformer stages are trained by 'magic141 train all' too but not shipped yet.
 toy-weights: $(VENV)/.synced
-	OMP_NUM_THREADS=1 $(VENV)/bin/magic141 train all --out-dir out/train --stage clip --stage vae --ship-to magic141/toy_weights
+	OMP_NUM_THREADS=2 $(VENV)/bin/magic141 train all --out-dir out/train --ship-to magic141/toy_weights
 
 bench-gpu: $(VENV)/.synced
 	$(VENV)/bin/python bench/model_gpu.py --low-memory

@@ -22,6 +22,7 @@ from tasks.training import DEFAULTS, STAGES, make_stage
 
 logger = logging.getLogger(__name__)
 SHIPPED_HALF = frozenset({"clip"})  # open_clip casts float16 weights into its float32 model: half the bytes
+NOT_SHIPPED = frozenset({"t2v"})  # the T2V teacher is only where the I2V teacher starts
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,6 @@ def train_toy_world(
     if ship_to is not None:
         from magic141.training.ship import ship
 
-        manifest = ship([Path(r.folder) for r in runs], Path(ship_to), SHIPPED_HALF)
+        manifest = ship([Path(r.folder) for r in runs if r.stage not in NOT_SHIPPED], Path(ship_to), SHIPPED_HALF)
         logger.info("shipped %d files (%.1f MB) to %s", len(manifest["files"]), manifest["total_bytes"] / 1e6, ship_to)
     return runs

@@ -31,7 +31,7 @@ DEFAULTS: dict[str, StageDefaults] = {
     "t2v": StageDefaults(1500, 16, 5e-4, "cosine", 100),
     "i2v": StageDefaults(5000, 16, 5e-4, "cosine", 100),
 }
-SAMPLES = 2000  # training windows in the transformers' latent cache
+SAMPLES = 16000  # training windows in the transformers' latent cache
 PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
 
 

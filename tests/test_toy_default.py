@@ -14,6 +14,9 @@ import pytest
 from magic141.toy_world import split_captions
 
 MAGIC141 = [sys.executable, "-m", "flows.cli"]
+# Floors under what the shipped weights score (BENCHMARKS.md, toy-world), well above chance (colour 1/4, shape
+# 1/3, background 1/3, motion 1/7): a regression in the weights, the sampler or the conditioning fails them.
+PRIOR_COLOUR_FLOOR = 0.5
 
 
 def test_the_evaluate_command_prints_a_table_writes_every_case_and_refuses_bad_settings(tmp_path: Path) -> None:
@@ -31,3 +34,27 @@ def test_the_evaluate_command_prints_a_table_writes_every_case_and_refuses_bad_s
                                (["--count", "0"], "the case count must be >= 1, got 0")):
         bad = subprocess.run([*MAGIC141, "evaluate", "--preset", "tiny", *arguments], capture_output=True, text=True)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_shipped_default_keeps_a_user_image_and_its_background_on_held_out_prompts() -> None:
+    from magic141.pipeline import Magic141Pipeline
+    from tasks.adherence import AdherenceSettings, evaluate_adherence
+
+    pipeline = Magic141Pipeline.from_preset("toy")  # no weights given: the shipped toy weights
+    assert pipeline.components.prompt_format == "magic141"
+    summary = evaluate_adherence(pipeline, AdherenceSettings("held-out", count=12, seed=11))["summary"]
+    # Random weights: background 0.5, first-frame PSNR 9.5 dB. Colour, shape and motion are still near chance:
+    # the shipped VAE turns saturated colours grey-brown (BENCHMARKS.md, toy-world), so no floor holds them yet.
+    assert summary["background"] >= 0.9 and summary["first_frame_psnr"] >= 17.0, summary
+
+
+def test_the_shipped_prior_draws_the_colour_and_background_a_held_out_caption_names() -> None:
+    from magic141.prior import ImagePrior
+    from magic141.toy_eval import read_frame
+
+    prior = ImagePrior.from_preset("toy")
+    captions = split_captions("held-out")[:16]
+    readings = [read_frame(np.asarray(prior(c.text, seed=i).convert("RGB"))) for i, c in enumerate(captions)]
+    background = np.mean([r.background == c.background for r, c in zip(readings, captions)])
+    colour = np.mean([r.colour == c.colour for r, c in zip(readings, captions)])
+    assert background >= 0.85 and colour >= PRIOR_COLOUR_FLOOR, (background, colour)
