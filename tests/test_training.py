@@ -161,6 +161,27 @@ def test_the_t2v_teacher_learns_and_its_i2v_widening_starts_where_it_stopped(lat
     assert len(i2v_result.losses) == 10
 
 
+def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_without_an_image(latent_cache) -> None:
+    from magic141.presets import get_preset
+    from magic141.toy_world import render_frame, split_captions
+    from magic141.training.transformer import IMAGE_DROPOUT, LATER_WINDOWS, TransformerStage, cache_window
+
+    preset = get_preset("toy")
+    windows = [cache_window(preset, split_captions("train"), 0, index) for index in range(64)]
+    later = [not np.array_equal(video[0], first) for _, video, first in windows]
+    # Chained windows start from a later frame and parallel ones cover later latents: both must be in training.
+    assert abs(np.mean(later) - LATER_WINDOWS) < 0.2 and all(video.shape == (17, 48, 64, 3) for _, video, _ in windows)
+    assert all(first.shape == (48, 64, 3) and first.dtype == np.uint8 for _, _, first in windows)
+    path, fingerprint = latent_cache
+    stage = TransformerStage(get_preset("tiny"), "i2v", path, fingerprint)
+    hidden = torch.cat([stage.batch(0, step, range(8)).hidden for step in range(40)])
+    masked = hidden[:, 32, 0].flatten(1).amax(1)  # the mask channel at the first latent frame
+    image = hidden[:, 16:32].flatten(1).abs().amax(1)
+    # Parallel windows after the first see no first-frame latent (zero image channels and mask), as here.
+    assert abs(float((masked == 0).float().mean()) - IMAGE_DROPOUT) < 0.06
+    assert torch.equal(masked == 0, image == 0)
+
+
 def test_the_train_command_trains_resumes_records_its_command_and_refuses_bad_settings(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -12,6 +12,11 @@ transformer's token refiner learns to read them. The loss is the flow-matching v
 by the preset's flow shift, as the sampler's schedule is. One caption in ten is replaced by the empty
 prompt, so the teachers can be sampled with classifier-free guidance. The guidance embedding sees a
 constant ``w = 1``; CFG distillation later teaches it other values.
+
+Long videos are sampled in windows, so the cache holds windows from later in their videos too (half of them
+start at a random time of a 10 s video, where objects bounce and sizes turn): a chained window starts from
+such a frame, and the VLM still sees the video's first frame. One I2V step in five sees no first-frame latent
+(zero image channels and mask), as the co-denoised windows after the first do.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from magic141.components import I2VComponents, build_i2v_components, build_trans
 from magic141.conditioning import image_condition, model_input
 from magic141.presets import Preset
 from magic141.prompt_encoding import t2v_prompt_template, t2v_text_pipeline, vlm_image_tokens
-from magic141.toy_world import all_captions, render_video, sample_scene, split_captions
+from magic141.toy_world import Caption, all_captions, render_video, sample_scene, split_captions
 from magic141.training.loop import sample_rng
 from magic141.weights import save_i2v_components
 
@@ -50,6 +55,25 @@ def _scale(vae: torch.nn.Module) -> float:
     return float(vae.config.scaling_factor)
 
 
+LATER_WINDOWS = 0.5  # of the cached windows start later in their video, where chained and parallel windows do
+LATEST_START_S = 9.0  # the latest start of such a window, in seconds (videos of about 10 s)
+IMAGE_DROPOUT = 0.2  # of the I2V steps' windows see no first-frame latent, as parallel windows after the first do
+ENCODE_CHUNK = 32  # windows encoded by the VAE at once while building the cache
+
+
+def cache_window(preset: Preset, captions: Sequence[Caption], seed: int, index: int) -> tuple[Caption, np.ndarray, np.ndarray]:
+    """Window ``index`` of a cache seeded ``seed``: its caption, its frames (F, H, W, 3) and its video's first
+    frame (H, W, 3), which the VLM sees. Every other window starts at a random time of the video, so the
+    teachers learn what later windows look like (objects that bounce off the borders, sizes that turn)."""
+    rng = np.random.default_rng([seed, index])
+    caption = captions[index % len(captions)]
+    scene = sample_scene(caption, preset.width, preset.height, int(rng.integers(2**31)))
+    start = float(rng.uniform(0, LATEST_START_S)) if rng.random() < LATER_WINDOWS else 0.0
+    video = render_video(scene, preset.window_frames, preset.fps, preset.width, preset.height, start=start)
+    first = video[0] if start == 0.0 else render_video(scene, 1, preset.fps, preset.width, preset.height)[0]
+    return caption, video, first
+
+
 @torch.no_grad()
 def build_cache(
     components: I2VComponents,
@@ -59,8 +83,8 @@ def build_cache(
     path: Path,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Encode ``samples`` training windows (latents, first-frame latents, VLM image tokens) and every
-    caption's text states into one safetensors file at ``path``."""
+    """Encode ``samples`` training windows (latents, first-frame latents, the VLM image tokens of their video's
+    first frame) and every caption's text states into one safetensors file at ``path``."""
     vae = components.vae.eval()
     captions = split_captions("train")
     texts: dict[str, torch.Tensor] = {}
@@ -69,22 +93,20 @@ def build_cache(
         texts[f"text.{index}"], texts[f"text_mask.{index}"], texts[f"pooled.{index}"] = embeds[index], mask[index], pooled[index]
     latents, firsts, tokens, caption_ids = [], [], [], []
     text_index = {c.text: i + 1 for i, c in enumerate(all_captions())}
-    for index in range(samples):
-        rng = np.random.default_rng([seed, index])
-        caption = captions[index % len(captions)]
-        scene = sample_scene(caption, preset.width, preset.height, int(rng.integers(2**31)))
-        video = render_video(scene, preset.window_frames, preset.fps, preset.width, preset.height)
-        pixels = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-        latents.append(vae.encode(pixels).latent_dist.mean[0] * _scale(vae))
-        firsts.append(vae.encode(pixels[:, :, :1]).latent_dist.mean[0] * _scale(vae))
-        tokens.append(vlm_image_tokens(components, PIL.Image.fromarray(video[0]), torch.device("cpu"))[0])
-        caption_ids.append(text_index[caption.text])
+    for chunk in range(0, samples, ENCODE_CHUNK):
+        windows = [cache_window(preset, captions, seed, index) for index in range(chunk, min(chunk + ENCODE_CHUNK, samples))]
+        pixels = torch.from_numpy(np.stack([video for _, video, _ in windows])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+        latents.append(vae.encode(pixels).latent_dist.mean * _scale(vae))  # (B, C, T, h, w)
+        firsts.append(vae.encode(pixels[:, :, :1]).latent_dist.mean * _scale(vae))  # (B, C, 1, h, w)
+        for caption, _, first in windows:
+            tokens.append(vlm_image_tokens(components, PIL.Image.fromarray(first), torch.device("cpu"))[0])
+            caption_ids.append(text_index[caption.text])
         if on_progress is not None:
-            on_progress(index + 1, samples)
+            on_progress(chunk + len(windows), samples)
     tensors = {
         **texts,
-        "latents": torch.stack(latents),
-        "first_latents": torch.stack(firsts),
+        "latents": torch.cat(latents),
+        "first_latents": torch.cat(firsts),
         "image_tokens": torch.stack(tokens),
         "captions": torch.tensor(caption_ids),
     }
@@ -191,6 +213,8 @@ class TransformerStage:
             noisy = (1 - sigma) * x0 + sigma * noise
             if self.mode == "i2v":
                 image, mask = image_condition(cache["first_latents"][index][None], x0.shape[1])
+                if float(torch.rand(1, generator=rng)) < IMAGE_DROPOUT:
+                    image, mask = torch.zeros_like(image), torch.zeros_like(mask)
                 hidden = model_input(noisy[None], image, mask)[0]
                 text = torch.cat([cache["image_tokens"][index], cache[f"text.{caption}"]])
                 text_mask = torch.cat([torch.ones(cache["image_tokens"].shape[1]), cache[f"text_mask.{caption}"]])
