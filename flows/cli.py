@@ -118,12 +118,12 @@ def _checked(request: GenerateRequest, default_out: bool) -> GenerateRequest:
     try:
         request = validate_request(request, check_out=not default_out)
         if not catalog_in_new_folder:
-            open_catalog(request.catalog_url).close()
+            open_catalog(request.catalog_url, wait_s=0).close()
         if default_out:
             DEFAULT_OUT_DIR.mkdir(exist_ok=True)
             check_output(request.out)
         if catalog_in_new_folder:
-            open_catalog(request.catalog_url).close()
+            open_catalog(request.catalog_url, wait_s=0).close()
     except (ValueError, CatalogError) as exc:
         raise UserError(str(exc)) from None
     return request
@@ -235,7 +235,7 @@ def _open(catalog: str | None) -> Any:
     if _missing_sqlite_file(url):
         raise UserError(f"catalog {redact(url)} does not exist; check --catalog or ${CATALOG_URL_ENV}")
     try:
-        return open_catalog(url)
+        return open_catalog(url, wait_s=0)
     except CatalogError as exc:
         raise UserError(str(exc)) from None
 

@@ -155,7 +155,7 @@ def check_bulk(
     check_prior_settings(threshold, strength)
     index = None if index_dir is None else check_index_dir(index_dir)
     url = resolve_catalog_url(catalog_url, folder)
-    open_catalog(url).close()
+    open_catalog(url, wait_s=0).close()  # a check before any work: an unreachable catalog fails it at once
     return BulkSettings(
         out_dir=str(folder), catalog_url=url, model=model, steps=steps,
         workers=workers, ray_address=ray_address, index_dir=index, threshold=threshold, strength=strength,

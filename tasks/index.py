@@ -81,7 +81,7 @@ def check_rebuild(
     if make_parent:
         folder.parent.mkdir()
     try:
-        open_catalog(url).close()
+        open_catalog(url, wait_s=0).close()
     except BaseException:
         if make_parent:
             shutil.rmtree(folder.parent, ignore_errors=True)

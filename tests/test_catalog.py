@@ -464,7 +464,7 @@ def test_unsupported_url_is_an_error(url: str) -> None:
 def test_unreachable_server_is_a_short_error() -> None:
     began = time.monotonic()
     with pytest.raises(CatalogError) as info:
-        open_catalog(UNREACHABLE_PG_URL)
+        open_catalog(UNREACHABLE_PG_URL, wait_s=0)
     message = assert_one_line(info.value)
 
     assert time.monotonic() - began < 10

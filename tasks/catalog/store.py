@@ -33,7 +33,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -42,6 +42,12 @@ from tasks.catalog.models import PRIOR_SOURCES, Batch, Video, VideoWindow
 logger = logging.getLogger(__name__)
 
 CATALOG_URL_ENV = "MAGIC141_CATALOG_URL"
+CATALOG_WAIT_ENV = "MAGIC141_CATALOG_WAIT"
+CATALOG_WAIT_S = 120.0  # how long an opening waits for an unreachable catalog server, unless told otherwise
+OUTAGE_FIRST_DELAY_S = 0.5
+OUTAGE_MAX_DELAY_S = 10.0
+_SERVER_NOT_READY = ("the database system is starting up", "the database system is shutting down",
+                     "the database system is in recovery mode")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 PG_CONNECT_TIMEOUT_S = 5
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -314,27 +320,70 @@ def _migrate(connection: Connection) -> tuple[str | None, str | None]:
     return before, after
 
 
-def open_catalog(url: str) -> Catalog:
-    """Open the catalog at url, creating or upgrading its tables on first use."""
-    shown = redact(url)
-    parsed = _parse_url(url)
-    is_sqlite = parsed.get_backend_name() == "sqlite"
-    if is_sqlite:
-        _check_sqlite_path(parsed, shown)
-    engine = _create_engine(parsed)
+def catalog_wait() -> float:
+    """Seconds an opening waits for an unreachable catalog server: ``$MAGIC141_CATALOG_WAIT``, else 120."""
+    value = os.environ.get(CATALOG_WAIT_ENV)
+    if not value:
+        return CATALOG_WAIT_S
     try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise CatalogError(f"${CATALOG_WAIT_ENV} is {value!r}; give the seconds to wait for the catalog, e.g. 120")
+    return seconds
+
+
+def _unreachable(exc: DBAPIError) -> bool:
+    """Whether a server database refused a connection because it is down, starting or unreachable. A server
+    that answers with an error (a wrong password, a missing database) is not waited for: waiting will not help."""
+    message = str(exc.orig or exc)
+    return "FATAL:" not in message or any(state in message for state in _SERVER_NOT_READY)
+
+
+def _connect(engine: Engine, shown: str, is_sqlite: bool, wait_s: float) -> Connection:
+    """A write connection; a server database that cannot be reached is tried again with a growing delay
+    (from half a second, at most ten) for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    delay = OUTAGE_FIRST_DELAY_S
+    while True:
         try:
-            connection = engine.connect().execution_options(**{_WRITE_OPTION: True})
+            return engine.connect().execution_options(**{_WRITE_OPTION: True})
         except DBAPIError as exc:
             if is_sqlite:
                 raise CatalogError(
                     f"cannot open SQLite catalog {shown}: {_short_reason(exc)}; "
                     f"check the file is a readable and writable SQLite database"
                 ) from exc
-            raise CatalogError(
-                f"cannot reach catalog at {shown}: {_short_reason(exc)}; "
-                f"check the server is running and the URL"
-            ) from exc
+            left = deadline - time.monotonic()
+            if not _unreachable(exc) or left <= 0:
+                waited = f" (waited {wait_s:g} s)" if wait_s and _unreachable(exc) else ""
+                raise CatalogError(
+                    f"cannot reach catalog at {shown}{waited}: {_short_reason(exc)}; "
+                    f"check the server is running and the URL"
+                ) from exc
+            pause = min(delay, left)
+            logger.warning("catalog at %s unreachable (%s); trying again in %.1f s, for %.0f s more",
+                           shown, _short_reason(exc), pause, left)
+            time.sleep(pause)
+            delay = min(2 * delay, OUTAGE_MAX_DELAY_S)
+
+
+def open_catalog(url: str, wait_s: float | None = None) -> Catalog:
+    """Open the catalog at url, creating or upgrading its tables on first use.
+
+    A catalog server that cannot be reached is waited for, up to ``wait_s`` seconds (None:
+    :func:`catalog_wait`), so a short database outage delays the work instead of failing it.
+    """
+    shown = redact(url)
+    parsed = _parse_url(url)
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite:
+        _check_sqlite_path(parsed, shown)
+    wait = catalog_wait() if wait_s is None else wait_s
+    engine = _create_engine(parsed)
+    try:
+        connection = _connect(engine, shown, is_sqlite, wait)
         with connection:
             try:
                 before, after = _migrate(connection)
