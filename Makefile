@@ -38,8 +38,8 @@ bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/toy_world.py
 	$(VENV)/bin/python bench/retrieval.py   # about 30 min on 2 cores; creates bench/.autofaiss-venv
 
-# The shipped toy-world weights (magic141/toy_weights), trained from scratch on this machine's CPUs; the
-# transformer stages are trained by 'magic141 train all' too but not shipped yet.
+# The shipped toy-world weights (magic141/toy_weights), every stage trained from scratch on this machine's CPUs
+# (the T2V teacher only as the I2V teacher's starting point).
 toy-weights: $(VENV)/.synced
 	OMP_NUM_THREADS=2 $(VENV)/bin/magic141 train all --out-dir out/train --ship-to magic141/toy_weights
 

@@ -3,7 +3,8 @@
 - retrieval: recall@1 over a toy corpus of held-out first frames, for every 'a {colour} {shape}' query and
   its variants naming a background, read off the returned image by simple vision; the trained CLIP
   (shipped in magic141/toy_weights/clip) against the random 'tiny' CLIP, in the same run;
-- VAE: PSNR of single frames and 17-frame windows through the shipped VAE against a seeded untrained one;
+- VAE: PSNR of single frames and 17-frame windows through the shipped VAE against a seeded untrained one,
+  and how often simple vision still reads the colour, shape and background of the decoded frames;
 - prompt adherence of the shipped default (``magic141 evaluate``): colour, shape, background and motion read
   off the frames, and first-frame PSNR, on held-out and training captions, for one window at the preset's
   steps and at 4, and for 10 s videos in both window modes; first frames from the world (a user image) and
@@ -84,7 +85,7 @@ def main() -> None:
     from magic141.components import build_vae
     from magic141.presets import get_preset
     from magic141.toy_world import write_corpus
-    from magic141.training.evaluate import retrieval_queries, vae_psnr
+    from magic141.training.evaluate import retrieval_queries, vae_scores
 
     preset = get_preset("toy")
     lines = ["## Toy world: the trained components against their untrained builds", ""]
@@ -112,13 +113,15 @@ def main() -> None:
         torch.manual_seed(0)
         untrained = build_vae(preset.vae).eval()
     lines += ["VAE reconstruction, median PSNR (dB) of single frames (the I2V first frame) and "
-              f"{preset.window_frames}-frame windows, {args.videos} videos per split:", "",
-              "| VAE | split | image | window |", "|---|---|---|---|"]
+              f"{preset.window_frames}-frame windows, {args.videos} videos per split, and the share of decoded "
+              "window frames whose colour, shape and background simple vision still reads right:", "",
+              "| VAE | split | image PSNR | window PSNR | colour | shape | background |", "|---|---|---|---|---|---|---|"]
     for name, vae in (("trained (shipped)", shipped), ("untrained", untrained)):
         for split in ("held-out", "train"):
-            scores = vae_psnr(vae, split, args.videos, preset.window_frames, preset.fps, preset.width, preset.height,
-                              seed=10_000)
-            lines.append(f"| {name} | {split} | {scores['image_psnr']:.1f} | {scores['clip_psnr']:.1f} |")
+            scores = vae_scores(vae, split, args.videos, preset.window_frames, preset.fps, preset.width, preset.height,
+                                seed=10_000)
+            lines.append(f"| {name} | {split} | {scores['image_psnr']:.1f} | {scores['clip_psnr']:.1f} | "
+                         + " | ".join(f"{100 * scores[key]:.0f}%" for key in ("colour", "shape", "background")) + " |")
 
     lines += ["", *_adherence_lines(preset, args.adherence, args.long)]
 

@@ -28,10 +28,10 @@ DEFAULTS: dict[str, StageDefaults] = {
     "clip": StageDefaults(3000, 64, 1e-3, "constant", 0),
     "vae": StageDefaults(3000, 4, 1e-3, "cosine", 0),
     "prior": StageDefaults(3000, 16, 1e-3, "cosine", 100),
-    "t2v": StageDefaults(1500, 16, 5e-4, "cosine", 100),
-    "i2v": StageDefaults(5000, 16, 5e-4, "cosine", 100),
+    "t2v": StageDefaults(1000, 16, 5e-4, "cosine", 100),
+    "i2v": StageDefaults(3000, 16, 5e-4, "cosine", 100),
 }
-SAMPLES = 16000  # training windows in the transformers' latent cache
+SAMPLES = 12000  # training windows in the transformers' latent cache
 PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
 
 

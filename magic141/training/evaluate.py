@@ -46,12 +46,14 @@ def retrieval_recall(index_dir: Path, queries: Sequence[tuple[str, str, str, str
 
 
 @torch.no_grad()
-def vae_psnr(vae: torch.nn.Module, split: str, count: int, frames: int, fps: int, width: int, height: int,
-             seed: int = 0) -> dict[str, float]:
-    """Median PSNR (dB) of ``count`` videos of ``split`` through the VAE: their first frame alone, and
-    ``frames``-frame clips."""
+def vae_scores(vae: torch.nn.Module, split: str, count: int, frames: int, fps: int, width: int, height: int,
+               seed: int = 0) -> dict[str, float]:
+    """``count`` videos of ``split`` through the VAE, their first frame alone and ``frames``-frame clips: the
+    median PSNR (dB) of each, and the fraction of decoded clip frames whose colour, shape and background simple
+    vision (:func:`magic141.toy_eval.read_frame`) still reads as the caption's. A video model cannot show
+    more than its VAE decodes."""
     captions = split_captions(split)
-    image_scores, clip_scores = [], []
+    image_scores, clip_scores, readings = [], [], []
     for index in range(count):
         caption = captions[index % len(captions)]
         video = render_video(sample_scene(caption, width, height, seed + index), frames, fps, width, height)
@@ -60,5 +62,11 @@ def vae_psnr(vae: torch.nn.Module, split: str, count: int, frames: int, fps: int
             decoded = vae.decode(vae.encode(clip).latent_dist.mean).sample
             out = ((decoded[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 3, 0).numpy()
             scores.append(np.median([psnr(a, b) for a, b in zip(out, video[: clip.shape[2]])]))
-    return {"image_psnr": float(np.median(image_scores)), "clip_psnr": float(np.median(clip_scores))}
+        for frame in out:
+            seen = read_frame(frame)
+            readings.append((seen.colour == caption.colour, seen.shape == caption.shape,
+                             seen.background == caption.background))
+    colour, shape, background = np.mean(readings, axis=0)
+    return {"image_psnr": float(np.median(image_scores)), "clip_psnr": float(np.median(clip_scores)),
+            "colour": float(colour), "shape": float(shape), "background": float(background)}
 

@@ -1,8 +1,9 @@
 """The text-to-image prior (the preset's SDXL-family diffusers pipeline) trained on the toy world's first frames.
 
 The prior makes the first frame of a video from its caption (paper Eq. 1). Its two trained parts are trained in
-one run, in two phases: the image autoencoder for the first ``autoencoder_steps`` steps (L1 plus MSE plus a
-small KL term), then the UNet on the frozen autoencoder's latents, on the noise schedule its sampler uses. The UNet
+one run, in two phases: the image autoencoder for the first ``autoencoder_steps`` steps (with the video VAE's
+loss, :func:`magic141.training.vae.reconstruction_errors`: the object's pixels weigh as much as the background's),
+then the UNet on the frozen autoencoder's latents, on the noise schedule its sampler uses. The UNet
 predicts the velocity ``v = sqrt(a) eps - sqrt(1 - a) x0`` (diffusers' ``v_prediction``, declared in the saved
 scheduler) rather than the noise: a noise prediction's error is amplified by ``sqrt((1 - a) / a)`` in the image
 it implies, over 100x at the schedule's noisiest step, and a small model's few-step samples are then noise. The latents are scaled to unit variance by a factor measured on held-aside frames
@@ -28,8 +29,8 @@ import torch.nn.functional as F
 from magic141.presets import Preset, get_preset
 from magic141.toy_world import all_captions, render_frame, sample_scene, split_captions
 from magic141.training.loop import sample_rng
+from magic141.training.vae import LATENT_PENALTY, reconstruction_errors
 
-KL_WEIGHT = 1e-4
 CAPTION_DROPOUT = 0.1
 SCALE_SAMPLES = 64
 PREDICTION = "v_prediction"
@@ -39,7 +40,7 @@ SCALE_SEED = 2**31 - 1  # frames of no training run's seed measure the latents' 
 @dataclass(frozen=True)
 class PriorBatch:
     pixels: torch.Tensor  # (B, 3, H, W) in [-1, 1]
-    noise: torch.Tensor  # (B, 4, h, w): the posterior sample (autoencoder phase) or the diffusion noise
+    noise: torch.Tensor  # (B, 4, h, w): the diffusion noise (unused in the autoencoder phase)
     timestep: torch.Tensor  # (B,) integer diffusion timesteps
     text: torch.Tensor  # (B, L, 2D) both encoders' penultimate states
     pooled: torch.Tensor  # (B, D)
@@ -76,12 +77,12 @@ class PriorTrainee(torch.nn.Module):
 
     def forward(self, batch: PriorBatch) -> tuple[torch.Tensor, dict[str, float]]:
         if batch.autoencoder:
-            posterior = self.vae.encode(batch.pixels).latent_dist
-            decoded = self.vae.decode(posterior.mean + posterior.std * batch.noise).sample
-            l1, mse = F.l1_loss(decoded, batch.pixels), F.mse_loss(decoded, batch.pixels)
-            kl = posterior.kl().mean() / batch.noise[0].numel()
-            psnr = 10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10))
-            return l1 + mse + KL_WEIGHT * kl, {"psnr": psnr.item()}
+            latents = self.vae.encode(batch.pixels).latent_dist.mean
+            decoded = self.vae.decode(latents).sample
+            object_error, background_error = reconstruction_errors(decoded, batch.pixels)
+            psnr = 10 * torch.log10(4.0 / F.mse_loss(decoded.detach(), batch.pixels).clamp_min(1e-10))
+            loss = object_error + background_error + LATENT_PENALTY * latents.pow(2).mean()
+            return loss, {"object": object_error.item(), "background": background_error.item(), "psnr": psnr.item()}
         if float(self.latent_scale) == 0.0:
             self.latent_scale.fill_(self.measure_scale())
         with torch.no_grad():
