@@ -1,7 +1,8 @@
 """Prompt adherence in the toy world, read off the frames by simple vision.
 
 The background is the median of the frame's outer ring of pixels (objects never touch the border);
-the object is every pixel far from it. Its colour and the background are the nearest colours of the
+the object is the largest connected patch of pixels far from it (a decoder's stray pixels, at a corner
+or in a halo apart from the object, are not the object). Its colour and the background are the nearest colours of the
 world's palette; its shape comes from its outline (a triangle is narrow at the top, a square fills
 its bounding box, a circle fills about pi/4 of it); its motion from the track of its centre and the
 change of its size over a second.
@@ -45,7 +46,7 @@ def read_frame(frame: np.ndarray) -> FrameReading:
     background_rgb = np.median(ring, axis=0)
     background = _nearest(background_rgb, BACKGROUNDS)
     distance = np.linalg.norm(pixels - background_rgb, axis=-1)
-    mask = distance > OBJECT_DISTANCE
+    mask = _largest_component(distance > OBJECT_DISTANCE)
     if mask.sum() < MIN_OBJECT_PIXELS:
         return FrameReading(background, None, None, None, 0.0)
     core = distance > max(OBJECT_DISTANCE, 0.6 * float(distance[mask].max()))
@@ -53,6 +54,29 @@ def read_frame(frame: np.ndarray) -> FrameReading:
     ys, xs = np.nonzero(mask)
     centre = (float(xs.mean()), float(ys.mean()))
     return FrameReading(background, colour, _shape(mask, ys, xs), centre, float(np.sqrt(mask.sum())))
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 4-connected patch of ``mask`` (H, W) bool, as a mask of the same shape."""
+    labels = np.zeros(mask.shape, np.int32)
+    label, best, best_size = 0, 0, 0
+    height, width = mask.shape
+    for start in zip(*np.nonzero(mask)):
+        if labels[start]:
+            continue
+        label += 1
+        labels[start] = label
+        stack, size = [start], 0
+        while stack:
+            y, x = stack.pop()
+            size += 1
+            for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if 0 <= ny < height and 0 <= nx < width and mask[ny, nx] and not labels[ny, nx]:
+                    labels[ny, nx] = label
+                    stack.append((ny, nx))
+        if size > best_size:
+            best, best_size = label, size
+    return labels == best if best else mask
 
 
 def _shape(mask: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> str:

@@ -106,6 +106,18 @@ def test_the_simple_vision_rejects_what_does_not_follow_the_caption() -> None:
     assert read_video(blank, FPS).caption() is None
 
 
+def test_the_simple_vision_reads_the_object_past_a_decoder_s_stray_pixels() -> None:
+    from magic141.toy_eval import read_frame
+
+    for shape in ("circle", "square", "triangle"):
+        caption = Caption("blue", shape, "standing still", "grey")
+        frame = render_video(sample_scene(caption, W, H, 2), 1, FPS, W, H)[0].copy()
+        frame[0, 0] = frame[H - 1, 0] = frame[0, W - 1] = (255, 0, 0)  # bright corner artefacts, apart from the object
+        frame[H // 2, 2] = (0, 0, 255)
+        seen = read_frame(frame)
+        assert (seen.colour, seen.shape, seen.background) == ("blue", shape, "grey")
+
+
 def test_general_metrics_on_known_videos() -> None:
     video = render_video(sample_scene(Caption("green", "triangle", "moving right", "grey"), W, H, 2), 17, FPS, W, H)
     still = np.repeat(video[:1], 17, axis=0)
