@@ -97,6 +97,20 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, schedule
             train(_stage(), _settings(tmp_path / "parts", 9, resume=True, **options))
 
 
+def test_a_stage_described_by_tuples_resumes(tmp_path: Path) -> None:
+    """run.json stores a preset's tuples as lists; the resumed run must still recognise its own folder."""
+    from magic141.presets import get_preset
+    from magic141.training.vae import VaeStage
+
+    preset = get_preset("tiny")
+    stage = VaeStage(preset.vae, preset.width, preset.height, preset.fps)
+    assert isinstance(stage.describe()["vae"]["block_out_channels"], tuple)
+    with pytest.raises(_Killed):
+        train(stage, _settings(tmp_path / "vae", 4, batch_size=2, checkpoint_every=2), on_step=_die_at(3))
+    result = train(stage, _settings(tmp_path / "vae", 4, batch_size=2, checkpoint_every=2, resume=True))
+    assert len(result.losses) == 4 and (tmp_path / "vae" / "final" / "config.json").is_file()
+
+
 def test_two_ray_train_workers_follow_the_loss_curve_of_one(tmp_path: Path) -> None:
     one = train(_stage(), _settings(tmp_path / "one", 4))
     seen: list[int] = []

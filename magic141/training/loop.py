@@ -197,7 +197,9 @@ def _diff(recorded: Any, mine: Any) -> str:
 
 
 def _run_record(stage: Stage, settings: TrainSettings) -> dict[str, Any]:
-    return {"stage": stage.name, "description": stage.describe(), "identity": settings.identity()}
+    """What run.json holds, as read back from it (tuples become lists), so a resumed run compares equal."""
+    record = {"stage": stage.name, "description": stage.describe(), "identity": settings.identity()}
+    return json.loads(json.dumps(record))
 
 
 def _optimizer_tensors(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
