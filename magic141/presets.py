@@ -197,7 +197,11 @@ PRESETS: dict[str, Preset] = {
             num_refiner_layers=1,
             rope_axes_dim=(8, 12, 12),
         ),
-        vae=VAEConfig(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=4),
+        # 4x spatial compression: at 8x, a 64x48 frame is 8x6 latents and an object one or two of them, and the
+        # decoder must draw a whole shape from one latent pixel (trained so, it drew blurred blobs of mixed colour).
+        vae=VAEConfig(
+            block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=4
+        ),
         text=SMALL_TEXT,
         prior=PriorConfig(
             unet_block_out_channels=(32, 64),

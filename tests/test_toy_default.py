@@ -16,7 +16,7 @@ from magic141.toy_world import split_captions
 MAGIC141 = [sys.executable, "-m", "flows.cli"]
 # Floors under what the shipped weights score (BENCHMARKS.md, toy-world), well above chance (colour 1/4, shape
 # 1/3, background 1/3, motion 1/7): a regression in the weights, the sampler or the conditioning fails them.
-PRIOR_COLOUR_FLOOR = 0.5
+PRIOR_COLOUR_FLOOR = 0.75
 
 
 def test_the_evaluate_command_prints_a_table_writes_every_case_and_refuses_bad_settings(tmp_path: Path) -> None:
@@ -36,16 +36,18 @@ def test_the_evaluate_command_prints_a_table_writes_every_case_and_refuses_bad_s
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_the_shipped_default_keeps_a_user_image_and_its_background_on_held_out_prompts() -> None:
+def test_the_shipped_default_keeps_a_user_image_its_colour_and_background_on_held_out_prompts() -> None:
     from magic141.pipeline import Magic141Pipeline
     from tasks.adherence import AdherenceSettings, evaluate_adherence
 
     pipeline = Magic141Pipeline.from_preset("toy")  # no weights given: the shipped toy weights
     assert pipeline.components.prompt_format == "magic141"
     summary = evaluate_adherence(pipeline, AdherenceSettings("held-out", count=12, seed=11))["summary"]
-    # Random weights (tiny): background 0.38, first-frame PSNR 6 dB. Colour, shape and motion are still near chance:
-    # the shipped VAE turns saturated colours grey-brown (BENCHMARKS.md, toy-world), so no floor holds them yet.
-    assert summary["background"] >= 0.9 and summary["first_frame_psnr"] >= 17.0, summary
+    # These 12 cases score colour 0.83, background 1.00, first-frame PSNR 22.3 dB; random weights (tiny): colour 0,
+    # background 0.38, PSNR 6 dB. Shape and motion are not yet reliably above chance (BENCHMARKS.md, toy-world),
+    # so no floor holds them yet.
+    assert summary["colour"] >= 0.5 and summary["background"] >= 0.9, summary
+    assert summary["first_frame_psnr"] >= 20.0, summary
 
 
 def test_the_shipped_prior_draws_the_colour_and_background_a_held_out_caption_names() -> None:
