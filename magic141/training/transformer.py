@@ -41,7 +41,7 @@ from magic141.components import I2VComponents, build_i2v_components, build_trans
 from magic141.conditioning import image_condition, model_input
 from magic141.presets import Preset
 from magic141.prompt_encoding import t2v_prompt_template, t2v_text_pipeline, vlm_image_tokens
-from magic141.toy_world import Caption, all_captions, render_video, sample_scene, split_captions
+from magic141.toy_world import Caption, all_captions, render_frame, render_video, sample_scene, split_captions
 from magic141.training.loop import sample_rng
 from magic141.weights import save_i2v_components
 
@@ -70,7 +70,7 @@ def cache_window(preset: Preset, captions: Sequence[Caption], seed: int, index: 
     scene = sample_scene(caption, preset.width, preset.height, int(rng.integers(2**31)))
     start = float(rng.uniform(0, LATEST_START_S)) if rng.random() < LATER_WINDOWS else 0.0
     video = render_video(scene, preset.window_frames, preset.fps, preset.width, preset.height, start=start)
-    first = video[0] if start == 0.0 else render_video(scene, 1, preset.fps, preset.width, preset.height)[0]
+    first = video[0] if start == 0.0 else render_frame(scene, 0.0, preset.width, preset.height)
     return caption, video, first
 
 
