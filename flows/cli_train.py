@@ -268,11 +268,134 @@ def train_i2v(
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
 
 
+TeacherOption = Annotated[
+    Path | None,
+    typer.Option("--teacher", help="The teacher's weights folder (default: the preset's own shipped weights)."),
+]
+DistilledPresetOption = Annotated[
+    str, typer.Option("--preset", help="Preset whose teacher is distilled and whose video geometry is trained.")
+]
+WMinOption = Annotated[float, typer.Option("--w-min", help="Smallest w taught (guidance scale 1 + w; 0 is no guidance).")]
+WMaxOption = Annotated[float, typer.Option("--w-max", help="Largest w taught.")]
+
+
+@train_app.command("cfg")
+def train_cfg(
+    context: typer.Context,
+    preset: DistilledPresetOption = "toy-teacher",
+    teacher: TeacherOption = None,
+    w_min: WMinOption = 0.0,
+    w_max: WMaxOption = 5.0,
+    lambda_cfg: Annotated[
+        float, typer.Option("--lambda-cfg", help="Weight of the flow-matching loss at w = 0 beside the distillation.")
+    ] = 0.25,
+    samples: SamplesOption = SAMPLES,
+    cache_dir: CacheOption = Path("out/train/cache"),
+    out: OutOption = Path("out/train/cfg"),
+    max_steps: StepsOption = DEFAULTS["cfg"].max_steps,
+    seed: SeedOption = 0,
+    resume: ResumeOption = False,
+    workers: WorkersOption = 1,
+    batch_size: BatchOption = DEFAULTS["cfg"].batch_size,
+    learning_rate: LearningRateOption = DEFAULTS["cfg"].learning_rate,
+    schedule: ScheduleOption = DEFAULTS["cfg"].schedule,
+    warmup_steps: WarmupOption = DEFAULTS["cfg"].warmup_steps,
+    ray_address: RayAddressOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """CFG distillation (paper Eq. 6-9): a student that takes the guidance scale 1 + w as an input and predicts,
+    in one pass, what the teacher predicts with classifier-free guidance at w in two.
+
+    Its final/ folder is the teacher's weights folder with the student's transformer.
+    """
+    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
+                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
+                "warmup_steps": warmup_steps}
+    _check_settings(settings)
+    distillation = {"w_min": w_min, "w_max": w_max, "lambda_cfg": lambda_cfg}
+    _check_distillation("cfg", distillation)
+    stage = _stage("cfg", preset, teacher=teacher, samples=samples, cache_dir=cache_dir, seed=seed,
+                   distillation=distillation)
+    _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
+
+
+@train_app.command("dmd2")
+def train_dmd2(
+    context: typer.Context,
+    preset: DistilledPresetOption = "toy-teacher",
+    teacher: TeacherOption = None,
+    steps: Annotated[int, typer.Option("--steps", help="The student's sampling steps.")] = 4,
+    sigmas: Annotated[
+        str | None,
+        typer.Option("--sigmas", help="The student's noise levels before the flow shift, comma-separated, one per "
+                     "step (default: evenly from 1).")
+    ] = None,
+    fake: Annotated[
+        str, typer.Option("--fake", help="The fake model: 'lora' (the teacher's base plus a LoRA, the paper's) or "
+                          "'full' (a full copy).")
+    ] = "lora",
+    lora_rank: Annotated[int, typer.Option("--lora-rank", help="Rank of the fake model's LoRA.")] = 16,
+    real_shift: Annotated[
+        float, typer.Option("--real-shift", help="The LoRA's weight in the real model (the paper's shift).")
+    ] = 0.25,
+    fake_updates: Annotated[int, typer.Option("--fake-updates", help="Fake-model updates per generator update.")] = 5,
+    w_min: WMinOption = 0.0,
+    w_max: WMaxOption = 5.0,
+    regression_weight: Annotated[
+        float, typer.Option("--regression-weight", help="Weight of a regression on the real model's ODE solution (0: off).")
+    ] = 0.0,
+    samples: SamplesOption = SAMPLES,
+    cache_dir: CacheOption = Path("out/train/cache"),
+    out: OutOption = Path("out/train/dmd2"),
+    max_steps: StepsOption = DEFAULTS["dmd2"].max_steps,
+    seed: SeedOption = 0,
+    resume: ResumeOption = False,
+    workers: WorkersOption = 1,
+    batch_size: BatchOption = DEFAULTS["dmd2"].batch_size,
+    learning_rate: LearningRateOption = DEFAULTS["dmd2"].learning_rate,
+    schedule: ScheduleOption = DEFAULTS["dmd2"].schedule,
+    warmup_steps: WarmupOption = DEFAULTS["dmd2"].warmup_steps,
+    ray_address: RayAddressOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """DMD2 step distillation (paper Eq. 4-5): a few-step generator that matches the teacher's distribution,
+    judged by a real and a fake model sharing one copy of the teacher's weights.
+
+    Its final/ folder is the teacher's weights folder with the student's transformer (the EMA of its weights).
+    """
+    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
+                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
+                "warmup_steps": warmup_steps}
+    _check_settings(settings)
+    try:
+        levels = None if sigmas is None else tuple(float(value) for value in sigmas.split(","))
+    except ValueError:
+        raise UserError(f"--sigmas {sigmas!r} is not a comma-separated list of numbers") from None
+    distillation = {"steps": steps, "sigmas": levels, "fake": fake, "lora_rank": lora_rank, "real_shift": real_shift,
+                    "fake_updates": fake_updates, "w_min": w_min, "w_max": w_max,
+                    "regression_weight": regression_weight}
+    _check_distillation("dmd2", distillation)
+    stage = _stage("dmd2", preset, teacher=teacher, samples=samples, cache_dir=cache_dir, seed=seed,
+                   distillation=distillation)
+    _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
+
+
+def _check_distillation(kind: str, distillation: dict[str, Any]) -> None:
+    """Refuse bad distillation settings before the teacher is read or any window encoded."""
+    from magic141.training.distill import CfgSettings, Dmd2Settings
+    from magic141.training.loop import TrainingError
+
+    try:
+        (CfgSettings if kind == "cfg" else Dmd2Settings)(**distillation)
+    except TrainingError as exc:
+        raise UserError(one_line(exc)) from None
+
+
 @train_app.command("all")
 def train_all(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="One run folder per stage under it.")] = Path("out/train"),
     stage: Annotated[
-        list[str] | None, typer.Option("--stage", help="Train only this stage (repeat for several): clip, vae, prior, t2v, i2v.")
+        list[str] | None, typer.Option("--stage", help="Train only this stage (repeat for several): clip, vae, prior, t2v, i2v, cfg, dmd2.")
     ] = None,
     seed: SeedOption = 0,
     workers: WorkersOption = 1,

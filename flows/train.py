@@ -1,5 +1,5 @@
 """The ``train_toy_world`` flow: every toy-world stage in order (CLIP, VAE, text-to-image prior, T2V teacher,
-I2V teacher), then the shipped weights folder.
+I2V teacher, its CFG distillation, then DMD2 of that), then the shipped weights folder.
 
 Each stage is a task with a progress artifact; a stage whose run folder already holds its finished run
 is kept as it is, and one that was interrupted resumes from its last checkpoint, so rerunning the flow
@@ -18,11 +18,13 @@ from prefect.artifacts import create_table_artifact
 from magic141.training.loop import TrainSettings, read_losses
 from tasks.progress import StageProgress
 from tasks.train_pool import train
-from tasks.training import DEFAULTS, STAGES, make_stage
+from tasks.training import DEFAULTS, SAMPLES, STAGES, make_stage
 
 logger = logging.getLogger(__name__)
 SHIPPED_HALF = frozenset({"clip"})  # open_clip casts float16 weights into its float32 model: half the bytes
 NOT_SHIPPED = frozenset({"t2v"})  # the T2V teacher is only where the I2V teacher starts
+TEACHERS = {"cfg": "i2v", "dmd2": "cfg"}  # each distillation's teacher: the stage before it
+CACHED = frozenset({"t2v", "i2v", "cfg", "dmd2"})  # stages that read the latent cache of SAMPLES windows, in epochs
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ def _finished(out: Path, steps: int) -> bool:
 
 @task(name="train {stage}", retries=0)
 def train_stage(stage: str, out: str, max_steps: int, seed: int, workers: int, ray_address: str | None,
-                vae: str | None = None, t2v: str | None = None) -> StageRun:
+                vae: str | None = None, t2v: str | None = None, teacher: str | None = None) -> StageRun:
     folder = Path(out)
     defaults = DEFAULTS[stage]
     if _finished(folder, max_steps):
@@ -56,10 +58,11 @@ def train_stage(stage: str, out: str, max_steps: int, seed: int, workers: int, r
     )
     cache = StageProgress(f"{stage}-cache", f"{stage}: encode training windows")
     built = make_stage(stage, vae=None if vae is None else Path(vae), t2v=None if t2v is None else Path(t2v),
-                       cache_dir=folder.parent / "cache", seed=seed, on_cache=cache.update)
+                       teacher=None if teacher is None else Path(teacher), cache_dir=folder.parent / "cache", seed=seed,
+                       on_cache=cache.update)
     progress = StageProgress(stage, f"train {stage}")
     result = train(built, settings, address=ray_address, on_step=lambda step, total, loss: progress.update(step, total),
-                   command=["flow train-toy-world", stage])
+                   dataset_size=SAMPLES if stage in CACHED else None, command=["flow train-toy-world", stage])
     return StageRun(stage, out, result.steps, result.first_loss, result.last_loss, True)
 
 
@@ -86,7 +89,8 @@ def train_toy_world(
             continue
         vae = str(root / "vae" / "final") if stage in ("t2v", "i2v") else None
         t2v = str(root / "t2v" / "final") if stage == "i2v" else None
-        runs.append(train_stage(stage, str(root / stage), steps[stage], seed, workers, ray_address, vae, t2v))
+        teacher = str(root / TEACHERS[stage] / "final") if stage in TEACHERS else None
+        runs.append(train_stage(stage, str(root / stage), steps[stage], seed, workers, ray_address, vae, t2v, teacher))
     create_table_artifact(
         key="train-toy-world",
         table=[{"stage": r.stage, "steps": r.steps, "first loss": round(r.first_loss, 5), "last loss": round(r.last_loss, 5),

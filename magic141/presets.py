@@ -266,6 +266,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# The toy default's teacher, sampled as the teachers are (many Euler steps, no guidance).
+PRESETS["toy-teacher"] = PRESETS["toy"].replace(name="toy-teacher")
+
+
 def default_preset_name() -> str:
     """The preset of a command given none: ``$MAGIC141_PRESET``, else ``toy``."""
     return os.environ.get(PRESET_ENV) or DEFAULT_PRESET

@@ -134,7 +134,8 @@ def _load_model(cls: type, path: Path, dtype: torch.dtype, name: str) -> torch.n
     return model
 
 
-# Written beside a transformer's config when its prompt format is not the default (converted official weights).
+# Written beside a transformer's config: its prompt format when not the default (converted official weights), and
+# how a distilled transformer was made.
 PROMPT_FORMAT_FILE = "magic141.json"
 
 
@@ -144,8 +145,8 @@ def read_prompt_format(transformer_folder: str | Path) -> str:
     if not marker.is_file():
         return PROMPT_FORMATS[0]
     try:
-        return check_prompt_format(json.loads(marker.read_text())["prompt_format"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        return check_prompt_format(json.loads(marker.read_text()).get("prompt_format", PROMPT_FORMATS[0]))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
         raise ValueError(f"{marker} is not a valid prompt-format file ({exc}); rewrite it or delete it") from None
 
 
@@ -153,6 +154,24 @@ def write_prompt_format(transformer_folder: str | Path, prompt_format: str) -> N
     """Record a non-default prompt format in a transformer folder (the default needs no file)."""
     if check_prompt_format(prompt_format) != PROMPT_FORMATS[0]:
         (Path(transformer_folder) / PROMPT_FORMAT_FILE).write_text(json.dumps({"prompt_format": prompt_format}) + "\n")
+
+
+def read_distillation(transformer_folder: str | Path) -> dict[str, Any] | None:
+    """How a distilled transformer was made (its teacher's fingerprint, the settings), or None for a teacher."""
+    marker = Path(transformer_folder) / PROMPT_FORMAT_FILE
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text()).get("distillation")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ValueError(f"{marker} is not a valid JSON object ({exc}); rewrite it or delete it") from None
+
+
+def write_distillation(transformer_folder: str | Path, record: dict[str, Any]) -> None:
+    """Record how a distilled transformer was made beside its prompt format."""
+    marker = Path(transformer_folder) / PROMPT_FORMAT_FILE
+    content = json.loads(marker.read_text()) if marker.is_file() else {}
+    marker.write_text(json.dumps({**content, "distillation": record}, indent=2) + "\n")
 
 
 def load_i2v_components(paths: WeightPaths, flow_shift: float, dtype: torch.dtype = torch.bfloat16) -> I2VComponents:

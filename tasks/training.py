@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("clip", "vae", "prior", "t2v", "i2v")
+STAGES = ("clip", "vae", "prior", "t2v", "i2v", "cfg", "dmd2")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,8 @@ DEFAULTS: dict[str, StageDefaults] = {
     "prior": StageDefaults(3000, 16, 1e-3, "cosine", 100),
     "t2v": StageDefaults(1000, 16, 5e-4, "cosine", 100),
     "i2v": StageDefaults(3000, 16, 5e-4, "cosine", 100),
+    "cfg": StageDefaults(600, 16, 2e-4, "cosine", 50),
+    "dmd2": StageDefaults(1500, 16, 1e-4, "constant", 0),
 }
 SAMPLES = 12000  # training windows in the transformers' latent cache
 PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
@@ -51,9 +53,15 @@ def make_stage(
     cache_dir: Path = Path("out/train/cache"),
     seed: int = 0,
     autoencoder_steps: int = PRIOR_AUTOENCODER_STEPS,
+    teacher: Path | None = None,
+    distillation: dict[str, Any] | None = None,
     on_cache: Callable[[int, int], None] | None = None,
 ) -> Any:
-    """The stage ``name`` of ``preset_name``; a transformer stage's latent cache is built first when missing."""
+    """The stage ``name`` of ``preset_name``; a transformer stage's latent cache is built first when missing.
+
+    The distillations (``cfg``, ``dmd2``) take their ``teacher`` (default: the preset's own weights folder) and
+    their ``distillation`` settings (:class:`magic141.training.distill.CfgSettings` or ``Dmd2Settings`` fields);
+    their cache is encoded by the teacher's VAE (or ``vae`` for a bare T2V teacher)."""
     from magic141.presets import get_preset
 
     if name not in STAGES:
@@ -75,6 +83,18 @@ def make_stage(
         return PriorStage(preset, autoencoder_steps)
     from magic141.training.transformer import TransformerStage, build_cache, cache_path, encoders
 
+    if name in ("cfg", "dmd2"):
+        from magic141.training.distill import CfgSettings, DistillStage, Dmd2Settings, Teacher
+
+        settings = CfgSettings(**(distillation or {})) if name == "cfg" else Dmd2Settings(**(distillation or {}))
+        teacher = teacher if teacher is not None else preset.weights_folder
+        if teacher is None:
+            raise ValueError(f"preset {preset.name!r} ships no weights to distil; pass the teacher with --teacher")
+        checked = Teacher.check(teacher, preset)
+        if checked.weights_folder:
+            vae = checked.folder / "vae"
+        elif vae is None:
+            raise ValueError(f"--teacher {teacher} is a bare transformer; pass the VAE its cache is encoded with (--vae)")
     check_weights_folder("--vae", vae)
     check_weights_folder("--t2v", t2v)
     if name == "i2v" and t2v is None:
@@ -85,4 +105,8 @@ def make_stage(
     path, fingerprint = cache_path(cache_dir, components, samples, seed)
     if not path.is_file():
         build_cache(components, preset, samples, seed, path, on_cache)
+    if name == "cfg":
+        return DistillStage("cfg", preset, checked, path, fingerprint, cfg=settings)
+    if name == "dmd2":
+        return DistillStage("dmd2", preset, checked, path, fingerprint, dmd2=settings)
     return TransformerStage(preset, name, path, fingerprint, t2v if name == "i2v" else None, vae)

@@ -109,7 +109,10 @@ class Stage(Protocol):
 
     def build(self, seed: int) -> torch.nn.Module:
         """The trainee, initialised from ``seed``; ``forward(batch)`` returns the mean loss over the batch,
-        or a (loss, {name: float}) pair to log more than the loss."""
+        or a (loss, {name: float}) pair to log more than the loss. Its frozen parameters (``requires_grad``
+        off) are not checkpointed: ``build`` must make them the same every time. It may define
+        ``parameter_groups()`` (parts trained at their own learning-rate scale) and ``after_step(step)`` (run
+        after each optimizer step, e.g. an EMA of weights kept in buffers)."""
 
     def batch(self, seed: int, step: int, samples: Sequence[int]) -> Any:
         """The batch of ``samples`` at ``step``: every random draw comes from ``sample_rng(seed, step, sample)``."""
@@ -221,12 +224,23 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> 
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _frozen(trainee: torch.nn.Module) -> set[str]:
+    """The names of the parameters training never changes: ``Stage.build`` makes them again from the seed or the
+    folder its description names, so checkpoints leave them out (a distilled model's frozen teacher)."""
+    return {name for name, parameter in trainee.named_parameters() if not parameter.requires_grad}
+
+
+def _trained_state(trainee: torch.nn.Module) -> dict[str, torch.Tensor]:
+    frozen = _frozen(trainee)
+    return {k: v.detach().contiguous() for k, v in trainee.state_dict().items() if k not in frozen}
+
+
 def _save_checkpoint(out: Path, step: int, trainee: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     folder = out / "checkpoints" / f"step-{step:06d}"
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in trainee.state_dict().items()}, partial / "trainee.safetensors")
+    save_file(_trained_state(trainee), partial / "trainee.safetensors")
     tensors, meta = _optimizer_tensors(optimizer.state_dict())
     save_file(tensors, partial / "optimizer.safetensors")
     (partial / "state.json").write_text(json.dumps({"step": step, "optimizer": meta}))
@@ -238,7 +252,9 @@ def _save_checkpoint(out: Path, step: int, trainee: torch.nn.Module, optimizer: 
 
 def _load_checkpoint(folder: Path, trainee: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
     state = json.loads((folder / "state.json").read_text())
-    trainee.load_state_dict(load_file(folder / "trainee.safetensors"))
+    missing, unexpected = trainee.load_state_dict(load_file(folder / "trainee.safetensors"), strict=False)
+    if set(missing) != _frozen(trainee) or unexpected:
+        raise TrainingError(f"the checkpoint {folder} does not fit this run's model; start a new run")
     optimizer.load_state_dict(_optimizer_state(load_file(folder / "optimizer.safetensors"), state["optimizer"]))
     return int(state["step"])
 
@@ -265,10 +281,10 @@ def plot_losses(out: Path, title: str) -> Path:
 
     entries = read_losses(out)
     figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
-    names = [k for k in entries[0] if k != "step"] if entries else []
-    steps = [e["step"] for e in entries]
-    for name in names:
-        axis.plot(steps, [e.get(name, math.nan) for e in entries], label=name, linewidth=1)
+    names = list(dict.fromkeys(k for e in entries for k in e if k != "step"))
+    for name in names:  # a value logged on some steps only (a generator's loss) is drawn over those steps
+        logged = [e for e in entries if name in e]
+        axis.plot([e["step"] for e in logged], [e[name] for e in logged], label=name, linewidth=1)
     if entries and all(e.get(n, 1) > 0 for e in entries for n in names):
         axis.set_yscale("log")
     axis.set_xlabel("step")
@@ -291,6 +307,15 @@ def _global_mean(value: torch.Tensor, world: int) -> torch.Tensor:
     return value
 
 
+def _parameter_groups(trainee: torch.nn.Module) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the trainee's ``parameter_groups()`` when it trains parts at their own
+    learning rates (``[{"params": [...], "lr_scale": x}, ...]``, each clipped on its own), else one group of
+    every trainable parameter."""
+    if hasattr(trainee, "parameter_groups"):
+        return [{"lr_scale": 1.0, **group} for group in trainee.parameter_groups()]
+    return [{"params": [p for p in trainee.parameters() if p.requires_grad], "lr_scale": 1.0}]
+
+
 def run(
     stage: Stage,
     settings: TrainSettings,
@@ -308,8 +333,8 @@ def run(
     torch.manual_seed(settings.seed)
     trainee = stage.build(settings.seed)
     trainee.train()
-    parameters = [p for p in trainee.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=0.0)
+    groups = _parameter_groups(trainee)
+    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=0.0)
     start = 0 if resume_from is None else _load_checkpoint(resume_from, trainee, optimizer)
     if writer:
         settings.out.mkdir(parents=True, exist_ok=True)
@@ -327,9 +352,11 @@ def run(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in optimizer.param_groups:
-                group["lr"] = settings.learning_rate_at(step)
-            torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
+                group["lr"] = settings.learning_rate_at(step) * group.get("lr_scale", 1.0)
+                torch.nn.utils.clip_grad_norm_(group["params"], settings.grad_clip)
             optimizer.step()
+            if hasattr(trainee, "after_step"):
+                trainee.after_step(step)
             value = float(_global_mean(loss.detach(), world))
             if not math.isfinite(value):
                 raise FloatingPointError(f"{stage.name}: the loss is {value} at step {step + 1}; lower the learning rate")

@@ -1,0 +1,535 @@
+"""The paper's two distillations of a flow-matching teacher (Sec. 3.1): CFG distillation (Eq. 6-9), then DMD2
+step distillation (Eq. 4-5) with a LoRA fake model, so the student samples in 4 steps of one forward pass each.
+
+Both read the teachers' latent cache (:mod:`magic141.training.transformer`): training windows, first-frame
+latents, VLM image tokens and every caption's text states, the empty prompt's included.
+
+**Guidance.** The transformer's guidance input is the guidance scale ``s = 1 + w`` (embedded as ``s * 1000``,
+diffusers' HunyuanVideo convention and the sampler's ``--guidance``); ``s = 1`` (``w = 0``) is the plain
+conditional prediction the teachers were trained at.
+
+**CFG distillation.** The student ``u_s`` starts as a copy of the teacher ``u`` and learns, with
+``w ~ U[w_min, w_max]`` drawn per sample::
+
+    L = || u_s(z_t, t, T, 1 + w) - [(1 + w) u(z_t, t, T) - w u(z_t, t, ∅)] ||²
+        + λ_cfg || u_s(z_t, t, T, 1) - (ε - x_0) ||²
+
+The unconditional input ∅ is the empty prompt's text states behind the same VLM image tokens, with the same
+first-frame latent in both branches: guidance steers the text, never the image, as the teacher's caption
+dropout trained it (the caption dropped, the image kept).
+
+**DMD2.** A generator ``G`` (a copy of the teacher, sampled with the few-step Euler schedule of
+:mod:`magic141.sampler`) predicts ``x_0`` from a training window noised to one of its steps. The fake model
+is the teacher's frozen base plus a LoRA (peft, through diffusers' adapter API); the real model is the same
+base with that LoRA at the small weight ``real_shift`` (the paper's shift of the real model towards the fake),
+so one copy of the base weights serves both. At every step the fake model learns the generator's samples by
+flow matching (Eq. 5); every ``fake_updates`` steps the generator also follows the distribution-matching
+gradient (Eq. 4), normalised per sample as DMD2 does::
+
+    grad = (x̂_fake - x̂_real) / mean|x_0 - x̂_real|,   L_G = ½ || x_0 - sg(x_0 - grad) ||²
+
+where ``x̂`` are the real and fake models' ``x_0`` predictions at a random noise level of the generator's
+sample. An EMA of the generator's weights is kept and is what ``final/`` holds. ``fake="full"`` instead trains
+a full copy of the teacher as the fake model beside the frozen real one, as the public distillers do (the
+memory benchmark's reference). An optional regression loss pulls the generator's prediction towards the
+real model's ODE solution from the same noisy window (off by default).
+
+The teachers and the base are frozen, so checkpoints hold only what trains (the generator, its EMA, the LoRA
+or the full fake) and a resumed run rebuilds the rest from the teacher folder, whose fingerprint run.json holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from magic141.conditioning import image_condition, model_input
+from magic141.presets import Preset
+from magic141.sampler import flow_sigmas
+from magic141.training.loop import TrainingError, sample_rng
+from magic141.training.transformer import IMAGE_DROPOUT, _load_cache
+
+GUIDANCE_EMBEDDING = 1000.0  # the guidance embedder sees s * 1000
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                "proj_mlp", "proj_out")
+FAKE_MODELS = ("lora", "full")
+DMD_SIGMA_RANGE = (0.02, 0.98)  # the noise levels, before the flow shift, at which the real and fake models judge
+
+
+@dataclass(frozen=True)
+class CfgSettings:
+    """What CFG distillation learns: guidance scales ``1 + w`` for ``w`` in ``[w_min, w_max]``."""
+
+    w_min: float = 0.0
+    w_max: float = 5.0
+    lambda_cfg: float = 0.25  # the weight of Eq. 9's flow-matching loss at w = 0
+
+    def __post_init__(self) -> None:
+        if self.w_min < 0:
+            raise TrainingError(f"--w-min must be >= 0 (w = 0 is no guidance), got {self.w_min}")
+        if self.w_min > self.w_max:
+            raise TrainingError(f"--w-min {self.w_min} is above --w-max {self.w_max}; swap them")
+        if self.lambda_cfg < 0:
+            raise TrainingError(f"--lambda-cfg must be >= 0, got {self.lambda_cfg}")
+
+
+@dataclass(frozen=True)
+class Dmd2Settings:
+    """The few-step generator and its critics."""
+
+    steps: int = 4  # the generator's sampling steps
+    sigmas: tuple[float, ...] | None = None  # its noise levels before the flow shift; None: the sampler's 1 -> 1/steps
+    fake: str = "lora"  # or "full": a full trainable copy of the teacher as the fake model
+    lora_rank: int = 16
+    real_shift: float = 0.25  # the LoRA's weight in the real model
+    fake_updates: int = 5  # fake-model updates per generator update (DMD2's two time-scale rule)
+    fake_lr_scale: float = 1.0  # the fake model's learning rate, relative to the generator's
+    ema_decay: float = 0.95  # per generator update
+    w_min: float = 0.0  # the guidance scales 1 + w the generator, real and fake models see
+    w_max: float = 5.0
+    regression_weight: float = 0.0  # the weight of the regression on the real model's ODE solution; 0: off
+    regression_steps: int = 8  # Euler steps of that ODE solution
+
+    def __post_init__(self) -> None:
+        if self.sigmas is not None:
+            object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
+        checks = (
+            (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.sigmas is None or len(self.sigmas) == self.steps,
+             f"--sigmas lists {len(self.sigmas or ())} noise levels for {self.steps} steps; give one per step"),
+            (self.sigmas is None or all(1 >= a > b > 0 for a, b in zip(self.sigmas, [*self.sigmas[1:], 0.0])),
+             f"--sigmas {self.sigmas} must fall strictly from at most 1 to above 0"),
+            (self.fake in FAKE_MODELS, f"unknown fake model {self.fake!r}; choose one of: {', '.join(FAKE_MODELS)}"),
+            (self.lora_rank >= 1, f"--lora-rank must be >= 1, got {self.lora_rank}"),
+            (0 <= self.real_shift <= 1, f"--real-shift must be in [0, 1], got {self.real_shift}"),
+            (self.fake_updates >= 1, f"--fake-updates must be >= 1, got {self.fake_updates}"),
+            (self.fake_lr_scale > 0, f"--fake-lr-scale must be > 0, got {self.fake_lr_scale}"),
+            (0 <= self.ema_decay < 1, f"--ema-decay must be in [0, 1), got {self.ema_decay}"),
+            (self.w_min >= 0, f"--w-min must be >= 0 (w = 0 is no guidance), got {self.w_min}"),
+            (self.w_min <= self.w_max, f"--w-min {self.w_min} is above --w-max {self.w_max}; swap them"),
+            (self.regression_weight >= 0, f"--regression-weight must be >= 0, got {self.regression_weight}"),
+            (self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise TrainingError(message)
+
+    def schedule(self, flow_shift: float) -> torch.Tensor:
+        """The generator's noise levels after the flow shift, as the sampler steps through them."""
+        sigmas = np.asarray(self.sigmas if self.sigmas is not None else flow_sigmas(self.steps), dtype=np.float64)
+        return torch.tensor(flow_shift * sigmas / (1 + (flow_shift - 1) * sigmas), dtype=torch.float32)
+
+
+def shifted(u: float, flow_shift: float) -> float:
+    return flow_shift * u / (1 + (flow_shift - 1) * u)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over a model folder's config and safetensors files (names and bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted([*folder.glob("*.json"), *folder.glob("*.safetensors")]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A teacher whose transformer fits the preset: a weights folder (the I2V teacher, or a CFG-distilled one),
+    or a bare transformer folder (the T2V teacher, final/ of 'train t2v')."""
+
+    folder: Path
+    fingerprint: str
+    image_to_video: bool
+
+    @property
+    def transformer_folder(self) -> Path:
+        nested = self.folder / "transformer"
+        return nested if nested.is_dir() else self.folder
+
+    @property
+    def weights_folder(self) -> bool:
+        return self.transformer_folder != self.folder
+
+    @classmethod
+    def check(cls, folder: Path, preset: Preset) -> Teacher:
+        """Refuse a folder that holds no transformer, or one of another geometry than ``preset``."""
+        folder = Path(folder)
+        config_path = next((p for p in (folder / "transformer" / "config.json", folder / "config.json") if p.is_file()), None)
+        if config_path is None:
+            raise TrainingError(f"--teacher {folder} holds no transformer (no transformer/config.json); pass the "
+                                "final/ folder of 'magic141 train i2v' or 'train cfg'")
+        config = json.loads(config_path.read_text())
+        latent = preset.transformer.latent_channels
+        expected = {**asdict(preset.transformer), "out_channels": latent}
+        wrong = [f"{key} {config.get(key)!r} there, {value!r} in the preset"
+                 for key, value in expected.items()
+                 if key in config and (list(value) if isinstance(value, tuple) else value) != config[key]]
+        if config.get("in_channels") not in (latent, 2 * latent + 1):
+            wrong.append(f"in_channels {config.get('in_channels')} is neither {latent} nor {2 * latent + 1}")
+        if not config.get("guidance_embeds", False):
+            wrong.append("it has no guidance embedding, which the student's guidance input needs")
+        if wrong:
+            raise TrainingError(f"--teacher {folder} is of another geometry than preset {preset.name!r} "
+                                f"({'; '.join(wrong[:3])}); pass a teacher of that preset or choose its --preset")
+        return cls(folder, folder_fingerprint(config_path.parent), config["in_channels"] != latent)
+
+    def transformer(self) -> torch.nn.Module:
+        from diffusers import HunyuanVideoTransformer3DModel
+
+        return HunyuanVideoTransformer3DModel.from_pretrained(str(self.transformer_folder), torch_dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What the transformer sees beside the noisy latent: the first-frame channels (None for a T2V model) and
+    the text tokens (the VLM image tokens first, for an I2V model)."""
+
+    image: torch.Tensor | None  # (B, C, T, h, w)
+    mask: torch.Tensor | None  # (B, 1, T, h, w)
+    text: torch.Tensor  # (B, L, D)
+    text_mask: torch.Tensor  # (B, L)
+    pooled: torch.Tensor  # (B, D_pooled)
+
+
+@dataclass(frozen=True)
+class DistillBatch:
+    latents: torch.Tensor  # (B, C, T, h, w) training windows x_0
+    cond: Condition  # the caption
+    uncond: Condition  # the empty prompt, same image
+    guidance: torch.Tensor  # (B,) guidance scale s = 1 + w
+    sigmas: torch.Tensor  # (B, K) the step's noise levels, one per use
+    noises: torch.Tensor  # (B, K, C, T, h, w) the noises that go with them
+    generator_step: bool = False
+
+
+def velocity(transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition,
+             guidance: torch.Tensor) -> torch.Tensor:
+    """The transformer's velocity for ``latents`` at noise level ``sigma`` (B,) and guidance scale ``guidance`` (B,)."""
+    hidden = latents if condition.image is None else model_input(latents, condition.image, condition.mask)
+    return transformer(
+        hidden_states=hidden,
+        timestep=sigma * 1000.0,
+        encoder_hidden_states=condition.text,
+        encoder_attention_mask=condition.text_mask,
+        pooled_projections=condition.pooled,
+        guidance=guidance * GUIDANCE_EMBEDDING,
+        return_dict=False,
+    )[0]
+
+
+def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The flow-matching path: ``(1 - sigma) x_0 + sigma noise`` with one sigma per sample."""
+    s = sigma.view(-1, *([1] * (x0.ndim - 1)))
+    return (1 - s) * x0 + s * noise
+
+
+def predicted_x0(latents: torch.Tensor, velocity_: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``x_0`` from a velocity ``noise - x_0`` at ``latents = (1 - sigma) x_0 + sigma noise``."""
+    return latents - sigma.view(-1, *([1] * (latents.ndim - 1))) * velocity_
+
+
+def cfg_target(cond: torch.Tensor, uncond: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    """Eq. 8's target ``(1 + w) u(T) - w u(∅)`` for guidance scales ``s = 1 + w`` (B,)."""
+    w = (guidance - 1).view(-1, *([1] * (cond.ndim - 1)))
+    return (1 + w) * cond - w * uncond
+
+
+def dmd_gradient(x0: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> torch.Tensor:
+    """Eq. 4's distribution-matching direction, normalised per sample by ``mean|x_0 - x̂_real|`` (DMD2)."""
+    normaliser = (x0 - real_x0).abs().mean(dim=tuple(range(1, x0.ndim)), keepdim=True)
+    return torch.nan_to_num((fake_x0 - real_x0) / normaliser)
+
+
+def dmd_loss(x0: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """The surrogate whose gradient with respect to ``x0`` is ``gradient / x0.numel()``."""
+    return 0.5 * F.mse_loss(x0, (x0 - gradient).detach())
+
+
+def _conditions(cache: dict[str, torch.Tensor], index: int, caption: int, image_to_video: bool, drop_image: bool,
+                frames: int) -> tuple[Condition, Condition]:
+    def text(caption_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = cache[f"text.{caption_id}"], cache[f"text_mask.{caption_id}"]
+        if not image_to_video:
+            return states, mask
+        tokens = cache["image_tokens"][index]
+        return torch.cat([tokens, states]), torch.cat([torch.ones(tokens.shape[0]), mask])
+
+    image = mask = None
+    if image_to_video:
+        image, mask = image_condition(cache["first_latents"][index][None], frames)
+        image, mask = image[0], mask[0]
+        if drop_image:
+            image, mask = torch.zeros_like(image), torch.zeros_like(mask)
+    cond_text, uncond_text = text(caption), text(0)
+    return (Condition(image, mask, *cond_text, cache[f"pooled.{caption}"]),
+            Condition(image, mask, *uncond_text, cache["pooled.0"]))
+
+
+def _stack(conditions: Sequence[Condition]) -> Condition:
+    def stacked(name: str) -> torch.Tensor | None:
+        values = [getattr(c, name) for c in conditions]
+        return None if values[0] is None else torch.stack(values)
+
+    return Condition(stacked("image"), stacked("mask"), stacked("text"), stacked("text_mask"), stacked("pooled"))
+
+
+def _float(rng: torch.Generator) -> float:
+    return float(torch.rand(1, generator=rng))
+
+
+def distill_batch(cache_path: Path, samples: Sequence[int], seed: int, step: int, *, image_to_video: bool,
+                  w_range: tuple[float, float], sigma_draws: Sequence[Any], generator_step: bool = False) -> DistillBatch:
+    """The batch of ``samples`` at ``step``: each sample's image dropout, guidance scale, and one noise level and
+    noise per entry of ``sigma_draws`` (a callable of the sample's generator), all from ``sample_rng``."""
+    cache = _load_cache(str(cache_path))
+    rows = []
+    for index in samples:
+        rng = sample_rng(seed, step, index)
+        x0 = cache["latents"][index]
+        drop_image = _float(rng) < IMAGE_DROPOUT
+        guidance = 1 + w_range[0] + (w_range[1] - w_range[0]) * _float(rng)
+        sigmas = [float(draw(rng)) for draw in sigma_draws]
+        noises = torch.stack([torch.randn(x0.shape, generator=rng) for _ in sigma_draws])
+        cond, uncond = _conditions(cache, index, int(cache["captions"][index]), image_to_video, drop_image, x0.shape[1])
+        rows.append((x0, cond, uncond, guidance, sigmas, noises))
+    x0, cond, uncond, guidance, sigmas, noises = zip(*rows)
+    return DistillBatch(torch.stack(x0), _stack(cond), _stack(uncond), torch.tensor(guidance), torch.tensor(sigmas),
+                        torch.stack(noises), generator_step)
+
+
+class CfgTrainee(torch.nn.Module):
+    """The student (trainable) beside the frozen teacher."""
+
+    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, lambda_cfg: float) -> None:
+        super().__init__()
+        self.student = student.requires_grad_(True)
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.lambda_cfg = lambda_cfg
+
+    def train(self, mode: bool = True) -> CfgTrainee:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, batch: DistillBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        sigma, noise, x0 = batch.sigmas[:, 0], batch.noises[:, 0], batch.latents
+        latents = noised(x0, noise, sigma)
+        plain = torch.ones_like(batch.guidance)
+        with torch.no_grad():
+            target = cfg_target(velocity(self.teacher, latents, sigma, batch.cond, plain),
+                                velocity(self.teacher, latents, sigma, batch.uncond, plain), batch.guidance)
+        distill = F.mse_loss(velocity(self.student, latents, sigma, batch.cond, batch.guidance), target)
+        if self.lambda_cfg == 0:
+            return distill, {"distill": float(distill.detach())}
+        flow = F.mse_loss(velocity(self.student, latents, sigma, batch.cond, plain), noise - x0)
+        return distill + self.lambda_cfg * flow, {"distill": float(distill.detach()), "flow": float(flow.detach())}
+
+
+class EmaWeights(torch.nn.Module):
+    """An exponential moving average of a module's parameters, kept as buffers (so checkpoints hold it)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.names = [name for name, _ in module.named_parameters()]
+        for name, parameter in module.named_parameters():
+            self.register_buffer(name.replace(".", "__"), parameter.detach().clone())
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, decay: float) -> None:
+        for name, parameter in module.named_parameters():
+            getattr(self, name.replace(".", "__")).lerp_(parameter.detach(), 1 - decay)
+
+    def state_for(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """``module``'s state dict with the averaged parameters."""
+        state = dict(module.state_dict())
+        state.update({name: getattr(self, name.replace(".", "__")) for name in self.names})
+        return state
+
+
+def add_fake_lora(base: torch.nn.Module, rank: int) -> torch.nn.Module:
+    """The frozen ``base`` with a trainable LoRA adapter named ``fake`` on its attention and MLP projections."""
+    from peft import LoraConfig
+
+    base.requires_grad_(False)
+    base.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS), init_lora_weights=True),
+                     adapter_name="fake")
+    return base
+
+
+@contextlib.contextmanager
+def lora_weight(model: torch.nn.Module, weight: float) -> Iterator[None]:
+    """Run ``model`` with its ``fake`` LoRA at ``weight`` (1 is the fake model, ``real_shift`` the real one)."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [module for module in model.modules() if isinstance(module, LoraLayer) and "fake" in module.scaling]
+    for layer in layers:
+        layer.set_scale("fake", weight)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.set_scale("fake", 1.0)
+
+
+class Dmd2Trainee(torch.nn.Module):
+    """The generator, its EMA and the critics: the LoRA-carrying base (fake at weight 1, real at ``real_shift``),
+    or a full fake copy beside the frozen teacher."""
+
+    def __init__(self, generator: torch.nn.Module, base: torch.nn.Module, settings: Dmd2Settings,
+                 schedule: torch.Tensor, full_fake: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.generator = generator.requires_grad_(True)
+        self.base = base
+        self.full_fake = None if full_fake is None else full_fake.requires_grad_(True)
+        self.ema = EmaWeights(generator)
+        self.register_buffer("schedule", schedule)
+
+    def train(self, mode: bool = True) -> Dmd2Trainee:
+        super().train(mode)
+        self.base.eval()
+        return self
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        fake = self.full_fake if self.full_fake is not None else self.base
+        return [{"params": list(self.generator.parameters()), "lr_scale": 1.0},
+                {"params": [p for p in fake.parameters() if p.requires_grad], "lr_scale": self.settings.fake_lr_scale}]
+
+    def fake(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition, guidance: torch.Tensor) -> torch.Tensor:
+        if self.full_fake is not None:
+            return velocity(self.full_fake, latents, sigma, condition, guidance)
+        return velocity(self.base, latents, sigma, condition, guidance)
+
+    def real(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition, guidance: torch.Tensor) -> torch.Tensor:
+        if self.full_fake is not None:
+            return velocity(self.base, latents, sigma, condition, guidance)
+        with lora_weight(self.base, self.settings.real_shift):
+            return velocity(self.base, latents, sigma, condition, guidance)
+
+    def forward(self, batch: DistillBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        x0, cond, guidance = batch.latents, batch.cond, batch.guidance
+        step_sigma, judge_sigma, fake_sigma = batch.sigmas.unbind(1)
+        step_noise, judge_noise, fake_noise = batch.noises.unbind(1)
+        inputs = noised(x0, step_noise, step_sigma)
+        with torch.set_grad_enabled(batch.generator_step):
+            sample = predicted_x0(inputs, velocity(self.generator, inputs, step_sigma, cond, guidance), step_sigma)
+        logged: dict[str, float] = {}
+        loss = x0.new_zeros(())
+        if batch.generator_step:
+            with torch.no_grad():
+                judged = noised(sample.detach(), judge_noise, judge_sigma)
+                real_x0 = predicted_x0(judged, self.real(judged, judge_sigma, cond, guidance), judge_sigma)
+                fake_x0 = predicted_x0(judged, self.fake(judged, judge_sigma, cond, guidance), judge_sigma)
+            generator_loss = dmd_loss(sample, dmd_gradient(sample.detach(), real_x0, fake_x0))
+            logged["dmd"] = float(generator_loss.detach())
+            loss = loss + generator_loss
+            if self.settings.regression_weight > 0:
+                regression = F.mse_loss(sample, self.ode_solution(inputs, step_sigma, cond, guidance))
+                logged["regression"] = float(regression.detach())
+                loss = loss + self.settings.regression_weight * regression
+        clean = sample.detach()
+        fake_inputs = noised(clean, fake_noise, fake_sigma)
+        fake_loss = F.mse_loss(self.fake(fake_inputs, fake_sigma, cond, guidance), fake_noise - clean)
+        logged["fake"] = float(fake_loss.detach())
+        return loss + fake_loss, logged
+
+    @torch.no_grad()
+    def ode_solution(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition,
+                     guidance: torch.Tensor) -> torch.Tensor:
+        """The real model's Euler solution from ``latents`` at ``sigma`` down to noise level 0."""
+        steps = self.settings.regression_steps
+        for k in range(steps):
+            current = sigma * (1 - k / steps)
+            following = sigma * (1 - (k + 1) / steps)
+            latents = latents + (following - current).view(-1, 1, 1, 1, 1) * self.real(latents, current, condition, guidance)
+        return latents
+
+    def after_step(self, step: int) -> None:
+        if step % self.settings.fake_updates == 0:
+            self.ema.update(self.generator, self.settings.ema_decay)
+
+    def student(self) -> torch.nn.Module:
+        """The generator with its EMA weights."""
+        self.generator.load_state_dict(self.ema.state_for(self.generator))
+        return self.generator
+
+
+@dataclass(frozen=True)
+class DistillStage:
+    """CFG distillation (``kind="cfg"``) or DMD2 (``kind="dmd2"``) of ``teacher`` on a latent cache."""
+
+    kind: str
+    preset: Preset
+    teacher: Teacher
+    cache: Path
+    cache_fingerprint: str
+    cfg: CfgSettings = field(default_factory=CfgSettings)
+    dmd2: Dmd2Settings = field(default_factory=Dmd2Settings)
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @property
+    def unused_parameters(self) -> bool:
+        """DMD2's generator has no gradient on fake-only steps."""
+        return self.kind == "dmd2"
+
+    def describe(self) -> dict[str, Any]:
+        settings = asdict(self.cfg) if self.kind == "cfg" else asdict(self.dmd2)
+        return {"preset": self.preset.name, "transformer": asdict(self.preset.transformer), "cache": self.cache_fingerprint,
+                "teacher": self.teacher.fingerprint, "settings": settings}
+
+    def build(self, seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        if self.kind == "cfg":
+            return CfgTrainee(self.teacher.transformer(), self.teacher.transformer(), self.cfg.lambda_cfg)
+        base = self.teacher.transformer()
+        if self.dmd2.fake == "lora":
+            return Dmd2Trainee(self.teacher.transformer(), add_fake_lora(base, self.dmd2.lora_rank), self.dmd2,
+                               self.dmd2.schedule(self.preset.flow_shift))
+        return Dmd2Trainee(self.teacher.transformer(), base.requires_grad_(False), self.dmd2,
+                           self.dmd2.schedule(self.preset.flow_shift), full_fake=self.teacher.transformer())
+
+    def batch(self, seed: int, step: int, samples: Sequence[int]) -> DistillBatch:
+        shift = self.preset.flow_shift
+        uniform = lambda rng: shifted(_float(rng), shift)  # noqa: E731 - the teachers' training noise levels
+        if self.kind == "cfg":
+            return distill_batch(self.cache, samples, seed, step, image_to_video=self.teacher.image_to_video,
+                                 w_range=(self.cfg.w_min, self.cfg.w_max), sigma_draws=[uniform])
+        schedule = self.dmd2.schedule(shift)
+        low, high = DMD_SIGMA_RANGE
+        draws = [lambda rng: schedule[int(torch.randint(len(schedule), (1,), generator=rng))],
+                 lambda rng: shifted(low + (high - low) * _float(rng), shift), uniform]
+        return distill_batch(self.cache, samples, seed, step, image_to_video=self.teacher.image_to_video,
+                             w_range=(self.dmd2.w_min, self.dmd2.w_max), sigma_draws=draws,
+                             generator_step=step % self.dmd2.fake_updates == 0)
+
+    def save(self, trainee: torch.nn.Module, folder: Path) -> None:
+        """The teacher's weights folder with the student's transformer, which records how it was distilled."""
+        from magic141.weights import read_prompt_format, write_distillation, write_prompt_format
+
+        student = trainee.student if self.kind == "cfg" else trainee.student()
+        target = folder
+        if self.teacher.weights_folder:
+            shutil.copytree(self.teacher.folder, folder,
+                            ignore=shutil.ignore_patterns("transformer", "curves", "MANIFEST.json"))
+            target = folder / "transformer"
+        student.save_pretrained(target, safe_serialization=True)
+        write_prompt_format(target, read_prompt_format(self.teacher.transformer_folder))
+        settings = asdict(self.cfg) if self.kind == "cfg" else asdict(self.dmd2)
+        write_distillation(target, {
+            "kind": self.kind, "teacher": str(self.teacher.folder), "teacher_fingerprint": self.teacher.fingerprint,
+            "settings": settings, "steps": self.dmd2.steps if self.kind == "dmd2" else None,
+        })
