@@ -78,8 +78,10 @@ def bulk(
     try:
         if retry_delay < 0:
             raise ValueError(f"retry delay must be >= 0 seconds, got {retry_delay}")
-        read_prompt_csv(csv_file, roots, index_configured=index_dir is not None, preset=preset)
-        quiet_model_libraries(ray=workers > 0)  # the file is read before the models' libraries are imported
+        # The file is read before the models' libraries are imported, and only a row to make needs them (the rows
+        # are not kept: the flow reads them again).
+        if read_prompt_csv(csv_file, roots, index_configured=index_dir is not None, preset=preset).valid:
+            quiet_model_libraries(ray=workers > 0)
         from tasks.bulk import check_bulk
 
         out_dir.mkdir(exist_ok=True)

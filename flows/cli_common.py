@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -133,6 +134,7 @@ def prefect_api() -> Iterator[None]:
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
+    _tracebacks_to_log_file()
     if PREFECT_API_URL.value():
         yield
         return
@@ -148,6 +150,40 @@ def prefect_api() -> Iterator[None]:
             f"or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
         ) from None
     yield
+
+
+class _TracebacksToLogFile(logging.Filter):
+    """On Prefect's console, a failed run's record keeps its line and loses its traceback, which goes to the log
+    file: a batch whose rows fail during an outage shows one line per failure, not a thousand lines of
+    tracebacks. The record itself is not changed, so the Prefect API still gets the traceback."""
+
+    def __init__(self, console: logging.Handler, log: logging.Handler) -> None:
+        super().__init__()
+        self.console, self.log = console, log
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        self.log.handle(record)
+        brief = copy.copy(record)
+        brief.msg, brief.args = f"{record.getMessage()} (traceback in {default_log_file()})", ()
+        brief.exc_info = brief.exc_text = brief.stack_info = None
+        self.console.emit(brief)
+        return False
+
+
+def _tracebacks_to_log_file() -> None:
+    """Install :class:`_TracebacksToLogFile` on Prefect's console handlers (not with --verbose)."""
+    if not _library_handler:
+        return
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for handler in {*logging.getLogger().handlers, *logging.getLogger("prefect").handlers}:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _TracebacksToLogFile) for f in handler.filters):
+            handler.addFilter(_TracebacksToLogFile(handler, _library_handler[0]))
 
 
 def one_line(exc: BaseException) -> str:

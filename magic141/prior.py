@@ -31,7 +31,9 @@ class ImagePrior:
         """The preset's prior: its own weights folder's ``prior/`` (the shipped toy prior), else seeded weights."""
         preset = get_preset(preset) if isinstance(preset, str) else preset
         if preset.weights_folder is not None:
-            return cls.from_pretrained(preset.weights_folder / "prior", preset, device)
+            from magic141.weights import WeightPaths
+
+            return cls.from_pretrained(WeightPaths.resolve(preset.weights_folder).prior, preset, device)
         return cls(build_prior_pipeline(preset), preset, device)
 
     @classmethod

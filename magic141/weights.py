@@ -16,7 +16,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, LlavaForConditionalGeneration
 
 from magic141.components import I2VComponents
+from magic141.weight_paths import WeightPaths
 from magic141.conditioning import PROMPT_FORMATS, check_prompt_format, prompt_template_for
 from optimum.quanto import quantization_map
 
@@ -64,59 +64,6 @@ def _check_loading_info(info: Mapping[str, Any], source: str) -> None:
     """The same check on the loading info that diffusers' and transformers' ``from_pretrained`` return."""
     wrong = [str(item[0]) if isinstance(item, tuple) else str(item) for item in info.get("mismatched_keys", [])]
     _raise_mismatch(source, list(info.get("missing_keys", [])), list(info.get("unexpected_keys", [])), wrong)
-
-
-@dataclass(frozen=True)
-class WeightPaths:
-    """Where each component's weights live."""
-
-    transformer: Path
-    vae: Path
-    text_encoder: Path
-    text_encoder_2: Path
-    tokenizer: Path
-    tokenizer_2: Path
-    image_processor: Path
-    prior: Path | None = None
-
-    @classmethod
-    def from_folder(cls, folder: str | Path) -> WeightPaths:
-        root = Path(folder)
-        if not root.is_dir():
-            raise ValueError(f"weights folder {str(root)!r} does not exist; give a folder with transformer/, vae/, ...")
-        paths = {f.name: root / f.name for f in fields(cls)}
-        if not paths["prior"].is_dir():
-            paths["prior"] = None
-        return cls(**paths).checked()
-
-    @classmethod
-    def from_config(cls, config_file: str | Path) -> WeightPaths:
-        """Per-component paths from a JSON file; relative paths are relative to the file."""
-        file = Path(config_file)
-        try:
-            data = json.loads(file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"weights config {str(file)!r} is not readable JSON: {exc}") from None
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"weights config {str(file)!r} has unknown component(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
-        missing = sorted(known - {"prior"} - set(data))
-        if missing:
-            raise ValueError(f"weights config {str(file)!r} lacks component(s) {', '.join(missing)}")
-        return cls(**{name: file.parent / value for name, value in data.items()}).checked()
-
-    @classmethod
-    def resolve(cls, weights: str | Path) -> WeightPaths:
-        """A weights folder, or a JSON file naming each component's folder."""
-        return cls.from_config(weights) if Path(weights).is_file() else cls.from_folder(weights)
-
-    def checked(self) -> WeightPaths:
-        for f in fields(self):
-            path = getattr(self, f.name)
-            if path is not None and not Path(path).is_dir():
-                raise ValueError(f"{f.name} weights folder {str(path)!r} does not exist")
-        return self
 
 
 def _load_model(cls: type, path: Path, dtype: torch.dtype, name: str) -> torch.nn.Module:

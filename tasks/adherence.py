@@ -46,6 +46,8 @@ class AdherenceSettings:
     steps: int | None = None  # None: the preset's
     first_frame: str = "world"
     seed: int = 0
+    guidance: float | None = None  # the guidance input; None: the preset's
+    true_cfg: float = 1.0  # > 1: classifier-free guidance in two passes, against the empty prompt
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -58,6 +60,8 @@ class AdherenceSettings:
             raise ValueError(f"unknown window mode {self.windows!r}; choose one of: {', '.join(WINDOW_MODES)}")
         if self.seconds is not None and not self.seconds > 0:
             raise ValueError(f"seconds must be > 0, got {self.seconds}")
+        if self.true_cfg < 1:
+            raise ValueError(f"true CFG must be >= 1 (1 disables it), got {self.true_cfg}")
 
 
 class _Frames:
@@ -74,14 +78,15 @@ class _Frames:
 
 
 def sample_video(pipeline: Magic141Pipeline, image: PIL.Image.Image, prompt: str, num_frames: int, seed: int,
-                 sampler: SamplerConfig, windows: str) -> tuple[np.ndarray, list[int]]:
+                 sampler: SamplerConfig, windows: str, negative_prompt: str | None = None) -> tuple[np.ndarray, list[int]]:
     """The stitched (F, H, W, 3) video and the frames at which its windows start."""
     from tasks.stitch import Stitcher
 
     plan = pipeline.plan(num_frames, windows)
     frames = _Frames()
     stitcher = Stitcher(frames, plan)
-    for rendered in pipeline(image, prompt, num_frames=num_frames, seed=seed, sampler=sampler, windows=windows):
+    for rendered in pipeline(image, prompt, num_frames=num_frames, seed=seed, sampler=sampler, windows=windows,
+                             negative_prompt=negative_prompt):
         stitcher.add(rendered.window.index, rendered.frames)
     return frames.video(), [window.start for window in plan[1:]]
 
@@ -103,7 +108,9 @@ def evaluate_adherence(
         raise ValueError("first frames from the prior need the text-to-image prior; pass one")
     num_frames = preset.window_frames if settings.seconds is None else round(settings.seconds * preset.fps)
     sampler = SamplerConfig(steps=preset.steps if settings.steps is None else settings.steps,
-                            guidance_scale=preset.guidance_scale, flow_shift=preset.flow_shift)
+                            guidance_scale=preset.guidance_scale if settings.guidance is None else settings.guidance,
+                            true_cfg_scale=settings.true_cfg, flow_shift=preset.flow_shift)
+    negative = "" if settings.true_cfg > 1 else None
     captions = split_captions(settings.split)
     cases = []
     for index in range(settings.count):
@@ -114,7 +121,8 @@ def evaluate_adherence(
             image = PIL.Image.fromarray(render_frame(scene, 0.0, preset.width, preset.height))
         else:
             image = fit_image(prior(caption.text, seed=seed), preset.width, preset.height)
-        video, boundaries = sample_video(pipeline, image, caption.text, num_frames, seed, sampler, settings.windows)
+        video, boundaries = sample_video(pipeline, image, caption.text, num_frames, seed, sampler, settings.windows,
+                                         negative)
         scores = adherence(video, preset.fps, caption).to_dict()
         metrics = video_metrics(video, np.asarray(image.convert("RGB")), boundaries)
         cases.append({"caption": caption.text, "seed": seed, **scores, "flicker": metrics.flicker,
@@ -128,4 +136,5 @@ def evaluate_adherence(
     seams = [case["seam"] for case in cases if case["seam"] is not None]
     summary["seam"] = float(np.mean(seams)) if seams else None
     summary["frames"] = num_frames
-    return {"settings": settings.__dict__ | {"steps": sampler.steps}, "summary": summary, "cases": cases}
+    settings_used = settings.__dict__ | {"steps": sampler.steps, "guidance": sampler.guidance_scale}
+    return {"settings": settings_used, "summary": summary, "cases": cases}

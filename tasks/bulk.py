@@ -166,7 +166,7 @@ def has_text_to_image(model: ModelSpec) -> bool:
     """Whether ``model`` can make first frames from text: random preset weights can, a weights folder needs ``prior/``."""
     if model.weights is None:
         return True
-    from magic141.weights import WeightPaths
+    from magic141.weight_paths import WeightPaths
 
     return WeightPaths.resolve(model.weights).prior is not None
 

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-import torch
-
-from magic141.pipeline import Magic141Pipeline
-from magic141.prior import ImagePrior
-from magic141.weights import WeightPaths
 from tasks.request import ModelSpec
+
+if TYPE_CHECKING:  # the model libraries load on a model's first use, not at import (a CSV is checked first)
+    from magic141.pipeline import Magic141Pipeline
+    from magic141.prior import ImagePrior
 
 _build_lock = threading.Lock()
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @lru_cache(maxsize=2)
 def _pipeline(spec: ModelSpec, device: str) -> Magic141Pipeline:
+    from magic141.pipeline import Magic141Pipeline
+
     return Magic141Pipeline.from_preset(
         spec.preset, device, weights=spec.weights, quantize=spec.quantize, low_memory=spec.low_memory
     )
@@ -28,6 +32,9 @@ def _pipeline(spec: ModelSpec, device: str) -> Magic141Pipeline:
 
 @lru_cache(maxsize=2)
 def _prior(spec: ModelSpec, device: str) -> ImagePrior:
+    from magic141.prior import ImagePrior
+    from magic141.weight_paths import WeightPaths
+
     if spec.weights is None:
         return ImagePrior.from_preset(spec.preset, device)
     folder = WeightPaths.resolve(spec.weights).prior

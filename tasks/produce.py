@@ -40,7 +40,7 @@ from tasks.catalog.batches import find_video, find_video_by_output
 from tasks.diskspace import DiskFullError, is_disk_full
 from tasks.leases import LEASE_S, Lease, held_lease, lease_expiry, read_lease
 from tasks.prior import PRIOR_FILE, PriorPolicy, prepare_prior
-from tasks.provenance import combined_fingerprint, library_versions
+from tasks.provenance import combined_fingerprint, library_versions, model_details
 from tasks.record import record_video, record_video_once
 from tasks.render import RenderSettings, render_video
 from tasks.request import GenerateRequest, prior_image_path
@@ -344,6 +344,7 @@ def _fields(
         "stage_timings": timings,
         "flow_run_id": flow_run_id,
         "library_versions": library_versions(),
+        "model_details": model_details(request.preset, request.weights),
     }
     if job.policy is not None:
         fields["prior_details"] = prior_details

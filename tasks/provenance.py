@@ -1,4 +1,4 @@
-"""Provenance facts recorded with every video: library versions and the model fingerprint."""
+"""Provenance facts recorded with every video: library versions, the model fingerprint and how the model was made."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 import subprocess
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from tasks.ffmpeg import ffmpeg_exe
 
@@ -33,3 +34,17 @@ def combined_fingerprint(video_model: str, prior_model: str | None) -> str:
     if prior_model is None:
         return video_model
     return hashlib.sha256(f"i2v:{video_model};prior:{prior_model}".encode()).hexdigest()
+
+
+def model_details(preset_name: str, weights: str | None) -> dict[str, Any]:
+    """How the video model of ``preset_name`` (with ``weights``, else the preset's own) was made: its weights'
+    source, its prompt format, and for a distilled student its teacher's fingerprint and distillation settings."""
+    from magic141.presets import get_preset
+    from magic141.weights import WeightPaths, read_distillation, read_prompt_format
+
+    source = weights if weights is not None else get_preset(preset_name).weights_folder
+    if source is None:
+        return {"weights": None, "prompt_format": None, "distillation": None}
+    transformer = WeightPaths.resolve(source).transformer
+    return {"weights": str(source), "prompt_format": read_prompt_format(transformer),
+            "distillation": read_distillation(transformer)}

@@ -13,20 +13,23 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import PIL.Image
 from prefect import get_run_logger, task
 
-from magic141.pipeline import fit_image, plan_video
 from magic141.presets import get_preset
-from magic141.sampler import SamplerConfig
 from magic141.windows import Window
 from tasks.ffmpeg import VideoWriter, probe, sha256_file
 from tasks.models import video_pipeline
 from tasks.progress import StageProgress
-from tasks.render_pool import ActorInfo, PoolConfig, RenderJob, WindowRecord, get_pool, render_with_pool
 from tasks.request import ModelSpec
 from tasks.stitch import Stitcher
+
+if TYPE_CHECKING:  # torch, diffusers and ray load when a video is rendered, not at import
+    from magic141.sampler import SamplerConfig
+    from tasks.render_pool import WindowRecord
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,8 @@ def _render_here(
     stitcher: Stitcher,
     progress: StageProgress,
 ) -> tuple[list[WindowRecord], str]:
+    from tasks.render_pool import ActorInfo, WindowRecord
+
     pipeline = video_pipeline(settings.model)
     device = pipeline.device
     actor = ActorInfo(
@@ -113,6 +118,9 @@ def render_video(
     negative_prompt: str | None = None,
 ) -> RenderResult:
     """Render ``num_frames`` frames from the first frame at ``prior_path`` into the mp4 ``out``."""
+    from magic141.pipeline import fit_image, plan_video
+    from magic141.sampler import SamplerConfig
+
     logger = get_run_logger()
     started = time.perf_counter()
     preset = get_preset(settings.model.preset)
@@ -134,6 +142,8 @@ def render_video(
                 settings, sampler, first_frame, prompt, negative_prompt, num_frames, seed, plan, stitcher, progress
             )
         else:
+            from tasks.render_pool import PoolConfig, RenderJob, get_pool, render_with_pool
+
             pool = get_pool(PoolConfig(settings.model, settings.workers, settings.ray_address))
             job = RenderJob(
                 key=f"{out}:{seed}", prompt=prompt, negative_prompt=negative_prompt,

@@ -321,7 +321,7 @@ def check_model(model: ModelSpec) -> ModelSpec:
     preset = get_preset(model.preset)
     weights = None if preset.weights_folder is None else str(preset.weights_folder)
     if model.weights is not None:
-        from magic141.weights import WeightPaths
+        from magic141.weight_paths import WeightPaths
 
         WeightPaths.resolve(model.weights)
         weights = os.path.abspath(model.weights)
@@ -365,7 +365,7 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
     model = check_model(request.model)
     check_low_memory(request.low_memory, request.workers, request.ray_address)
     if model.weights is not None and needs_text_to_image(request):
-        from magic141.weights import WeightPaths
+        from magic141.weight_paths import WeightPaths
 
         if WeightPaths.resolve(model.weights).prior is None:
             raise ValueError(f"weights {model.weights!r} have no text-to-image prior (prior/); pass --image or add one")

@@ -91,8 +91,8 @@ def make_stage(
         if teacher is None:
             raise ValueError(f"preset {preset.name!r} ships no weights to distil; pass the teacher with --teacher")
         checked = Teacher.check(teacher, preset)
-        if checked.weights_folder:
-            vae = checked.folder / "vae"
+        if "vae" in checked.components:
+            vae = checked.components["vae"]
         elif vae is None:
             raise ValueError(f"--teacher {teacher} is a bare transformer; pass the VAE its cache is encoded with (--vae)")
     check_weights_folder("--vae", vae)

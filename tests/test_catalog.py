@@ -44,7 +44,7 @@ from tasks.catalog.models import Base, BatchRow, Video, VideoWindow
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 UNREACHABLE_PG_URL = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test"
-HEAD = "0004"
+HEAD = "0005"
 _FIRST_REVISION_COLUMNS = (
     "prompt negative_prompt seed prior_source prior_image_path prior_image_sha256 preset "
     "weights_fingerprint steps guidance true_cfg seconds window_layout output_path output_sha256 "
@@ -84,6 +84,8 @@ def video_fields(n: int = 0, **overrides: Any) -> dict[str, Any]:
         "windows_mode": "parallel",
         "content_key": f"c{n:063x}",
         "prior_details": {"retrieved": [{"path": "corpus/a.jpg", "score": 0.31}]},
+        "model_details": {"weights": "/models/student", "prompt_format": "magic141",
+                          "distillation": {"kind": "dmd2", "teacher_fingerprint": "ab" * 32, "steps": 4}},
         "thumbnail_path": f"/data/out/video_{n}.jpg",
         "batch_id": None,
     }

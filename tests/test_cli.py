@@ -295,3 +295,41 @@ def test_prior_options_choose_the_first_frame_and_are_catalogued(prefect_api, tm
     assert details["matches"] and "< threshold 1" in details["reason"]
     assert second["prior_image_path"] == str(tmp_path / "blended.prior.png")
     assert probe(tmp_path / "retrieved.mp4").frames == probe(tmp_path / "blended.mp4").frames == 6
+
+
+def test_a_failed_runs_traceback_goes_to_the_log_file_and_the_terminal_keeps_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from flows import cli_common
+
+    ensure_logging_setup()
+    log = logging.FileHandler(tmp_path / "cli.log")
+    monkeypatch.setattr(cli_common, "_library_handler", [log])
+    monkeypatch.setenv("MAGIC141_LOG_FILE", str(tmp_path / "cli.log"))
+    console = PrefectConsoleHandler()
+    api = logging.Handler()  # stands for the handler that sends run logs to the Prefect API
+    received: list[logging.LogRecord] = []
+    api.emit = received.append
+    logger = logging.getLogger("prefect.task_runs.test")
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(console)
+    logger.addHandler(api)
+    monkeypatch.setattr(logging.getLogger("prefect"), "handlers", [console])
+    try:
+        cli_common._tracebacks_to_log_file()
+        try:
+            raise ConnectionError("catalog unreachable")
+        except ConnectionError:
+            logger.exception("Task run failed with exception: ConnectionError('catalog unreachable')")
+    finally:
+        logger.removeHandler(console)
+        logger.removeHandler(api)
+        log.close()
+    shown = capsys.readouterr().err
+    assert "Traceback" not in shown and shown.count("\n") == 1
+    assert "Task run failed with exception" in shown and str(tmp_path / "cli.log") in shown
+    assert "Traceback" in (tmp_path / "cli.log").read_text()
+    assert received and received[0].exc_info is not None  # the API's copy keeps its traceback

@@ -8,6 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -167,11 +168,32 @@ def test_dmd2_resumes_exactly_and_its_checkpoints_hold_only_what_trains(
     assert {p.name for p in (tmp_path / "whole" / "final").iterdir()} >= {"transformer", "vae", "text_encoder", "tokenizer"}
 
 
-def test_cfg_distillation_learns_and_two_ray_train_workers_follow_one(
+def test_generate_loads_the_student_as_a_weights_folder_and_catalogs_its_teacher_and_settings(
+    teacher_folder: Path, cache: tuple[Path, str], prefect_api, tmp_path: Path
+) -> None:
+    from flows.generate import generate
+    from tasks.catalog import open_catalog
+    from tasks.request import GenerateRequest
+
+    stage = _stage("dmd2", teacher_folder, cache, lora_rank=4, steps=2)
+    student = train(stage, _settings(tmp_path / "run", 1), dataset_size=8).final
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    PIL.Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "first.png")
+    result = generate(GenerateRequest(prompt="a red circle moving left on a black background", out=str(tmp_path / "v.mp4"),
+                                      catalog_url=url, image=str(tmp_path / "first.png"), seconds=0.5, steps=2,
+                                      preset="tiny", weights=str(student)))
+    with open_catalog(url) as catalog:
+        details = catalog.get_video(result.video_id)["model_details"]
+    assert details["weights"] == str(student) and details["prompt_format"] == "magic141"
+    assert details["distillation"]["kind"] == "dmd2" and details["distillation"]["steps"] == 2
+    assert details["distillation"]["teacher_fingerprint"] == stage.teacher.fingerprint
+
+
+def test_cfg_distillation_brings_the_students_one_pass_near_the_teachers_two(
     teacher_folder: Path, cache: tuple[Path, str], tmp_path: Path
 ) -> None:
     stage = _stage("cfg", teacher_folder, cache, w_min=1.0, w_max=4.0)
-    one = train(stage, _settings(tmp_path / "one", 24), dataset_size=8)
+    train(stage, _settings(tmp_path / "one", 24), dataset_size=8)
     # On windows and guidance scales of another seed: the student's one pass is nearer the teacher's two.
     trainee, held_out = stage.build(0), stage.batch(99, 0, range(8))
     with torch.no_grad():
@@ -180,11 +202,10 @@ def test_cfg_distillation_learns_and_two_ray_train_workers_follow_one(
                                                   "diffusion_pytorch_model.safetensors"))
         after = trainee(held_out)[1]["distill"]
     assert after < 0.7 * before
-    two = train(stage, _settings(tmp_path / "two", 24, workers=2), dataset_size=8)
-    assert two.losses == pytest.approx(one.losses, rel=1e-4)
 
 
 def test_dmd2_on_two_ray_train_workers_follows_one(teacher_folder: Path, cache: tuple[Path, str], tmp_path: Path) -> None:
+    """The hardest case for DDP: the generator has no gradient on fake-only steps, the fake model is a LoRA."""
     stage = _stage("dmd2", teacher_folder, cache, lora_rank=4, fake_updates=2)
     one = train(stage, _settings(tmp_path / "one", 4), dataset_size=8)
     two = train(stage, _settings(tmp_path / "two", 4, workers=2), dataset_size=8)

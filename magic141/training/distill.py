@@ -41,6 +41,7 @@ or the full fake) and a resumed run rebuilds the rest from the teacher folder, w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -145,31 +146,42 @@ def folder_fingerprint(folder: Path) -> str:
 
 @dataclass(frozen=True)
 class Teacher:
-    """A teacher whose transformer fits the preset: a weights folder (the I2V teacher, or a CFG-distilled one),
-    or a bare transformer folder (the T2V teacher, final/ of 'train t2v')."""
+    """A teacher whose transformer fits the preset: a weights folder or a JSON file naming its components (the I2V
+    teacher, or a CFG-distilled one), or a bare transformer folder (the T2V teacher, final/ of 'train t2v')."""
 
-    folder: Path
+    source: Path
+    transformer_folder: Path
     fingerprint: str
     image_to_video: bool
 
     @property
-    def transformer_folder(self) -> Path:
-        nested = self.folder / "transformer"
-        return nested if nested.is_dir() else self.folder
+    def components(self) -> dict[str, Path]:
+        """The folders of the teacher's other components (VAE, encoders, prior); none for a bare transformer."""
+        if self.transformer_folder == self.source:
+            return {}
+        from magic141.weights import WeightPaths
 
-    @property
-    def weights_folder(self) -> bool:
-        return self.transformer_folder != self.folder
+        paths = WeightPaths.resolve(self.source)
+        return {f.name: Path(getattr(paths, f.name)) for f in dataclasses.fields(paths)
+                if f.name != "transformer" and getattr(paths, f.name) is not None}
 
     @classmethod
-    def check(cls, folder: Path, preset: Preset) -> Teacher:
-        """Refuse a folder that holds no transformer, or one of another geometry than ``preset``."""
-        folder = Path(folder)
-        config_path = next((p for p in (folder / "transformer" / "config.json", folder / "config.json") if p.is_file()), None)
-        if config_path is None:
-            raise TrainingError(f"--teacher {folder} holds no transformer (no transformer/config.json); pass the "
+    def check(cls, source: Path, preset: Preset) -> Teacher:
+        """Refuse a source that holds no transformer, or one of another geometry than ``preset``."""
+        source = Path(source)
+        if (source / "config.json").is_file():
+            transformer = source
+        else:
+            from magic141.weights import WeightPaths
+
+            try:
+                transformer = Path(WeightPaths.resolve(source).transformer)
+            except ValueError:
+                transformer = source / "transformer"
+        if not (transformer / "config.json").is_file():
+            raise TrainingError(f"--teacher {source} holds no transformer (no transformer/config.json); pass the "
                                 "final/ folder of 'magic141 train i2v' or 'train cfg'")
-        config = json.loads(config_path.read_text())
+        config = json.loads((transformer / "config.json").read_text())
         latent = preset.transformer.latent_channels
         expected = {**asdict(preset.transformer), "out_channels": latent}
         wrong = [f"{key} {config.get(key)!r} there, {value!r} in the preset"
@@ -180,9 +192,9 @@ class Teacher:
         if not config.get("guidance_embeds", False):
             wrong.append("it has no guidance embedding, which the student's guidance input needs")
         if wrong:
-            raise TrainingError(f"--teacher {folder} is of another geometry than preset {preset.name!r} "
+            raise TrainingError(f"--teacher {source} is of another geometry than preset {preset.name!r} "
                                 f"({'; '.join(wrong[:3])}); pass a teacher of that preset or choose its --preset")
-        return cls(folder, folder_fingerprint(config_path.parent), config["in_channels"] != latent)
+        return cls(source, transformer, folder_fingerprint(transformer), config["in_channels"] != latent)
 
     def transformer(self) -> torch.nn.Module:
         from diffusers import HunyuanVideoTransformer3DModel
@@ -521,15 +533,14 @@ class DistillStage:
         from magic141.weights import read_prompt_format, write_distillation, write_prompt_format
 
         student = trainee.student if self.kind == "cfg" else trainee.student()
-        target = folder
-        if self.teacher.weights_folder:
-            shutil.copytree(self.teacher.folder, folder,
-                            ignore=shutil.ignore_patterns("transformer", "curves", "MANIFEST.json"))
-            target = folder / "transformer"
+        components = self.teacher.components
+        for name, source in components.items():
+            shutil.copytree(source, folder / name)
+        target = folder / "transformer" if components else folder
         student.save_pretrained(target, safe_serialization=True)
         write_prompt_format(target, read_prompt_format(self.teacher.transformer_folder))
         settings = asdict(self.cfg) if self.kind == "cfg" else asdict(self.dmd2)
         write_distillation(target, {
-            "kind": self.kind, "teacher": str(self.teacher.folder), "teacher_fingerprint": self.teacher.fingerprint,
+            "kind": self.kind, "teacher": str(self.teacher.source), "teacher_fingerprint": self.teacher.fingerprint,
             "settings": settings, "steps": self.dmd2.steps if self.kind == "dmd2" else None,
         })

@@ -1,8 +1,10 @@
 """Copy finished runs' weights into the shipped folder and write its manifest.
 
 ``python -m magic141.training.ship --to magic141/toy_weights RUN [RUN ...]`` copies each run's ``final/``
-folder to ``<to>/<stage>/`` (the I2V teacher's weights folder to ``<to>`` itself, which makes it a weights
-folder: transformer/, vae/, text encoders, prior/ beside them) and its loss curve to ``<to>/curves/<stage>.png``, and writes ``<to>/MANIFEST.json``: the sha256 and size of every shipped file,
+folder to ``<to>/<stage>/``; the transformer stages make ``<to>`` a weights folder: the DMD2 student's
+transformer is its transformer/, the I2V teacher's VAE and encoders sit beside it, and the teachers'
+transformers go to teacher/ (CFG-distilled) and i2v/, each named by a weights file (teacher.json, i2v.json).
+Each loss curve goes to ``<to>/curves/<stage>.png``, and ``<to>/MANIFEST.json`` holds the sha256 and size of every shipped file,
 and for each stage the commands, commits, seeds, steps and wall times that produced it (its
 ``sessions.jsonl``). ``--check`` verifies a shipped folder against its manifest instead.
 """
@@ -48,12 +50,34 @@ def _halve(folder: Path) -> None:
         save_file({k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()}, path)
 
 
+# Where each transformer stage's transformer goes: the DMD2 student is the weights folder's own (the default),
+# the teachers sit beside it with a JSON file naming their components (``<name>.json``, a weights path).
+TRANSFORMERS = {"dmd2": "transformer", "cfg": "teacher/transformer", "i2v": "i2v/transformer"}
+
+
 def _targets(stage: str, final: Path, to: Path) -> list[tuple[Path, Path]]:
-    """Where a run's final folder goes: the I2V teacher's whole weights folder (transformer/, vae/, text
-    encoders, ...) at the top of ``to``, so that ``to`` is a weights folder; any other stage under its name."""
+    """Where a run's final folder goes: a transformer stage's transformer where ``TRANSFORMERS`` says, and the
+    I2V teacher's other components (vae/, text encoders, ...) at the top of ``to``, so that ``to`` is a
+    weights folder; any other stage under its name."""
+    if stage not in TRANSFORMERS:
+        return [(final, to / stage)]
+    targets = [(final / "transformer", to / TRANSFORMERS[stage])]
     if stage == "i2v":
-        return [(child, to / child.name) for child in sorted(final.iterdir()) if child.is_dir()]
-    return [(final, to / stage)]
+        targets += [(child, to / child.name) for child in sorted(final.iterdir())
+                    if child.is_dir() and child.name != "transformer"]
+    return targets
+
+
+def _write_spec(to: Path, stage: str) -> None:
+    """``<to>/<folder>.json``: the weights path of a teacher shipped beside the student."""
+    folder = TRANSFORMERS[stage].split("/")[0]
+    components = {child.name: child.name for child in sorted(to.iterdir())
+                  if child.is_dir() and child.name in SHARED_COMPONENTS}
+    (to / f"{folder}.json").write_text(json.dumps({**components, "transformer": TRANSFORMERS[stage]}, indent=2) + "\n")
+
+
+SHARED_COMPONENTS = frozenset({"vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "image_processor",
+                               "prior"})
 
 
 def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -82,6 +106,9 @@ def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict
             "sessions": sessions, "identity": record["identity"], "float16": record["stage"] in half
         }
         logger.info("shipped %s from %s", record["stage"], run)
+    for stage in ("i2v", "cfg"):
+        if stage in manifest["stages"]:
+            _write_spec(to, stage)
     manifest["files"] = _files(to)
     manifest["total_bytes"] = sum(entry["bytes"] for entry in manifest["files"].values())
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -119,6 +119,7 @@ class Video(Base):
     windows_mode: Mapped[str] = mapped_column(String(16), default="chained")
     content_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     prior_details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    model_details: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # prompt format, distillation (teacher, settings)
     thumbnail_path: Mapped[str | None] = mapped_column(Text)
     batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id"), index=True)
 

@@ -77,6 +77,7 @@ _JSON_SHAPES = {
     "stage_timings": dict,
     "library_versions": dict,
     "prior_details": dict,
+    "model_details": dict,
 }
 
 
