@@ -34,6 +34,7 @@ SEED = 3
 W_VALUES = (1.0, 2.0, 4.0)
 TEACHER_STEPS = (56, 28, 16, 8, 4)
 COLUMNS = ("colour", "shape", "background", "motion")
+SAMPLES_FIGURE5 = 4000  # training windows of the Figure 5 runs' latent cache
 
 
 def _pipeline(weights: Path):
@@ -194,6 +195,104 @@ def memory_lines(work: Path) -> list[str]:
             f"{lora['state_mb'] / full['state_mb']:.2f}x."]
 
 
+def _sample_students(transformer, components, preset, image_to_video: bool, count: int, steps: int) -> list:
+    """Held-out one-window videos of a generator sampled by the few-step Euler loop (``velocity`` of the
+    distillation, no pipeline: a T2V transformer has no image channels), with their readings."""
+    import numpy as np
+    import torch
+
+    from magic141.conditioning import image_condition
+    from magic141.prompt_encoding import vlm_image_tokens
+    from magic141.toy_eval import adherence
+    from magic141.training.distill import Condition, Dmd2Settings, velocity
+    from magic141.training.transformer import encode_text
+
+    vae, scale = components.vae, components.vae.config.scaling_factor
+    schedule = [*Dmd2Settings(steps=steps).schedule(preset.flow_shift).tolist(), 0.0]
+    ratio = preset.vae.spatial_compression_ratio
+    shape = (1, preset.transformer.latent_channels, preset.window_latent_frames, preset.height // ratio,
+             preset.width // ratio)
+    results = []
+    with torch.no_grad():
+        for caption, seed, image in _cases(count):
+            text, mask, pooled = encode_text(components, [caption.text], preset.text.max_sequence_length)
+            image_channels = image_mask = None
+            if image_to_video:
+                pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
+                image_channels, image_mask = image_condition(vae.encode(pixels).latent_dist.mean * scale, shape[2])
+                tokens = vlm_image_tokens(components, image, torch.device("cpu"))
+                text, mask = torch.cat([tokens, text], 1), torch.cat([torch.ones(1, tokens.shape[1]), mask], 1)
+            condition = Condition(image_channels, image_mask, text, mask, pooled)
+            latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+            for sigma, following in zip(schedule[:-1], schedule[1:]):
+                step = velocity(transformer, latents, torch.tensor([sigma]), condition, torch.ones(1))
+                latents = latents + (following - sigma) * step
+            video = vae.decode(latents / scale).sample[0].clamp(-1, 1)
+            frames = ((video + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
+            results.append(adherence(frames, preset.fps, caption).to_dict())
+    return results
+
+
+def figure5_lines(t2v_teacher: Path, i2v_teacher: Path, vae: Path, budgets: list[int], count: int,
+                  work: Path, cache_dir: Path) -> list[str]:
+    """T2V against I2V step distillation, same algorithm (DMD2, w = 0), same budget: both students evaluated
+    every budget step on held-out captions; a plot of the metric against the iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from diffusers import HunyuanVideoTransformer3DModel
+
+    from magic141.presets import get_preset
+    from magic141.training.loop import TrainSettings
+    from magic141.training.transformer import encoders
+    from tasks.train_pool import train
+    from tasks.training import DEFAULTS, make_stage
+
+    preset = get_preset("toy")
+    components = encoders(preset, vae)
+    curves: dict[str, list[tuple[int, dict]]] = {}
+    for mode, teacher in (("T2V", t2v_teacher), ("I2V", i2v_teacher)):
+        stage = make_stage("dmd2", "toy-teacher", teacher=teacher, vae=vae, samples=SAMPLES_FIGURE5,
+                           cache_dir=cache_dir, distillation={"w_min": 0.0, "w_max": 0.0})
+        curves[mode] = []
+        for budget in budgets:
+            out = work / f"dmd2-{mode}"
+            settings = TrainSettings(out=out, max_steps=budget, batch_size=DEFAULTS["dmd2"].batch_size,
+                                     learning_rate=DEFAULTS["dmd2"].learning_rate, resume=out.is_dir())
+            train(stage, settings, dataset_size=SAMPLES_FIGURE5)
+            folder = out / "final" / "transformer" if (out / "final" / "transformer").is_dir() else out / "final"
+            student = HunyuanVideoTransformer3DModel.from_pretrained(str(folder)).eval()
+            readings = _sample_students(student, components, preset, mode == "I2V", count, 4)
+            curves[mode].append((budget, {key: _mean(readings, key) for key in COLUMNS}))
+            logging.info("%s DMD2 at %d steps: %s", mode, budget, curves[mode][-1][1])
+    PLOTS.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(1, len(COLUMNS), figsize=(12, 3), dpi=100)
+    for axis, key in zip(axes, COLUMNS):
+        for mode, points in curves.items():
+            axis.plot([b for b, _ in points], [100 * m[key] for _, m in points], marker="o", label=mode)
+        axis.set_title(key)
+        axis.set_xlabel("DMD2 iteration")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out cases read right (%)")
+    axes[0].legend()
+    figure.tight_layout()
+    plot = PLOTS / "distillation-figure5.png"
+    figure.savefig(plot)
+    plt.close(figure)
+    lines = ["### Figure 5 at toy scale: T2V against I2V step distillation", "",
+             f"DMD2 (w = 0, the same settings and budget) from the T2V teacher and from the I2V teacher (before CFG "
+             f"distillation), each student sampled in 4 steps on {count} held-out cases at every budget "
+             "(the I2V student starts from the scene's first frame, the T2V one from noise alone):", "",
+             "| iteration | " + " | ".join(f"T2V {k} | I2V {k}" for k in COLUMNS) + " |",
+             "|---|" + "---|---|" * len(COLUMNS)]
+    for (budget, t2v), (_, i2v) in zip(curves["T2V"], curves["I2V"]):
+        lines.append(f"| {budget} | " + " | ".join(f"{100 * t2v[k]:.0f}% | {100 * i2v[k]:.0f}%" for k in COLUMNS) + " |")
+    lines += ["", f"![Figure 5]({plot.relative_to(BENCHMARKS.parent)})"]
+    return lines
+
+
 def curve_lines(runs: list[Path]) -> list[str]:
     PLOTS.mkdir(parents=True, exist_ok=True)
     lines = ["### Training curves", ""]
@@ -211,13 +310,20 @@ def curve_lines(runs: list[Path]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--i2v", type=Path, required=True, help="the I2V teacher's weights folder (before CFG distillation)")
+    parser.add_argument("--i2v", type=Path, default=WEIGHTS / "i2v.json", help="the I2V teacher (before CFG distillation)")
     parser.add_argument("--cfg", type=Path, default=WEIGHTS / "teacher.json", help="the CFG-distilled teacher")
     parser.add_argument("--dmd2", type=Path, action="append", default=[], help="a DMD2 student (repeatable)")
     parser.add_argument("--runs", type=Path, nargs="*", default=[], help="run folders whose loss curves to show")
     parser.add_argument("--videos", type=int, default=48, help="held-out cases per setting")
     parser.add_argument("--cfg-steps", type=int, default=28, help="Euler steps of the CFG comparison")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale of Table 1")
+    parser.add_argument("--t2v", type=Path, help="a T2V teacher (final/ of 'train t2v'): adds Figure 5")
+    parser.add_argument("--figure5-budgets", type=int, nargs="+", default=[100, 200, 300],
+                        help="DMD2 iterations at which Figure 5 evaluates both students")
+    parser.add_argument("--work", type=Path, default=Path("out/bench-distillation"),
+                        help="where Figure 5's runs are kept (reruns resume them)")
+    parser.add_argument("--cache-dir", type=Path, default=Path("out/train/cache"),
+                        help="latent caches (the training commands' default folder: an existing one is reused)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import tempfile
@@ -227,6 +333,9 @@ def main() -> None:
     lines += table1_lines(args.cfg, args.dmd2 or [WEIGHTS], args.videos, args.guidance) + [""]
     with tempfile.TemporaryDirectory() as work:
         lines += memory_lines(Path(work)) + [""]
+    if args.t2v is not None:
+        lines += figure5_lines(args.t2v, args.i2v, WEIGHTS / "vae", args.figure5_budgets, args.videos, args.work,
+                               args.cache_dir) + [""]
     if args.runs:
         lines += curve_lines(args.runs)
     write_section("distillation", "\n".join(lines))

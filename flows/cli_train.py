@@ -339,6 +339,9 @@ def train_dmd2(
         float, typer.Option("--real-shift", help="The LoRA's weight in the real model (the paper's shift).")
     ] = 0.25,
     fake_updates: Annotated[int, typer.Option("--fake-updates", help="Fake-model updates per generator update.")] = 5,
+    fake_lr_scale: Annotated[
+        float, typer.Option("--fake-lr-scale", help="The fake model's learning rate over the generator's.")
+    ] = 5.0,
     w_min: WMinOption = 0.0,
     w_max: WMaxOption = 5.0,
     regression_weight: Annotated[
@@ -372,7 +375,7 @@ def train_dmd2(
     except ValueError:
         raise UserError(f"--sigmas {sigmas!r} is not a comma-separated list of numbers") from None
     distillation = {"steps": steps, "sigmas": levels, "fake": fake, "lora_rank": lora_rank, "real_shift": real_shift,
-                    "fake_updates": fake_updates, "w_min": w_min, "w_max": w_max,
+                    "fake_updates": fake_updates, "fake_lr_scale": fake_lr_scale, "w_min": w_min, "w_max": w_max,
                     "regression_weight": regression_weight}
     _check_distillation("dmd2", distillation)
     stage = _stage("dmd2", preset, teacher=teacher, samples=samples, cache_dir=cache_dir, seed=seed,

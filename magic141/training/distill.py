@@ -45,8 +45,9 @@ import dataclasses
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ class Dmd2Settings:
     lora_rank: int = 16
     real_shift: float = 0.25  # the LoRA's weight in the real model
     fake_updates: int = 5  # fake-model updates per generator update (DMD2's two time-scale rule)
-    fake_lr_scale: float = 1.0  # the fake model's learning rate, relative to the generator's
+    fake_lr_scale: float = 5.0  # the fake model's learning rate, relative to the generator's: it must keep up
     ema_decay: float = 0.95  # per generator update
     w_min: float = 0.0  # the guidance scales 1 + w the generator, real and fake models see
     w_max: float = 5.0
@@ -300,8 +301,25 @@ def _float(rng: torch.Generator) -> float:
     return float(torch.rand(1, generator=rng))
 
 
+def _training_level(shift: float, rng: torch.Generator) -> float:
+    """A noise level as the teachers were trained at: uniform, then shifted."""
+    return shifted(_float(rng), shift)
+
+
+def _judge_level(shift: float, rng: torch.Generator) -> float:
+    """A noise level at which the real and fake models judge a generator sample."""
+    low, high = DMD_SIGMA_RANGE
+    return shifted(low + (high - low) * _float(rng), shift)
+
+
+def _step_level(schedule: torch.Tensor, rng: torch.Generator) -> float:
+    """One of the generator's own sampling steps."""
+    return float(schedule[int(torch.randint(len(schedule), (1,), generator=rng))])
+
+
 def distill_batch(cache_path: Path, samples: Sequence[int], seed: int, step: int, *, image_to_video: bool,
-                  w_range: tuple[float, float], sigma_draws: Sequence[Any], generator_step: bool = False) -> DistillBatch:
+                  w_range: tuple[float, float], sigma_draws: Sequence[Callable[[torch.Generator], float]],
+                  generator_step: bool = False) -> DistillBatch:
     """The batch of ``samples`` at ``step``: each sample's image dropout, guidance scale, and one noise level and
     noise per entry of ``sigma_draws`` (a callable of the sample's generator), all from ``sample_rng``."""
     cache = _load_cache(str(cache_path))
@@ -516,14 +534,11 @@ class DistillStage:
 
     def batch(self, seed: int, step: int, samples: Sequence[int]) -> DistillBatch:
         shift = self.preset.flow_shift
-        uniform = lambda rng: shifted(_float(rng), shift)  # noqa: E731 - the teachers' training noise levels
         if self.kind == "cfg":
             return distill_batch(self.cache, samples, seed, step, image_to_video=self.teacher.image_to_video,
-                                 w_range=(self.cfg.w_min, self.cfg.w_max), sigma_draws=[uniform])
-        schedule = self.dmd2.schedule(shift)
-        low, high = DMD_SIGMA_RANGE
-        draws = [lambda rng: schedule[int(torch.randint(len(schedule), (1,), generator=rng))],
-                 lambda rng: shifted(low + (high - low) * _float(rng), shift), uniform]
+                                 w_range=(self.cfg.w_min, self.cfg.w_max), sigma_draws=[partial(_training_level, shift)])
+        draws = [partial(_step_level, self.dmd2.schedule(shift)), partial(_judge_level, shift),
+                 partial(_training_level, shift)]
         return distill_batch(self.cache, samples, seed, step, image_to_video=self.teacher.image_to_video,
                              w_range=(self.dmd2.w_min, self.dmd2.w_max), sigma_draws=draws,
                              generator_step=step % self.dmd2.fake_updates == 0)
