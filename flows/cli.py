@@ -365,6 +365,10 @@ def model_convert(
     rope_axes: Annotated[str | None, typer.Option(
         help="Rotary split T,H,W of the attention head, for heads not 128 wide (HunyuanVideo's is 16,56,56)."
     )] = None,
+    keep_guidance: Annotated[bool, typer.Option(
+        "--keep-guidance", help="Keep a checkpoint's guidance_in tensors as a guidance embedding (dropped by default, "
+        "as the official model class drops them)."
+    )] = False,
 ) -> None:
     """Convert the official transformer checkpoint to diffusers' HunyuanVideo layout."""
     quiet_model_libraries()
@@ -376,8 +380,11 @@ def model_convert(
             axes = tuple(int(part) for part in rope_axes.split(","))
         except ValueError:
             raise UserError(f"--rope-axes {rope_axes!r} is not three integers T,H,W such as 16,56,56") from None
-    written = _user_errors(convert_official_checkpoint, official, out, rope_axes_dim=axes)
+    written, guidance = _user_errors(convert_official_checkpoint, official, out, rope_axes_dim=axes,
+                                     keep_guidance=keep_guidance)
     stdout.print(f"converted transformer written to {written}", highlight=False, soft_wrap=True, markup=False)
+    if guidance is not None:
+        stdout.print(f"the checkpoint {guidance}", highlight=False, soft_wrap=True, markup=False)
 
 
 @model_app.command("quantize")

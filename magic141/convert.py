@@ -4,7 +4,9 @@ The official ``Magic141VideoDiffusionTransformer`` keeps HunyuanVideo's original
 fused ``[q | k | v]`` projections, a fused ``[q | k | v | mlp]`` input projection in single-stream
 blocks, and a final modulation ordered ``[shift, scale]`` where diffusers expects ``[scale, shift]``.
 Its ``text_guidance_in`` embedder is built but never used by its forward pass (and its 4-step
-config disables guidance embedding), so it is dropped: guidance is baked into the weights.
+config disables guidance embedding), so it is dropped: guidance is baked into the weights. A checkpoint
+that carries ``guidance_in`` tensors (a guidance embedder the official class would drop) loses them too,
+unless ``keep_guidance`` makes them the diffusers guidance embedder; the converter says which it did.
 """
 
 from __future__ import annotations
@@ -152,13 +154,17 @@ def _split(tensor: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, 
     return tuple(part.contiguous() for part in torch.split(tensor, sizes, dim=0))
 
 
-def convert_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename and split official keys into diffusers keys; unknown keys raise ``ValueError`` naming them."""
+GUIDANCE_PREFIX = "guidance_in."
+
+
+def convert_state_dict(state: Mapping[str, torch.Tensor], keep_guidance: bool = False) -> dict[str, torch.Tensor]:
+    """Rename and split official keys into diffusers keys; unknown keys raise ``ValueError`` naming them.
+    ``guidance_in`` tensors are dropped unless ``keep_guidance``."""
     hidden = state["img_in.proj.weight"].shape[0]
     converted: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for key, tensor in state.items():
-        if key.startswith(DROPPED_PREFIXES):
+        if key.startswith(DROPPED_PREFIXES) or (key.startswith(GUIDANCE_PREFIX) and not keep_guidance):
             continue
         top = next((prefix for prefix in TOP_LEVEL if key.startswith(prefix)), None)
         if top is not None:
@@ -208,7 +214,7 @@ def rope_axes_for(head_dim: int, rope_axes_dim: tuple[int, ...] | None) -> tuple
 
 
 def official_transformer_config(
-    state: Mapping[str, torch.Tensor], rope_axes_dim: tuple[int, ...] | None = None
+    state: Mapping[str, torch.Tensor], rope_axes_dim: tuple[int, ...] | None = None, keep_guidance: bool = False
 ) -> dict[str, Any]:
     """The diffusers config of the transformer an official state dict belongs to, read off its shapes.
 
@@ -234,7 +240,7 @@ def official_transformer_config(
         "mlp_ratio": state["double_blocks.0.img_mlp.fc1.weight"].shape[0] / hidden,
         "patch_size": patch_h,
         "patch_size_t": patch_t,
-        "guidance_embeds": "guidance_in.mlp.0.weight" in state,
+        "guidance_embeds": keep_guidance and "guidance_in.mlp.0.weight" in state,
         "text_embed_dim": state["txt_in.input_embedder.weight"].shape[1],
         "pooled_projection_dim": state["vector_in.in_layer.weight"].shape[1],
         "rope_axes_dim": rope_axes_for(head_dim, rope_axes_dim),
@@ -243,20 +249,22 @@ def official_transformer_config(
 
 
 def convert_official_transformer(
-    state: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16, rope_axes_dim: tuple[int, ...] | None = None
+    state: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16, rope_axes_dim: tuple[int, ...] | None = None,
+    keep_guidance: bool = False,
 ) -> HunyuanVideoTransformer3DModel:
-    """Build the diffusers transformer holding an official state dict's weights (in ``dtype``)."""
+    """Build the diffusers transformer holding an official state dict's weights (in ``dtype``); ``keep_guidance``
+    keeps a ``guidance_in`` embedder as the guidance embedding."""
     for key in ("img_in.proj.weight", "double_blocks.0.img_attn_q_norm.weight", "final_layer.linear.weight"):
         if key not in state:
             raise ValueError(f"checkpoint lacks {key!r}; is it a Magic 1-For-1 / HunyuanVideo transformer?")
-    config = official_transformer_config(state, rope_axes_dim)
+    config = official_transformer_config(state, rope_axes_dim, keep_guidance)
     latent = config["out_channels"]
     if config["in_channels"] != 2 * latent + 1:
         raise ValueError(
             f"checkpoint's patch embedding takes {config['in_channels']} channels, expected 2C+1 = {2 * latent + 1} "
             f"for an image-to-video transformer with C = {latent}"
         )
-    converted = convert_state_dict(state)
+    converted = convert_state_dict(state, keep_guidance)
     with torch.device("meta"):
         model = HunyuanVideoTransformer3DModel.from_config(config)
     check_state_dict(model.state_dict(), converted, source="converted checkpoint")
@@ -273,10 +281,19 @@ def convert_official_checkpoint(
     out_dir: str | Path,
     dtype: torch.dtype = torch.bfloat16,
     rope_axes_dim: tuple[int, ...] | None = None,
-) -> Path:
-    """``magic141 model convert``: write the converted transformer as safetensors in diffusers layout."""
+    keep_guidance: bool = False,
+) -> tuple[Path, str | None]:
+    """``magic141 model convert``: write the converted transformer as safetensors in diffusers layout; return
+    its folder and, for a checkpoint with ``guidance_in`` tensors, a line saying what became of them."""
     out = check_new_folder(out_dir)
-    model = convert_official_transformer(load_official_checkpoint(checkpoint), dtype, rope_axes_dim)
+    state = load_official_checkpoint(checkpoint)
+    model = convert_official_transformer(state, dtype, rope_axes_dim, keep_guidance)
+    guidance = None
+    if any(key.startswith(GUIDANCE_PREFIX) for key in state):
+        guidance = ("kept its guidance_in tensors as the guidance embedding: --guidance is a model input"
+                    if keep_guidance else
+                    "dropped its guidance_in tensors, as the official model class does (--guidance is then refused); "
+                    "--keep-guidance keeps them as a guidance embedding")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)
@@ -287,4 +304,4 @@ def convert_official_checkpoint(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return out
+    return out, guidance

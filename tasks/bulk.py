@@ -63,6 +63,7 @@ from tasks.request import (
     check_low_memory,
     check_model,
     check_steps,
+    has_guidance_input,
     printable_text,
 )
 
@@ -201,10 +202,12 @@ def read_prompts(csv_path: str, settings: BulkSettings, image_roots: list[str] |
     """Read and validate the prompt CSV (whole-file problems raise one ``ValueError`` line).
 
     Rows are rejected when they need what the run lacks: a retrieval index for prior ``retrieve``,
-    a text-to-image model (weights without ``prior/``) for ``auto`` or ``generate`` without an image.
+    a text-to-image model (weights without ``prior/``) for ``auto`` or ``generate`` without an image, a
+    guidance input (converted official weights) for a guidance scale other than the preset's.
     """
     table = read_prompt_csv(csv_path, image_roots, index_configured=settings.index_dir is not None,
-                            text_to_image=has_text_to_image(settings.model), preset=settings.model.preset)
+                            text_to_image=has_text_to_image(settings.model), preset=settings.model.preset,
+                            guidance_input=has_guidance_input(settings.model))
     get_run_logger().info("%s: %d valid row(s), %d rejected", table.path, len(table.valid), len(table.rejected))
     return table
 

@@ -87,6 +87,10 @@ RETRIEVE_WITHOUT_INDEX = (
     "prior 'retrieve' needs a retrieval index and none is configured; pass --index-dir DIR (or set "
     "MAGIC141_INDEX_DIR) to an index built with `magic141 index build`, or set prior to auto or generate"
 )
+NO_GUIDANCE_INPUT = (
+    "guidance {guidance:g} would do nothing: the model's transformer takes no guidance scale (no guidance embedding); "
+    "empty the guidance cell"
+)
 NO_TEXT_TO_IMAGE = (
     "prior {prior!r} may make the first frame with the text-to-image model, and the weights have none (prior/); "
     "fill the image cell or add a prior/ folder to the weights"
@@ -306,10 +310,11 @@ class _RowChecker:
 
     def __init__(
         self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path], index_configured: bool, text_to_image: bool,
-        default_fps: int,
+        default_fps: int, default_guidance: float | None = None,
     ) -> None:
         self.columns = columns
         self.default_fps = default_fps
+        self.default_guidance = default_guidance  # None: the model takes any guidance scale
         self.csv_dir = csv_dir
         self.roots = roots
         self.index_configured = index_configured
@@ -367,6 +372,8 @@ class _RowChecker:
         guidance = attempt(_number, "guidance", cells["guidance"], False) if cells.get("guidance") else None
         if guidance is not None:
             attempt(check_guidance, guidance)
+            if self.default_guidance is not None and guidance != self.default_guidance:
+                problems.append(NO_GUIDANCE_INPUT.format(guidance=guidance))
         prior = (cells.get("prior") or DEFAULT_PRIOR).lower()
         if prior not in PRIOR_MODES:
             problems.append(f"prior {cells['prior']!r} is not one of {', '.join(PRIOR_MODES)}")
@@ -431,6 +438,7 @@ def read_prompt_csv(
     index_configured: bool = False,
     text_to_image: bool = True,
     preset: str | None = None,
+    guidance_input: bool = True,
 ) -> PromptCsv:
     """Read and validate a prompt CSV; raise one ``ValueError`` line if the file as a whole is unusable.
 
@@ -439,9 +447,12 @@ def read_prompt_csv(
     rows asking for prior ``retrieve`` are rejected (``auto`` then generates text-to-image).
     ``text_to_image`` says the run has a text-to-image model; without one, rows without an image
     whose prior is ``auto`` or ``generate`` are rejected. Rows without an ``fps`` get the frame rate of
-    ``preset`` (default: :func:`magic141.presets.default_preset_name`).
+    ``preset`` (default: :func:`magic141.presets.default_preset_name`). ``guidance_input`` says the model
+    takes a guidance scale; without one, rows whose guidance differs from the preset's are rejected.
     """
-    default_fps = get_preset(preset or default_preset_name()).fps
+    chosen = get_preset(preset or default_preset_name())
+    default_fps = chosen.fps
+    default_guidance = None if guidance_input else chosen.guidance_scale
     file = Path(path).absolute()
     try:
         data = file.read_bytes()
@@ -463,7 +474,7 @@ def read_prompt_csv(
             continue
         if columns is None or checker is None:
             columns = _header(file, raw)
-            checker = _RowChecker(columns, csv_dir, roots, index_configured, text_to_image, default_fps)
+            checker = _RowChecker(columns, csv_dir, roots, index_configured, text_to_image, default_fps, default_guidance)
             continue
         row = checker.check(number, raw)
         if isinstance(row, ValidRow):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -340,6 +341,32 @@ def check_low_memory(low_memory: bool, workers: int, ray_address: str | None) ->
         )
 
 
+def has_guidance_input(model: ModelSpec) -> bool:
+    """Whether the transformer of ``model`` takes the guidance scale as an input (a guidance embedding, as CFG
+    distillation trains it): converted official weights have none, and a guidance scale would do nothing."""
+    preset = get_preset(model.preset)
+    weights = model.weights if model.weights is not None else preset.weights_folder
+    if weights is None:
+        return preset.transformer.guidance_embeds
+    from magic141.weight_paths import WeightPaths
+
+    config = Path(WeightPaths.resolve(weights).transformer) / "config.json"
+    try:
+        return bool(json.loads(config.read_text()).get("guidance_embeds", False))
+    except (OSError, ValueError):
+        return False  # loading the weights says what is wrong with them
+
+
+def check_guidance_input(guidance: float | None, model: ModelSpec) -> None:
+    """Refuse a guidance scale other than the preset's for a transformer without a guidance input."""
+    default = get_preset(model.preset).guidance_scale
+    if guidance is not None and guidance != default and not has_guidance_input(model):
+        raise ValueError(
+            f"guidance {guidance:g} would do nothing: this model's transformer takes no guidance scale (no guidance "
+            "embedding); leave guidance out, or guide with true CFG (--true-cfg and --negative-prompt)"
+        )
+
+
 def validate_request(request: GenerateRequest, check_out: bool = True) -> GenerateRequest:
     """Check every field; return the request with absolute paths and the preset's defaults filled in
     (frame rate, steps, guidance).
@@ -363,6 +390,7 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
         raise ValueError("true CFG needs a negative prompt; pass --negative-prompt")
     check_seed(request.seed)
     model = check_model(request.model)
+    check_guidance_input(request.guidance, model)
     check_low_memory(request.low_memory, request.workers, request.ray_address)
     if model.weights is not None and needs_text_to_image(request):
         from magic141.weight_paths import WeightPaths

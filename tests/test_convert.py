@@ -110,7 +110,9 @@ def test_unknown_missing_and_misshaped_keys_are_named(official):
 def test_convert_command_writes_safetensors_that_load(official, converted, tmp_path: Path):
     checkpoint = tmp_path / "dmd_4_step_i2v.pth"
     torch.save({"state_dict": {f"model.{k}": v for k, v in official.items()}}, checkpoint)
-    out = convert_official_checkpoint(checkpoint, tmp_path / "transformer", dtype=torch.float32, rope_axes_dim=ROPE)
+    out, guidance = convert_official_checkpoint(checkpoint, tmp_path / "transformer", dtype=torch.float32,
+                                                rope_axes_dim=ROPE)
+    assert guidance is None  # the official checkpoint has no guidance_in tensors to speak of
     assert (out / "diffusion_pytorch_model.safetensors").is_file() and (out / "config.json").is_file()
     assert read_prompt_format(out) == "magic141", "official weights are declared for the official conditioning"
     loaded = HunyuanVideoTransformer3DModel.from_pretrained(out)
@@ -133,3 +135,22 @@ def test_checkpoints_with_arbitrary_objects_are_not_unpickled(official, tmp_path
     with pytest.raises(ValueError, match="not unpickled for safety"):
         convert_official_checkpoint(checkpoint, tmp_path / "out", rope_axes_dim=ROPE)
     assert not (tmp_path / "out").exists()
+
+
+def test_guidance_in_tensors_are_dropped_as_the_official_class_does_or_kept_on_request(official, tmp_path: Path):
+    hidden = official["img_in.proj.weight"].shape[0]
+    generator = torch.Generator().manual_seed(1)
+    embedder = {"guidance_in.mlp.0.weight": torch.randn(hidden, 256, generator=generator),
+                "guidance_in.mlp.0.bias": torch.randn(hidden, generator=generator),
+                "guidance_in.mlp.2.weight": torch.randn(hidden, hidden, generator=generator),
+                "guidance_in.mlp.2.bias": torch.randn(hidden, generator=generator)}
+    checkpoint = tmp_path / "guided.pth"
+    torch.save({**official, **embedder}, checkpoint)
+    dropped, said = convert_official_checkpoint(checkpoint, tmp_path / "dropped", torch.float32, ROPE)
+    assert said.startswith("dropped its guidance_in tensors, as the official model class does")
+    assert HunyuanVideoTransformer3DModel.load_config(dropped)["guidance_embeds"] is False
+    kept, said = convert_official_checkpoint(checkpoint, tmp_path / "kept", torch.float32, ROPE, keep_guidance=True)
+    assert said.startswith("kept its guidance_in tensors as the guidance embedding")
+    model = HunyuanVideoTransformer3DModel.from_pretrained(kept)
+    assert model.config.guidance_embeds is True
+    torch.testing.assert_close(model.time_text_embed.guidance_embedder.linear_1.weight, embedder["guidance_in.mlp.0.weight"])

@@ -71,3 +71,34 @@ def test_an_index_is_checked_only_when_the_prior_searches_it(tmp_path: Path, fir
     missing = str(tmp_path / "none")
     for fields in ({}, {"prior": "generate"}, {"prior": "auto", "image": first_frame}):
         assert validate_request(request(tmp_path, index_dir=missing, **fields)).index_dir is None
+
+
+def test_a_guidance_scale_for_weights_without_a_guidance_input_is_refused_for_generate_and_bulk_rows(
+    tmp_path: Path,
+) -> None:
+    """Converted official weights have no guidance embedding: a guidance scale would silently do nothing."""
+    import dataclasses
+
+    import PIL.Image
+
+    from magic141.components import build_i2v_components
+    from magic141.presets import get_preset
+    from magic141.weights import save_i2v_components
+    from tasks.bulk_csv import read_prompt_csv
+
+    tiny = get_preset("tiny")
+    plain = tiny.replace(transformer=dataclasses.replace(tiny.transformer, guidance_embeds=False))
+    weights = save_i2v_components(build_i2v_components(plain), tmp_path / "weights")
+    PIL.Image.new("RGB", (64, 48)).save(tmp_path / "first.png")
+    given = {"preset": "tiny", "weights": str(weights), "image": str(tmp_path / "first.png")}
+    with pytest.raises(ValueError, match="^guidance 2 would do nothing: this model's transformer takes no guidance"):
+        validate_request(request(tmp_path, guidance=2.0, **given))
+    assert validate_request(request(tmp_path, guidance=tiny.guidance_scale, **given)).guidance == tiny.guidance_scale
+    assert validate_request(request(tmp_path, **given)).guidance == tiny.guidance_scale
+    assert validate_request(request(tmp_path, guidance=2.0, preset="tiny", image=given["image"])).guidance == 2.0
+    (tmp_path / "rows.csv").write_text("prompt,guidance\na red circle,2\na blue square,\n")
+    table = read_prompt_csv(tmp_path / "rows.csv", preset="tiny", guidance_input=False)
+    assert [row.prompt for row in table.valid] == ["a blue square"]
+    (rejected,) = table.rejected
+    assert rejected.reason == ("guidance 2 would do nothing: the model's transformer takes no guidance scale (no guidance "
+                               "embedding); empty the guidance cell")
