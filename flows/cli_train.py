@@ -347,6 +347,10 @@ def train_dmd2(
     regression_weight: Annotated[
         float, typer.Option("--regression-weight", help="Weight of a regression on the real model's ODE solution (0: off).")
     ] = 0.0,
+    backward_simulation: Annotated[
+        bool, typer.Option("--backward-simulation/--noised-windows", help="The generator's input at a step: made by "
+                           "its own earlier steps from noise (DMD2), or a training window noised to it.")
+    ] = True,
     samples: SamplesOption = SAMPLES,
     cache_dir: CacheOption = Path("out/train/cache"),
     out: OutOption = Path("out/train/dmd2"),
@@ -376,7 +380,7 @@ def train_dmd2(
         raise UserError(f"--sigmas {sigmas!r} is not a comma-separated list of numbers") from None
     distillation = {"steps": steps, "sigmas": levels, "fake": fake, "lora_rank": lora_rank, "real_shift": real_shift,
                     "fake_updates": fake_updates, "fake_lr_scale": fake_lr_scale, "w_min": w_min, "w_max": w_max,
-                    "regression_weight": regression_weight}
+                    "regression_weight": regression_weight, "backward_simulation": backward_simulation}
     _check_distillation("dmd2", distillation)
     stage = _stage("dmd2", preset, teacher=teacher, samples=samples, cache_dir=cache_dir, seed=seed,
                    distillation=distillation)

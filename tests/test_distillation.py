@@ -248,3 +248,17 @@ def test_the_train_commands_refuse_bad_settings_in_one_line_before_any_compute(
         assert status == 2 and len(lines) == 1 and lines[0].startswith("magic141: error: ") and message in lines[0], (
             arguments, err)
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_backward_simulation_gives_each_step_the_input_the_generators_own_euler_steps_make() -> None:
+    from magic141.training.distill import Dmd2Trainee
+
+    settings = Dmd2Settings()
+    trainee = Dmd2Trainee(_Linear(0.5), _Linear(1.0), settings, settings.schedule(1.0))  # 1, 0.75, 0.5, 0.25
+    noise = torch.randn(2, 1, 1, 1, 2, generator=torch.Generator().manual_seed(0))
+    condition = Condition(None, None, torch.zeros(2, 1, 1), torch.ones(2, 1), torch.zeros(2, 1))
+    inputs = trainee.simulate(noise, torch.tensor([1.0, 0.5]), condition, torch.ones(2))
+    first = noise[1] + (0.75 - 1.0) * (0.5 * noise[1] + 1)  # velocity 0.5 x + guidance 1 + mean(text) 0
+    second = first + (0.5 - 0.75) * (0.5 * first + 1)
+    assert torch.equal(inputs[0], noise[0])  # the first step starts from pure noise
+    assert torch.allclose(inputs[1], second)

@@ -19,7 +19,9 @@ first-frame latent in both branches: guidance steers the text, never the image, 
 dropout trained it (the caption dropped, the image kept).
 
 **DMD2.** A generator ``G`` (a copy of the teacher, sampled with the few-step Euler schedule of
-:mod:`magic141.sampler`) predicts ``x_0`` from a training window noised to one of its steps. The fake model
+:mod:`magic141.sampler`) predicts ``x_0`` at one of its steps, from the input its own earlier Euler steps make
+from pure noise there (DMD2's backward simulation, so training sees what sampling sees; without it, a training
+window noised to that step: the student drifted from its first frame's colour). The fake model
 is the teacher's frozen base plus a LoRA (peft, through diffusers' adapter API); the real model is the same
 base with that LoRA at the small weight ``real_shift`` (the paper's shift of the real model towards the fake),
 so one copy of the base weights serves both. At every step the fake model learns the generator's samples by
@@ -101,6 +103,7 @@ class Dmd2Settings:
     w_max: float = 5.0
     regression_weight: float = 0.0  # the weight of the regression on the real model's ODE solution; 0: off
     regression_steps: int = 8  # Euler steps of that ODE solution
+    backward_simulation: bool = True  # the generator's input at a step made by its own earlier steps, as sampling does
 
     def __post_init__(self) -> None:
         if self.sigmas is not None:
@@ -226,19 +229,17 @@ class DistillBatch:
     generator_step: bool = False
 
 
+def _inputs(latents: torch.Tensor, sigma: torch.Tensor, condition: Condition, guidance: torch.Tensor) -> dict[str, Any]:
+    hidden = latents if condition.image is None else model_input(latents, condition.image, condition.mask)
+    return {"hidden_states": hidden, "timestep": sigma * 1000.0, "encoder_hidden_states": condition.text,
+            "encoder_attention_mask": condition.text_mask, "pooled_projections": condition.pooled,
+            "guidance": guidance * GUIDANCE_EMBEDDING, "return_dict": False}
+
+
 def velocity(transformer: torch.nn.Module, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition,
              guidance: torch.Tensor) -> torch.Tensor:
     """The transformer's velocity for ``latents`` at noise level ``sigma`` (B,) and guidance scale ``guidance`` (B,)."""
-    hidden = latents if condition.image is None else model_input(latents, condition.image, condition.mask)
-    return transformer(
-        hidden_states=hidden,
-        timestep=sigma * 1000.0,
-        encoder_hidden_states=condition.text,
-        encoder_attention_mask=condition.text_mask,
-        pooled_projections=condition.pooled,
-        guidance=guidance * GUIDANCE_EMBEDDING,
-        return_dict=False,
-    )[0]
+    return transformer(**_inputs(latents, sigma, condition, guidance))[0]
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -451,7 +452,10 @@ class Dmd2Trainee(torch.nn.Module):
         x0, cond, guidance = batch.latents, batch.cond, batch.guidance
         step_sigma, judge_sigma, fake_sigma = batch.sigmas.unbind(1)
         step_noise, judge_noise, fake_noise = batch.noises.unbind(1)
-        inputs = noised(x0, step_noise, step_sigma)
+        if self.settings.backward_simulation:
+            inputs = self.simulate(step_noise, step_sigma, cond, guidance)
+        else:
+            inputs = noised(x0, step_noise, step_sigma)
         with torch.set_grad_enabled(batch.generator_step):
             sample = predicted_x0(inputs, velocity(self.generator, inputs, step_sigma, cond, guidance), step_sigma)
         logged: dict[str, float] = {}
@@ -473,6 +477,22 @@ class Dmd2Trainee(torch.nn.Module):
         fake_loss = F.mse_loss(self.fake(fake_inputs, fake_sigma, cond, guidance), fake_noise - clean)
         logged["fake"] = float(fake_loss.detach())
         return loss + fake_loss, logged
+
+    @torch.no_grad()
+    def simulate(self, noise: torch.Tensor, sigma: torch.Tensor, condition: Condition,
+                 guidance: torch.Tensor) -> torch.Tensor:
+        """DMD2's backward simulation: each sample's input at its step as sampling makes it, the generator's own
+        Euler steps from pure noise down to ``sigma`` (one sample may stop earlier than another)."""
+        schedule = self.schedule.tolist()
+        latents = noise
+        for current, following in zip(schedule[:-1], schedule[1:]):
+            moving = sigma < current - 1e-6  # samples whose step lies below this level
+            if not bool(moving.any()):
+                break
+            level = torch.full_like(sigma, current)
+            step = (following - current) * velocity(self.generator, latents, level, condition, guidance)
+            latents = torch.where(moving.view(-1, 1, 1, 1, 1), latents + step, latents)
+        return latents
 
     @torch.no_grad()
     def ode_solution(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition,
