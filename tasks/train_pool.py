@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -114,40 +115,49 @@ def _train(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     joined = ray_address(address)
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         if joined is None:
             start_local_ray(num_cpus=settings.workers, num_gpus=settings.workers if use_gpu else 0)
         else:
             ray.init(address=joined, log_to_driver=False)
-    config = {
-        "stage": stage,
-        "settings": settings,
-        "threads": max(1, torch.get_num_threads() // settings.workers),
-        "dataset_size": dataset_size,
-        "resume_from": resume_from,
-    }
-    trainer = TorchTrainer(
-        _worker,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(name=f"magic141-{stage.name}", storage_path=tempfile.mkdtemp(prefix="magic141-train-")),
-    )
-    logger.info("training %s on %d Ray Train workers", stage.name, settings.workers)
-    failure: list[BaseException] = []
+    storage = tempfile.mkdtemp(prefix="magic141-train-")
+    try:
+        config = {
+            "stage": stage,
+            "settings": settings,
+            "threads": max(1, torch.get_num_threads() // settings.workers),
+            "dataset_size": dataset_size,
+            "resume_from": resume_from,
+        }
+        trainer = TorchTrainer(
+            _worker,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu, resources_per_worker={"CPU": 1}),
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            run_config=RunConfig(name=f"magic141-{stage.name}", storage_path=storage),
+        )
+        logger.info("training %s on %d Ray Train workers", stage.name, settings.workers)
+        failure: list[BaseException] = []
 
-    def fit() -> None:
-        try:
-            trainer.fit()
-        except BaseException as exc:  # re-raised in the caller's thread below
-            failure.append(exc)
+        def fit() -> None:
+            try:
+                trainer.fit()
+            except BaseException as exc:  # re-raised in the caller's thread below
+                failure.append(exc)
 
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    _follow(settings.out, thread, on_step, settings.max_steps)
-    if failure:
-        raise failure[0]
-    return result_of(settings)
+        thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+        thread.start()
+        _follow(settings.out, thread, on_step, settings.max_steps)
+        if failure:
+            raise failure[0]
+        return result_of(settings)
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+        if started:
+            # The Ray this training started (or joined) ends with it: a render pool later in this process starts
+            # its own, with the GPUs it declares, instead of finding one with none.
+            ray.shutdown()
 
 
 def _follow(out: Path, thread: threading.Thread, on_step: StepCallback | None, total: int) -> None:

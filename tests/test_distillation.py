@@ -210,6 +210,11 @@ def test_dmd2_on_two_ray_train_workers_follows_one(teacher_folder: Path, cache: 
     one = train(stage, _settings(tmp_path / "one", 4), dataset_size=8)
     two = train(stage, _settings(tmp_path / "two", 4, workers=2), dataset_size=8)
     assert two.losses == pytest.approx(one.losses, rel=1e-4)
+    import ray
+
+    # The private Ray of the training ends with it: a render pool started later in this process (with fake GPUs)
+    # must not find it, with no GPUs, and wait forever for its actors.
+    assert not ray.is_initialized()
 
 
 def test_bad_distillation_settings_and_teachers_are_refused_before_any_compute(
