@@ -92,7 +92,7 @@ def _psnr(a, b) -> float:
 
 def _row(labels: list[str], results: list, passes: int, *extra: str) -> str:
     scores = [f"{100 * _mean(results, key):.0f}%" for key in COLUMNS]
-    cells = [*labels, *scores, f"{_mean(results, 'flicker'):.4f}", f"{_mean(results, 'motion_magnitude'):.2f}",
+    cells = [*labels, *scores, f"{_mean(results, 'flicker'):.4f}", f"{_mean(results, 'motion_magnitude'):.3f}",
              f"{_mean(results, 'first_frame_psnr'):.1f} dB", str(passes), *extra]
     return "| " + " | ".join(cells) + " |"
 
@@ -254,7 +254,7 @@ def figure5_lines(t2v_teacher: Path, i2v_teacher: Path, vae: Path, budgets: list
     components = encoders(preset, vae)
     curves: dict[str, list[tuple[int, dict]]] = {}
     for mode, teacher in (("T2V", t2v_teacher), ("I2V", i2v_teacher)):
-        stage = make_stage("dmd2", "toy-teacher", teacher=teacher, vae=vae, samples=SAMPLES_FIGURE5,
+        stage = make_stage("dmd2", "toy-i2v", teacher=teacher, vae=vae, samples=SAMPLES_FIGURE5,
                            cache_dir=cache_dir, distillation={"w_min": 0.0, "w_max": 0.0})
         curves[mode] = []
         for budget in budgets:

@@ -282,7 +282,7 @@ WMaxOption = Annotated[float, typer.Option("--w-max", help="Largest w taught.")]
 @train_app.command("cfg")
 def train_cfg(
     context: typer.Context,
-    preset: DistilledPresetOption = "toy-teacher",
+    preset: DistilledPresetOption = "toy-i2v",
     teacher: TeacherOption = None,
     w_min: WMinOption = 0.0,
     w_max: WMaxOption = 5.0,

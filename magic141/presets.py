@@ -119,11 +119,12 @@ class Preset:
     flow_shift: float = 7.0
     init_seed: int = 0
     window_overlap_latent_frames: int = 2  # latents shared by neighbouring co-denoising windows
-    shipped_weights: str | None = None  # a weights folder inside the package, used when no weights are given
+    shipped_weights: str | None = None  # a weights folder (or file) inside the package, used when no weights are given
 
     @property
     def weights_folder(self) -> Path | None:
-        """The preset's own weights folder (``shipped_weights`` in the package); None: random seeded weights."""
+        """The preset's own weights (``shipped_weights`` in the package: a folder, or a JSON file naming its
+        components' folders); None: random seeded weights."""
         if self.shipped_weights is None:
             return None
         return Path(__file__).parent / self.shipped_weights
@@ -213,8 +214,9 @@ PRESETS: dict[str, Preset] = {
             text_heads=2,
             steps=20,
         ),
-        steps=50,
-        guidance_scale=1.0,
+        # The shipped transformer is the DMD2 student: 4 steps of one forward pass each, at guidance 3 (an input).
+        steps=4,
+        guidance_scale=3.0,
         flow_shift=3.0,
         window_overlap_latent_frames=1,
         shipped_weights="toy_weights",
@@ -266,8 +268,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-# The toy default's teacher, sampled as the teachers are (many Euler steps, no guidance).
-PRESETS["toy-teacher"] = PRESETS["toy"].replace(name="toy-teacher")
+# The toy default's teacher: the CFG-distilled model DMD2 started from (one pass per Euler step, guidance an input).
+PRESETS["toy-teacher"] = PRESETS["toy"].replace(name="toy-teacher", steps=50, shipped_weights="toy_weights/teacher.json")
+# Its own teacher, the I2V model before CFG distillation: guidance only as true CFG (two passes per step).
+PRESETS["toy-i2v"] = PRESETS["toy"].replace(name="toy-i2v", steps=50, guidance_scale=1.0,
+                                             shipped_weights="toy_weights/i2v.json")
 
 
 def default_preset_name() -> str:

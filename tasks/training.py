@@ -31,7 +31,7 @@ DEFAULTS: dict[str, StageDefaults] = {
     "t2v": StageDefaults(1000, 16, 5e-4, "cosine", 100),
     "i2v": StageDefaults(3000, 16, 5e-4, "cosine", 100),
     "cfg": StageDefaults(600, 16, 2e-4, "cosine", 50),
-    "dmd2": StageDefaults(1000, 16, 2e-5, "constant", 0),
+    "dmd2": StageDefaults(600, 16, 2e-5, "constant", 0),
 }
 SAMPLES = 12000  # training windows in the transformers' latent cache
 PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
