@@ -47,6 +47,17 @@ def _command(context: typer.Context) -> list[str]:
     return words
 
 
+RUN_OPTIONS = ("out", "max_steps", "seed", "resume", "workers", "batch_size", "learning_rate", "schedule",
+               "warmup_steps")
+
+
+def _run_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The run's settings among a training command's options, checked before anything is computed."""
+    settings = {name: options[name] for name in RUN_OPTIONS}
+    _check_settings(settings)
+    return settings
+
+
 def _check_settings(settings: dict[str, Any]) -> Any:
     """The settings, and the output folder as far as it can be checked before the stage exists."""
     from magic141.training.loop import TrainingError, TrainSettings, check_folder
@@ -114,10 +125,7 @@ def train_clip(
 
     Its final/ folder is an open_clip model: 'magic141 index build CORPUS --model DIR' embeds with it.
     """
-    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
-                "warmup_steps": warmup_steps}
-    _check_settings(settings)
+    settings = _run_settings(locals())
     stage = _stage("clip", "toy")
     _train(context, lambda: stage, settings, ray_address, as_json)
 
@@ -145,10 +153,7 @@ def train_vae(
 
     Its final/ folder is a diffusers AutoencoderKLHunyuanVideo, with the scaling factor measured on its latents.
     """
-    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
-                "warmup_steps": warmup_steps}
-    _check_settings(settings)
+    settings = _run_settings(locals())
     stage = _stage("vae", preset)
     _train(context, lambda: stage, settings, ray_address, as_json)
 
@@ -177,10 +182,7 @@ def train_prior(
 
     Its final/ folder is a diffusers pipeline: put it in a weights folder as prior/.
     """
-    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
-                "warmup_steps": warmup_steps}
-    _check_settings(settings)
+    settings = _run_settings(locals())
     if max_steps <= autoencoder_steps:
         raise UserError(f"--max-steps {max_steps} leaves no step for the UNet after {autoencoder_steps} autoencoder "
                         "steps; raise --max-steps or lower --autoencoder-steps")
@@ -230,10 +232,7 @@ def train_t2v(
     as_json: JsonOption = False,
 ) -> None:
     """The text-to-video teacher: flow matching on the VAE latents of toy-world windows and their captions."""
-    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
-                "warmup_steps": warmup_steps}
-    _check_settings(settings)
+    settings = _run_settings(locals())
     stage = _stage("t2v", preset, vae=vae, samples=samples, cache_dir=cache_dir, seed=seed)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
 
@@ -260,10 +259,7 @@ def train_i2v(
 ) -> None:
     """The image-to-video teacher: the T2V teacher widened to 2C+1 inputs (copy and zero init), trained with the
     first-frame latent and the VLM's image tokens in front of the text tokens."""
-    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
-                "warmup_steps": warmup_steps}
-    _check_settings(settings)
+    settings = _run_settings(locals())
     stage = _stage("i2v", preset, vae=vae, t2v=t2v, samples=samples, cache_dir=cache_dir, seed=seed)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
 
@@ -308,10 +304,7 @@ def train_cfg(
 
     Its final/ folder is the teacher's weights folder with the student's transformer.
     """
-    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
-                "warmup_steps": warmup_steps}
-    _check_settings(settings)
+    settings = _run_settings(locals())
     distillation = {"w_min": w_min, "w_max": w_max, "lambda_cfg": lambda_cfg}
     _check_distillation("cfg", distillation)
     stage = _stage("cfg", preset, teacher=teacher, samples=samples, cache_dir=cache_dir, seed=seed,
@@ -370,10 +363,7 @@ def train_dmd2(
 
     Its final/ folder is the teacher's weights folder with the student's transformer (the EMA of its weights).
     """
-    settings = {"out": out, "max_steps": max_steps, "seed": seed, "resume": resume, "workers": workers,
-                "batch_size": batch_size, "learning_rate": learning_rate, "schedule": schedule,
-                "warmup_steps": warmup_steps}
-    _check_settings(settings)
+    settings = _run_settings(locals())
     try:
         levels = None if sigmas is None else tuple(float(value) for value in sigmas.split(","))
     except ValueError:
