@@ -10,7 +10,8 @@
 - the training curves of the runs given, as plots beside BENCHMARKS.md.
 
 ``python bench/distillation.py --i2v DIR --cfg DIR --dmd2 DIR [--dmd2 DIR ...] [--videos N]``: weights folders
-(the final/ folders of 'train i2v', 'train cfg', 'train dmd2'; defaults: the shipped ones).
+(the final/ folders of 'train i2v', 'train cfg', 'train dmd2'; defaults: the shipped ones). ``--t2v DIR`` adds
+Figure 5 (T2V against I2V DMD2 at equal budgets) as its own section; ``--figure5-only`` runs just that.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ def _sample_students(transformer, components, preset, image_to_video: bool, coun
             text, mask, pooled = encode_text(components, [caption.text], preset.text.max_sequence_length)
             image_channels = image_mask = None
             if image_to_video:
-                pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
+                pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
                 image_channels, image_mask = image_condition(vae.encode(pixels).latent_dist.mean * scale, shape[2])
                 tokens = vlm_image_tokens(components, image, torch.device("cpu"))
                 text, mask = torch.cat([tokens, text], 1), torch.cat([torch.ones(1, tokens.shape[1]), mask], 1)
@@ -324,18 +325,24 @@ def main() -> None:
                         help="where Figure 5's runs are kept (reruns resume them)")
     parser.add_argument("--cache-dir", type=Path, default=Path("out/train/cache"),
                         help="latent caches (the training commands' default folder: an existing one is reused)")
+    parser.add_argument("--figure5-only", action="store_true",
+                        help="run only Figure 5 (its own section of BENCHMARKS.md); needs --t2v")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import tempfile
 
+    if args.t2v is not None:
+        figure = figure5_lines(args.t2v, args.i2v, WEIGHTS / "vae", args.figure5_budgets, args.videos, args.work,
+                               args.cache_dir)
+        write_section("distillation_figure5", "\n".join(["## Distillation at toy scale: Figure 5", "", *figure[1:]]))
+        logging.info("\n".join(figure))
+    if args.figure5_only:
+        return
     lines = ["## Distillation at toy scale (CFG distillation, DMD2)", ""]
     lines += cfg_lines(args.i2v, args.cfg, args.videos, args.cfg_steps) + [""]
     lines += table1_lines(args.cfg, args.dmd2 or [WEIGHTS], args.videos, args.guidance) + [""]
     with tempfile.TemporaryDirectory() as work:
         lines += memory_lines(Path(work)) + [""]
-    if args.t2v is not None:
-        lines += figure5_lines(args.t2v, args.i2v, WEIGHTS / "vae", args.figure5_budgets, args.videos, args.work,
-                               args.cache_dir) + [""]
     if args.runs:
         lines += curve_lines(args.runs)
     write_section("distillation", "\n".join(lines))
