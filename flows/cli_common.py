@@ -168,7 +168,7 @@ class _TracebacksToLogFile(logging.Filter):
         brief = copy.copy(record)
         brief.msg, brief.args = f"{record.getMessage()} (traceback in {default_log_file()})", ()
         brief.exc_info = brief.exc_text = brief.stack_info = None
-        self.console.emit(brief)
+        self.console.handle(brief)  # through the handler's other filters (a held-back run's lines stay held)
         return False
 
 
