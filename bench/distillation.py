@@ -285,7 +285,9 @@ def figure5_lines(t2v_teacher: Path, i2v_teacher: Path, vae: Path, budgets: list
     lines = ["### Figure 5 at toy scale: T2V against I2V step distillation", "",
              f"DMD2 (w = 0, the same settings and budget) from the T2V teacher and from the I2V teacher (before CFG "
              f"distillation), each student sampled in 4 steps on {count} held-out cases at every budget "
-             "(the I2V student starts from the scene's first frame, the T2V one from noise alone):", "",
+             "(the I2V student starts from the scene's first frame, the T2V one from noise alone, so the I2V "
+             "columns start high; what compares the two distillations is how each curve moves with the "
+             "iterations):", "",
              "| iteration | " + " | ".join(f"T2V {k} | I2V {k}" for k in COLUMNS) + " |",
              "|---|" + "---|---|" * len(COLUMNS)]
     for (budget, t2v), (_, i2v) in zip(curves["T2V"], curves["I2V"]):
@@ -334,7 +336,7 @@ def main() -> None:
     if args.t2v is not None:
         figure = figure5_lines(args.t2v, args.i2v, WEIGHTS / "vae", args.figure5_budgets, args.videos, args.work,
                                args.cache_dir)
-        write_section("distillation_figure5", "\n".join(["## Distillation at toy scale: Figure 5", "", *figure[1:]]))
+        write_section("distillation_figure5", "\n".join(["## Distillation at toy scale: Figure 5", *figure[1:]]))
         logging.info("\n".join(figure))
     if args.figure5_only:
         return
