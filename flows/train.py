@@ -21,7 +21,8 @@ from tasks.train_pool import train
 from tasks.training import DEFAULTS, SAMPLES, STAGES, make_stage
 
 logger = logging.getLogger(__name__)
-SHIPPED_HALF = frozenset({"clip"})  # open_clip casts float16 weights into its float32 model: half the bytes
+# Stored in float16 (half the bytes): open_clip and diffusers cast them into their float32 models on load.
+SHIPPED_HALF = frozenset({"clip", "i2v", "cfg", "dmd2"})
 NOT_SHIPPED = frozenset({"t2v"})  # the T2V teacher is only where the I2V teacher starts
 TEACHERS = {"cfg": "i2v", "dmd2": "cfg"}  # each distillation's teacher: the stage before it
 CACHED = frozenset({"t2v", "i2v", "cfg", "dmd2"})  # stages that read the latent cache of SAMPLES windows, in epochs

@@ -84,7 +84,7 @@ def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict
     """Copy every run's final folder under ``to`` and (re)write the manifest; return it.
 
     The stages named in ``half`` are stored in float16, for models whose loaders cast the weights into
-    their own float32 parameters (open_clip does).
+    their own float32 parameters (open_clip and diffusers do).
     """
     manifest_path = to / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"stages": {}}
