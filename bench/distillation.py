@@ -242,7 +242,6 @@ def figure5_lines(t2v_teacher: Path, i2v_teacher: Path, vae: Path, budgets: list
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from diffusers import HunyuanVideoTransformer3DModel
 
     from magic141.presets import get_preset

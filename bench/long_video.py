@@ -32,11 +32,12 @@ def timed_render(pool, seconds: float, out: Path, seed: int) -> float:
     import numpy as np
     import PIL.Image
 
+    from magic141.executor import RenderJob, render_windows
     from magic141.pipeline import fit_image, plan_video
     from magic141.presets import get_preset
     from magic141.sampler import SamplerConfig
     from tasks.ffmpeg import VideoWriter
-    from tasks.render_pool import RenderJob, render_with_pool
+    from tasks.render_pool import PoolExecutor
     from tasks.stitch import Stitcher
 
     preset = get_preset("tiny")
@@ -47,7 +48,8 @@ def timed_render(pool, seconds: float, out: Path, seed: int) -> float:
     plan = plan_video(preset, num_frames, "parallel")
     with VideoWriter(out, preset.width, preset.height, preset.fps, expected_frames=num_frames, preset="veryfast") as writer:
         stitcher = Stitcher(writer, plan)
-        render_with_pool(pool, job, plan, "parallel", lambda window, frames: stitcher.add(window.index, frames))
+        for rendered in render_windows(PoolExecutor(pool), job, plan, "parallel"):
+            stitcher.add(rendered.window.index, rendered.frames)
     return time.perf_counter() - started
 
 

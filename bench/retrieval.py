@@ -158,7 +158,7 @@ def main() -> None:
     ann.add_rows(index, base, held_out)
     tune_s = time.perf_counter() - started
     ours_recall = ann.recall_at_k(ann.search(index, tuning.params, queries, K, base)[1], truth)
-    ours_ms = median_latency_ms(lambda q: ann.search(index, tuning.params, q, K, base), queries)
+    ours_ms = median_latency_ms(lambda q, index=index: ann.search(index, tuning.params, q, K, base), queries)
     print(f"ours: {plan.factory} {tuning.params.knob}={tuning.params.value} build {build_s:.1f} s + tune "
           f"{tune_s:.1f} s, recall@10 {ours_recall:.4f}, median {ours_ms:.3f} ms", flush=True)
     del index

@@ -16,6 +16,7 @@ from typing import Any
 
 from flows.cli_common import UserError, configure_cli, quiet_model_libraries, stderr, stdout
 from magic141.presets import default_preset_name
+from magic141.utils import first_line
 
 START_SERVER = (
     "start the server with 'prefect server start' and set PREFECT_API_URL to its API address "
@@ -62,11 +63,6 @@ def _error(message: str) -> int:
     return 2
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _first_run(config: Any) -> None:
     """Create the inbox folders; build the retrieval index now if ``config.index_dir`` has none."""
     from retrieval_index.store import current_version
@@ -77,8 +73,8 @@ def _first_run(config: Any) -> None:
         return
     from flows.cli_common import bad_input_from_flow, prefect_api, progress_bars
     from flows.cli_index import STAGE_LABELS
-    from retrieval_index.errors import CorpusError
     from flows.rebuild_index import rebuild_index
+    from retrieval_index.errors import CorpusError
     from tasks.catalog import hide_password
 
     stdout.print(f"no retrieval index in {config.index_dir} yet: building it once now, before the inbox is scheduled",
@@ -128,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         _first_run(config)
         applied = apply_service(config)
     except (ValueError, CatalogError, UserError) as exc:
-        return _error(_first_line(exc))
+        return _error(first_line(exc))
     except httpx.TransportError as exc:
-        return _error(f"cannot reach the Prefect API at {api_url} ({_first_line(exc)}); {START_SERVER}")
+        return _error(f"cannot reach the Prefect API at {api_url} ({first_line(exc)}); {START_SERVER}")
     except (httpx.HTTPError, PrefectException) as exc:
         return _error(
-            f"the Prefect API at {api_url} refused the request ({_first_line(exc)}); check that PREFECT_API_URL "
+            f"the Prefect API at {api_url} refused the request ({first_line(exc)}); check that PREFECT_API_URL "
             f"is the server's API address (ending in /api) and the server is healthy"
         )
     for name, deployment_id in applied.items():

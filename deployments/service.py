@@ -27,21 +27,21 @@ from uuid import UUID
 
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.schedules import CronSchedule
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
     WorkPoolCreate,
 )
+from prefect.client.schemas.schedules import CronSchedule
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 from prefect.workers.process import ProcessWorker
 
 from deployments.rebuild_index import NIGHTLY_CRON, rebuild_index_deployment
-from magic141.presets import default_preset_name
 from deployments.source import PROJECT_DIR, from_checkout
 from flows.bulk import GPU_LIMIT, bulk_inbox
+from magic141.presets import default_preset_name
 from retrieval_index.embedder import EmbedderSpec
 from tasks.catalog import has_password
 from tasks.request import MAX_WORKERS, ModelSpec, check_model

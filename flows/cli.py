@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
 import re
 import secrets
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,13 +16,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from flows.cli_bulk import bulk
-from flows.cli_evaluate import evaluate
 from flows.cli_catalog_ext import check_export, check_row_status, export_catalog, print_batch_rows
 from flows.cli_common import (
     UserError,
     cell,
     configure_cli,
-    one_line,
     prefect_api,
     print_fields,
     progress_bars,
@@ -31,8 +28,11 @@ from flows.cli_common import (
     stderr,
     stdout,
 )
+from flows.cli_evaluate import evaluate
 from flows.cli_index import index_app
 from flows.cli_train import train_app
+from magic141.presets import default_preset_name
+from magic141.utils import one_line
 from tasks.catalog import (
     CATALOG_URL_ENV,
     CatalogError,
@@ -41,10 +41,16 @@ from tasks.catalog import (
     redact,
     resolve_catalog_url,
 )
-from magic141.presets import default_preset_name
-from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 from tasks.ffmpeg import ProbeError
-from tasks.request import QUANTIZATION_LEVELS, GenerateRequest, check_output, check_prior, printable_text, validate_request
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
+from tasks.request import (
+    QUANTIZATION_LEVELS,
+    GenerateRequest,
+    check_output,
+    check_prior,
+    printable_text,
+    validate_request,
+)
 from tasks.services import ServiceStartError
 
 DEFAULT_OUT_DIR = Path("out")

@@ -18,13 +18,13 @@ from rich.table import Table
 from flows.cli_common import (
     UserError,
     cell,
-    one_line,
     prefect_api,
     print_fields,
     progress_bars,
     quiet_model_libraries,
     stdout,
 )
+from magic141.utils import one_line
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 
 DEFAULT_OUT_DIR = Path("out")

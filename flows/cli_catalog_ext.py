@@ -13,9 +13,9 @@ from typing import IO
 from rich.table import Table
 
 from flows.cli_common import UserError, cell, stdout
-from retrieval_index.fileio import atomic_file
+from magic141.utils import atomic_file
 from tasks.catalog import Catalog, CatalogError
-from tasks.catalog.batches import export_videos, list_rows
+from tasks.catalog.batches import list_rows
 from tasks.catalog.models import ROW_STATUSES
 
 EXPORT_FORMATS = ("jsonl",)
@@ -64,7 +64,7 @@ def check_export(export_format: str, out: Path | None) -> None:
 
 def _write_lines(store: Catalog, sink: IO[str]) -> int:
     count = 0
-    for video in export_videos(store):
+    for video in store.export_videos():
         sink.write(json.dumps(video, ensure_ascii=False))
         sink.write("\n")
         count += 1

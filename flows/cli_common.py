@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from magic141.utils import one_line
 from tasks.services import ServiceStartError
 
 # Text that is not read on a terminal (a pipe, a file, a CI log) is never cut or wrapped to 80 columns:
@@ -20,15 +21,18 @@ from tasks.services import ServiceStartError
 UNLIMITED_WIDTH = 100_000
 
 
-def _console(*, stderr: bool) -> Console:
-    console = Console(stderr=stderr)
-    if console.is_terminal or "COLUMNS" in os.environ:
-        return console
-    return Console(stderr=stderr, width=UNLIMITED_WIDTH)
+stdout = Console()
+stderr = Console(stderr=True)
 
 
-stdout = _console(stderr=False)
-stderr = _console(stderr=True)
+def _fit_consoles() -> None:
+    """Widths from the environment of the run: ``$COLUMNS``, else the terminal's, else unlimited."""
+    columns = os.environ.get("COLUMNS", "")
+    for console in (stdout, stderr):
+        if columns.isdigit() and int(columns) > 0:
+            console.width = int(columns)
+        elif not console.is_terminal:
+            console.width = UNLIMITED_WIDTH
 
 
 class UserError(Exception):
@@ -63,11 +67,12 @@ def default_log_file() -> Path:
 def configure_cli(verbose: bool) -> None:
     """Set up the environment and logging of one CLI process; called by ``main()``, before any command runs.
 
-    Prefect gets its settings (no analytics, a temporary server start-up time that holds on a busy
+    The consoles take their width (:func:`_fit_consoles`). Prefect gets its settings (no analytics, a temporary server start-up time that holds on a busy
     machine, only warnings on the console: run logs still reach the Prefect API). Python warnings are
     logged. Unless ``verbose``, the libraries' records and warnings go to the log file
     (:func:`default_log_file`) instead of the terminal.
     """
+    _fit_consoles()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(PREFECT_START_TIMEOUT_S))
     logging.captureWarnings(True)
@@ -184,11 +189,6 @@ def _tracebacks_to_log_file() -> None:
         if isinstance(handler, PrefectConsoleHandler) and not any(
                 isinstance(f, _TracebacksToLogFile) for f in handler.filters):
             handler.addFilter(_TracebacksToLogFile(handler, _library_handler[0]))
-
-
-def one_line(exc: BaseException) -> str:
-    """The exception's message on one line (its type name when it has none)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def shown(value: object) -> str:

@@ -10,7 +10,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flows.cli_common import UserError, one_line, quiet_model_libraries, stderr, stdout
+from flows.cli_common import UserError, quiet_model_libraries, stderr, stdout
+from magic141.utils import one_line
 from tasks.adherence import AdherenceSettings
 
 ROWS = (("colour", "colour", "%"), ("shape", "shape", "%"), ("background", "background", "%"),

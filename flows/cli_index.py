@@ -13,13 +13,13 @@ from flows.cli_common import (
     UserError,
     bad_input_from_flow,
     cell,
-    one_line,
     prefect_api,
     print_fields,
     progress_bars,
     quiet_model_libraries,
     stdout,
 )
+from magic141.utils import one_line
 
 index_app = typer.Typer(help="Build, query and inspect the CLIP/FAISS retrieval index.", no_args_is_help=True)
 

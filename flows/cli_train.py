@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from flows.cli_common import UserError, one_line, print_fields, quiet_model_libraries, stderr, stdout
+from flows.cli_common import UserError, print_fields, quiet_model_libraries, stderr, stdout
+from magic141.utils import one_line
 from tasks.training import DEFAULTS, PRIOR_AUTOENCODER_STEPS, SAMPLES
 
 train_app = typer.Typer(help="Train the toy world's models (see the README's 'Training' section).", no_args_is_help=True)

@@ -26,6 +26,7 @@ from diffusers import HunyuanVideoTransformer3DModel
 from safetensors.torch import load_file
 
 from magic141.presets import get_preset
+from magic141.utils import first_line
 from magic141.weights import check_new_folder, check_state_dict, write_prompt_format
 
 logger = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             # Old (non-zip) pickles cannot be memory-mapped.
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0]
+        reason = first_line(exc)
         raise ValueError(
             f"checkpoint {str(path)!r} holds Python objects besides tensors and is not unpickled for safety "
             f"({reason}); save its state dict alone, or as safetensors"

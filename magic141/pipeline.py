@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,17 +23,23 @@ from optimum.quanto import quantization_map
 
 from magic141.components import I2VComponents, build_i2v_components, fingerprint_modules
 from magic141.conditioning import PROMPT_FORMATS
+from magic141.executor import (
+    LocalExecutor,
+    ProgressCallback,
+    RenderedWindow,
+    RenderJob,
+    render_windows,
+    timeline_noise,
+    window_noise,
+)
 from magic141.presets import Preset, get_preset
 from magic141.prompt_encoding import encode_magic141
 from magic141.quantization import QUANTIZED_COMPONENTS, quantize_weights
+from magic141.sampler import PromptEmbeddings, SamplerConfig, denoise, sample_window
 from magic141.weights import WeightPaths, load_i2v_components
-from magic141.sampler import PromptEmbeddings, SamplerConfig, denoise, sample_codenoise, sample_window
 from magic141.windows import Window, plan_windows
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[int, int], None]
-
 
 @dataclass(frozen=True)
 class Conditioning:
@@ -51,31 +58,6 @@ class Conditioning:
             self.image_latents.cpu(),
             self.first_frame,
         )
-
-
-@dataclass(frozen=True)
-class RenderedWindow:
-    """A decoded window: its plan entry and the frames it contributes, (keep, H, W, 3) uint8."""
-
-    window: Window
-    frames: np.ndarray
-
-
-def window_seed(seed: int, index: int) -> int:
-    """An independent, reproducible noise seed for window ``index`` of a video seeded ``seed``."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def latent_shape(preset: Preset, latent_frames: int) -> tuple[int, int, int, int, int]:
-    """(1, C, T, h, w) of ``latent_frames`` latents at the preset's video size."""
-    ratio = preset.vae.spatial_compression_ratio
-    return (1, preset.transformer.latent_channels, latent_frames, preset.height // ratio, preset.width // ratio)
-
-
-def timeline_noise(preset: Preset, seed: int, latent_frames: int) -> torch.Tensor:
-    """The noise a co-denoised timeline of a video seeded ``seed`` starts from, float32 on the CPU."""
-    generator = torch.Generator("cpu").manual_seed(seed)
-    return torch.randn(latent_shape(preset, latent_frames), generator=generator)
 
 
 def plan_video(preset: Preset, num_frames: int, mode: str = "chained", overlap: int | None = None) -> list[Window]:
@@ -251,8 +233,7 @@ class Magic141Pipeline:
 
     def noise(self, seed: int, window: Window) -> torch.Tensor:
         """Noise of one chained window, independent of the other windows'."""
-        generator = torch.Generator("cpu").manual_seed(window_seed(seed, window.index))
-        return torch.randn(latent_shape(self.preset, window.latent_frames), generator=generator).to(self.device)
+        return window_noise(self.preset, seed, window).to(self.device)
 
     def timeline_noise(self, seed: int, latent_frames: int) -> torch.Tensor:
         """Noise of a whole co-denoised timeline, (1, C, L, h, w) float32 on the CPU."""
@@ -336,48 +317,12 @@ class Magic141Pipeline:
 
         ``windows="chained"``: each window after the first starts from the previous window's last
         frame; the VLM keeps seeing the reference image. ``windows="parallel"``: overlapping windows
-        are co-denoised over one latent timeline, then decoded one at a time.
+        are co-denoised over one latent timeline, then decoded one at a time. The window loop is
+        :func:`~magic141.executor.render_windows`, here on a :class:`~magic141.executor.LocalExecutor`.
         """
         self.check_inputs(prompt, num_frames, sampler, negative_prompt)
         plan = self.plan(num_frames, windows, overlap)
         logger.info("sampling %d frames in %d %s window(s) of %d steps", num_frames, len(plan), windows, sampler.steps)
-        conditioning = self.prepare(image, prompt, negative_prompt)
-        if windows == "parallel":
-            yield from self._co_denoise(conditioning, plan, seed, sampler, on_progress)
-            return
-        total_steps = len(plan) * sampler.steps
-        last_frame = None
-        for window in plan:
-
-            def on_step(step: int, steps: int, index: int = window.index) -> None:
-                if on_progress is not None:
-                    on_progress(index * steps + step, total_steps)
-
-            frames = self.render_chained_window(conditioning, window, seed, sampler, last_frame, on_step)
-            last_frame = frames[-1]
-            yield RenderedWindow(window, frames)
-
-    def _co_denoise(
-        self,
-        conditioning: Conditioning,
-        plan: list[Window],
-        seed: int,
-        sampler: SamplerConfig,
-        on_progress: ProgressCallback | None,
-    ) -> Iterator[RenderedWindow]:
-        def predict(step: int, timestep: torch.Tensor, inputs: list[tuple[Window, torch.Tensor]]) -> list[torch.Tensor]:
-            return [self.predict_window(conditioning, window, latents, timestep, sampler) for window, latents in inputs]
-
-        total = sampler.steps + len(plan)
-
-        def on_step(step: int, _steps: int) -> None:
-            if on_progress is not None:
-                on_progress(step, total)
-
-        noise = self.timeline_noise(seed, plan[-1].latent_stop)
-        latents = sample_codenoise(noise, conditioning.image_latents.cpu(), plan, sampler, predict, on_step)
-        for window in plan:
-            frames = self.decode_window(latents[:, :, window.latent_start : window.latent_stop], window)
-            if on_progress is not None:
-                on_progress(sampler.steps + window.index + 1, total)
-            yield RenderedWindow(window, frames)
+        image = fit_image(image, self.preset.width, self.preset.height)
+        job = RenderJob(uuid.uuid4().hex, prompt, negative_prompt, np.asarray(image), seed, sampler)
+        yield from render_windows(LocalExecutor(self), job, plan, windows, on_progress)

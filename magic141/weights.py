@@ -20,14 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel, ModelMixin
+from diffusers import (
+    AutoencoderKLHunyuanVideo,
+    FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoTransformer3DModel,
+    ModelMixin,
+)
+from optimum.quanto import quantization_map
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, LlavaForConditionalGeneration
 
 from magic141.components import I2VComponents
-from magic141.weight_paths import WeightPaths
 from magic141.conditioning import PROMPT_FORMATS, check_prompt_format, prompt_template_for
-from optimum.quanto import quantization_map
-
 from magic141.quantization import (
     QUANTIZED_COMPONENTS,
     check_level,
@@ -36,6 +39,7 @@ from magic141.quantization import (
     quantize_weights,
     save_quantized,
 )
+from magic141.weight_paths import WeightPaths
 
 logger = logging.getLogger(__name__)
 

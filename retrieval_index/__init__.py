@@ -9,7 +9,7 @@ with :func:`open_index`::
     best = reader.search_text("a red circle", k=5)  # [Match(path, sha256, score, row), ...], best first
 
 The names below are imported on first use, so light modules such as
-:mod:`retrieval_index.fileio` can be used without loading torch and faiss.
+:mod:`retrieval_index.store` can be used without loading torch and faiss.
 """
 
 from __future__ import annotations

@@ -36,12 +36,12 @@ import PIL.Image
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from magic141.utils import write_atomic, write_json_atomic
 from retrieval_index import ann, store
 from retrieval_index.cache import EmbeddingCache
 from retrieval_index.corpus import ScanResult, Skipped, check_sources, scan_corpus
 from retrieval_index.embedder import Embedder, EmbedderSpec, load_embedder
 from retrieval_index.errors import CorpusError, RetrievalIndexError
-from retrieval_index.fileio import write_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     import torch

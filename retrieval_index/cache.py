@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval_index.fileio import write_atomic, write_json_atomic
+from magic141.utils import write_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

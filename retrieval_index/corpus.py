@@ -26,6 +26,7 @@ from pathlib import Path
 
 import PIL.Image
 
+from magic141.utils import typed_line
 from retrieval_index.errors import RetrievalIndexError
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,6 @@ class ScanResult:
     files: list[CorpusFile] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     reused_hashes: int = 0
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def check_sources(sources: Sequence[Path | str]) -> list[Path]:
@@ -120,7 +116,7 @@ def read_manifest(manifest: Path, skipped: list[Skipped]) -> list[str]:
         raise
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
         raise RetrievalIndexError(
-            f"cannot read manifest {str(manifest)!r}: {_one_line(exc)}; check it is a readable CSV or Parquet file"
+            f"cannot read manifest {str(manifest)!r}: {typed_line(exc)}; check it is a readable CSV or Parquet file"
         ) from exc
     folder = manifest.parent
     paths = [str(folder / value.strip()) for value in values if isinstance(value, str) and value.strip()]
@@ -132,7 +128,7 @@ def _confined(path: str, root: str, skipped: list[Skipped]) -> bool:
     try:
         target = os.path.realpath(path)
     except (OSError, ValueError) as exc:
-        skipped.append(Skipped(path, f"not a usable path: {_one_line(exc)}"))
+        skipped.append(Skipped(path, f"not a usable path: {typed_line(exc)}"))
         return False
     if _is_inside(target, os.path.realpath(root)):
         return True
@@ -201,7 +197,7 @@ def _read(path: str, known: Mapping[str, tuple[int, int, str]]) -> _Read:
         reason = "broken symlink" if os.path.islink(path) else "file not found"
         return _Read(path, reason=reason)
     except OSError as exc:
-        return _Read(path, reason=f"cannot stat: {_one_line(exc)}")
+        return _Read(path, reason=f"cannot stat: {typed_line(exc)}")
     if not stat.S_ISREG(info.st_mode):
         return _Read(path, reason="not a regular file")
     previous = known.get(path)
@@ -211,7 +207,7 @@ def _read(path: str, known: Mapping[str, tuple[int, int, str]]) -> _Read:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as exc:
-        return _Read(path, reason=f"unreadable: {_one_line(exc)}")
+        return _Read(path, reason=f"unreadable: {typed_line(exc)}")
     if not data:
         return _Read(path, reason="empty file")
     try:
@@ -220,7 +216,7 @@ def _read(path: str, known: Mapping[str, tuple[int, int, str]]) -> _Read:
     except PIL.UnidentifiedImageError:
         return _Read(path, reason="not an image: no image format recognises its content")
     except Exception as exc:  # PIL raises many types for bad headers; any of them means "not usable"
-        return _Read(path, reason=f"not an image: {_one_line(exc)}")
+        return _Read(path, reason=f"not an image: {typed_line(exc)}")
     if image_format is None:
         return _Read(path, reason="not an image: unknown format")
     return _Read(path, CorpusFile(path, hashlib.sha256(data).hexdigest(), len(data), info.st_mtime_ns))

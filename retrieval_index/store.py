@@ -27,8 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from magic141.utils import fsync_dir, sha256_file, write_text_atomic
 from retrieval_index.errors import RetrievalIndexError
-from retrieval_index.fileio import fsync_dir, sha256_file, write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -34,13 +34,13 @@ from prefect.runtime import flow_run
 from prefect.states import Crashed
 
 from magic141.presets import default_preset_name, get_preset
+from magic141.utils import one_line, typed_line
 from tasks.bulk_csv import PromptCsv, ValidRow, content_key, read_prompt_csv
 from tasks.catalog import CatalogError, open_catalog, redact, resolve_catalog_url
 from tasks.catalog.batches import (
     RowRecord,
     add_rows,
     close_interrupted_batch,
-    find_video,
     finish_batch,
     list_rows,
     set_row,
@@ -49,10 +49,10 @@ from tasks.catalog.batches import (
 from tasks.catalog.models import new_id
 from tasks.diskspace import DiskFullError, is_disk_full
 from tasks.inbox import dropped_name
+from tasks.leases import heartbeat, lease_expiry, read_lease, write_lease
 from tasks.models import image_prior, video_pipeline
 from tasks.prior import PriorPolicy
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_settings
-from tasks.leases import heartbeat, lease_expiry, read_lease, write_lease
 from tasks.produce import VideoJob, produce_video, sweep_work_dirs
 from tasks.provenance import combined_fingerprint
 from tasks.request import (
@@ -172,10 +172,6 @@ def has_text_to_image(model: ModelSpec) -> bool:
     return WeightPaths.resolve(model.weights).prior is not None
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def row_output(out_dir: str, row_key: str, key: str) -> str:
     """The mp4 a row becomes: its key as a slug and the first 12 hex digits of its content key."""
     slug = _SLUG.sub("-", row_key.lower()).strip("-")[:60].strip("-") or "row"
@@ -247,7 +243,7 @@ def plan_batch(table: PromptCsv, settings: BulkSettings, batch_id: str) -> list[
         try:
             prior_fingerprint = image_prior(settings.model).weights_fingerprint
         except ValueError as exc:
-            prior_problem = _one_line(exc)
+            prior_problem = one_line(exc)
     preset = get_preset(settings.model.preset)
     jobs: list[RowJob] = []
     records = [RowRecord(row.row_number, row.row_key, "rejected", row.reason) for row in table.rejected]
@@ -285,7 +281,7 @@ def _interrupted(why: str) -> str:
 
 
 def _stopped(exc: BaseException) -> str:
-    detail = _one_line(exc) if str(exc).strip() else ""
+    detail = one_line(exc) if str(exc).strip() else ""
     return f"the run stopped with {type(exc).__name__}" + (f" ({detail})" if detail else "")
 
 
@@ -295,7 +291,7 @@ def _close_batch(settings: BulkSettings, batch_id: str, why: str) -> tuple[bool,
         with open_catalog(settings.catalog_url) as catalog:
             closed = close_interrupted_batch(catalog, batch_id, _interrupted(why))
     except CatalogError as exc:
-        logger.warning("cannot close interrupted batch %s now (%s); a later run will", batch_id, _one_line(exc))
+        logger.warning("cannot close interrupted batch %s now (%s); a later run will", batch_id, one_line(exc))
         return False, None
     return True, None if closed is None else closed.get("flow_run_id")
 
@@ -309,7 +305,7 @@ def _crash_flow_run(flow_run_id: str, why: str) -> None:
                 client.set_flow_run_state(run.id, Crashed(message=f"bulk run died: {why}"), force=True)
                 logger.info("flow run %s (%s) marked Crashed: %s", run.name, flow_run_id, why)
     except (ObjectNotFound, ValueError, httpx.HTTPError) as exc:  # another Prefect API, or none reachable now
-        logger.info("flow run %s of a dead bulk run not updated: %s", flow_run_id, _one_line(exc))
+        logger.info("flow run %s of a dead bulk run not updated: %s", flow_run_id, one_line(exc))
 
 
 @contextlib.contextmanager
@@ -408,7 +404,7 @@ def produce_row(job: RowJob, batch_id: str, settings: BulkSettings) -> RowOutcom
     attempt = _attempt()
     row = job.row
     with open_catalog(settings.catalog_url) as catalog:
-        existing = find_video(catalog, job.content_key)
+        existing = catalog.find_video(job.content_key)
     if existing is not None:
         _record_row(settings, batch_id, row, "skipped", video_id=existing["id"], content_key=job.content_key,
                     attempts=attempt, seconds=time.perf_counter() - started)
@@ -423,7 +419,7 @@ def produce_row(job: RowJob, batch_id: str, settings: BulkSettings) -> RowOutcom
             flow_run.get_id(),
         )
     except Exception as exc:
-        reason = str(exc) if isinstance(exc, DiskFullError) else f"{type(exc).__name__}: {_one_line(exc)}"
+        reason = str(exc) if isinstance(exc, DiskFullError) else typed_line(exc)
         _record_row(settings, batch_id, row, "failed", reason=reason,
                     content_key=job.content_key, attempts=attempt, seconds=time.perf_counter() - started)
         raise

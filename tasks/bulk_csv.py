@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from magic141.presets import default_preset_name, get_preset
-from tasks.catalog.models import WINDOW_MODES
-from tasks.ffmpeg import sha256_file
+from magic141.utils import sha256_file
+from magic141.windows import WINDOW_MODES
 from tasks.prior_policy import PRIOR_MODES
 from tasks.request import (
     MAX_PROMPT_CHARS,

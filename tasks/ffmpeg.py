@@ -23,7 +23,7 @@ from typing import IO, Final
 import imageio_ffmpeg
 import numpy as np
 
-from retrieval_index.fileio import atomic_path, sha256_file  # sha256_file: re-exported for the pipeline's tasks
+from magic141.utils import atomic_path
 
 logger = logging.getLogger(__name__)
 

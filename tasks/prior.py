@@ -17,7 +17,7 @@ from typing import Any
 import PIL.Image
 from prefect import get_run_logger, task
 
-from tasks.ffmpeg import sha256_file
+from magic141.utils import sha256_file
 from tasks.models import image_prior
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, RetrievalMatch, StaleMatch, decide_prior
 from tasks.request import ModelSpec

@@ -36,7 +36,6 @@ from typing import Any
 from prefect.concurrency.sync import concurrency
 
 from tasks.catalog import open_catalog, redact
-from tasks.catalog.batches import find_video, find_video_by_output
 from tasks.diskspace import DiskFullError, is_disk_full
 from tasks.leases import LEASE_S, Lease, held_lease, lease_expiry, read_lease
 from tasks.prior import PRIOR_FILE, PriorPolicy, prepare_prior
@@ -109,7 +108,7 @@ def _discard_uncatalogued_output(folder: Path, lease: Lease, catalog_url: str) -
                        out, lease.facts.get("catalog"))
         return
     with open_catalog(catalog_url) as catalog:
-        if find_video_by_output(catalog, str(out)) is not None:
+        if catalog.find_video_by_output(str(out)) is not None:
             return
     logger.warning("removing %s: the run that published it died before cataloguing it", out)
     _remove_if_ours(published)
@@ -196,7 +195,7 @@ def _claim(staged: Path, out: Path, catalog_url: str, content_key: str | None) -
             if content_key is None:
                 raise ValueError(f"output {str(out)!r} appeared while rendering; choose another --out") from None
         with open_catalog(catalog_url) as catalog:
-            existing = find_video(catalog, content_key)
+            existing = catalog.find_video(content_key)
         if existing is not None:
             return str(existing["id"])
         try:

@@ -7,7 +7,6 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from tasks.catalog import open_catalog
-from tasks.catalog.batches import add_video_once
 
 
 @task(name="record")
@@ -27,7 +26,7 @@ def record_video_once(catalog_url: str, fields: dict[str, Any], windows: list[di
     video's id comes back with ``False``.
     """
     with open_catalog(catalog_url) as catalog:
-        video_id, added = add_video_once(catalog, windows=windows, **fields)
+        video_id, added = catalog.add_video_once(windows=windows, **fields)
     if added:
         get_run_logger().info("catalogued video %s", video_id)
     else:

@@ -8,28 +8,24 @@ the video's length. The mp4 appears under its final name only when every frame i
 from __future__ import annotations
 
 import os
-import socket
 import time
 from dataclasses import dataclass
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
 from prefect import get_run_logger, task
 
 from magic141.presets import get_preset
-from magic141.windows import Window
-from tasks.ffmpeg import VideoWriter, probe, sha256_file
+from magic141.utils import sha256_file
+from tasks.ffmpeg import VideoWriter, probe
 from tasks.models import video_pipeline
 from tasks.progress import StageProgress
 from tasks.request import ModelSpec
 from tasks.stitch import Stitcher
 
 if TYPE_CHECKING:  # torch, diffusers and ray load when a video is rendered, not at import
-    from magic141.sampler import SamplerConfig
-    from tasks.render_pool import WindowRecord
+    from magic141.executor import WindowExecutor
 
 
 @dataclass(frozen=True)
@@ -64,46 +60,15 @@ class RenderResult:
     model_seconds: float  # summed over windows: time the model spent sampling and decoding
 
 
-def _render_here(
-    settings: RenderSettings,
-    sampler: SamplerConfig,
-    first_frame: PIL.Image.Image,
-    prompt: str,
-    negative_prompt: str | None,
-    num_frames: int,
-    seed: int,
-    plan: list[Window],
-    stitcher: Stitcher,
-    progress: StageProgress,
-) -> tuple[list[WindowRecord], str]:
-    from tasks.render_pool import ActorInfo, WindowRecord
+def _executor(settings: RenderSettings) -> WindowExecutor:
+    """The model in this process (``workers`` 0), else the Ray render pool of ``workers`` actors."""
+    if settings.workers == 0:
+        from magic141.executor import LocalExecutor
 
-    pipeline = video_pipeline(settings.model)
-    device = pipeline.device
-    actor = ActorInfo(
-        name="local",
-        node=socket.gethostname(),
-        gpu_id=str(device.index or 0) if device.type == "cuda" else None,
-        pid=os.getpid(),
-    )
-    records = [WindowRecord(window, actor) for window in plan]
-    windows = pipeline(
-        first_frame,
-        prompt,
-        num_frames=num_frames,
-        seed=seed,
-        sampler=sampler,
-        negative_prompt=negative_prompt,
-        windows=settings.windows,
-        overlap=settings.overlap,
-        on_progress=progress.update,
-    )
-    started = time.perf_counter()
-    for rendered in windows:
-        records[rendered.window.index].seconds = time.perf_counter() - started
-        stitcher.add(rendered.window.index, rendered.frames)
-        started = time.perf_counter()
-    return records, pipeline.weights_fingerprint
+        return LocalExecutor(video_pipeline(settings.model))
+    from tasks.render_pool import PoolConfig, PoolExecutor, get_pool
+
+    return PoolExecutor(get_pool(PoolConfig(settings.model, settings.workers, settings.ray_address)))
 
 
 @task(name="render")
@@ -118,6 +83,7 @@ def render_video(
     negative_prompt: str | None = None,
 ) -> RenderResult:
     """Render ``num_frames`` frames from the first frame at ``prior_path`` into the mp4 ``out``."""
+    from magic141.executor import RenderJob, render_windows
     from magic141.pipeline import fit_image, plan_video
     from magic141.sampler import SamplerConfig
 
@@ -135,24 +101,15 @@ def render_video(
     plan = plan_video(preset, num_frames, settings.windows, settings.overlap)
     where = "in this process" if settings.workers == 0 else f"on {settings.workers} Ray worker(s)"
     progress = StageProgress("render", f"Rendering {num_frames} frames in {len(plan)} {settings.windows} windows {where}")
+    executor = _executor(settings)
+    job = RenderJob(f"{out}:{seed}", prompt, negative_prompt, np.asarray(first_frame), seed, sampler)
+    records = []
     with VideoWriter(out, preset.width, preset.height, fps, expected_frames=num_frames, preset="veryfast") as writer:
         stitcher = Stitcher(writer, plan)
-        if settings.workers == 0:
-            records, fingerprint = _render_here(
-                settings, sampler, first_frame, prompt, negative_prompt, num_frames, seed, plan, stitcher, progress
-            )
-        else:
-            from tasks.render_pool import PoolConfig, RenderJob, get_pool, render_with_pool
-
-            pool = get_pool(PoolConfig(settings.model, settings.workers, settings.ray_address))
-            job = RenderJob(
-                key=f"{out}:{seed}", prompt=prompt, negative_prompt=negative_prompt,
-                image=np.asarray(first_frame), seed=seed, sampler=sampler,
-            )
-            records = render_with_pool(
-                pool, job, plan, settings.windows, lambda w, frames: stitcher.add(w.index, frames), progress.update
-            )
-            fingerprint = pool.fingerprint
+        for rendered in render_windows(executor, job, plan, settings.windows, progress.update):
+            stitcher.add(rendered.window.index, rendered.frames)
+            records.append(rendered.record)
+    records.sort(key=lambda record: record.window.index)
     info = probe(out)
     if info.frames != num_frames or round(info.fps) != fps:
         os.remove(out)
@@ -169,7 +126,7 @@ def render_video(
         )
     return RenderResult(
         out, sha256_file(out), os.path.getsize(out), info.frames, fps, info.width, info.height,
-        windows, [window.as_dict() for window in plan], fingerprint, time.perf_counter() - started,
+        windows, [window.as_dict() for window in plan], executor.fingerprint, time.perf_counter() - started,
         sum(record.seconds for record in records),
     )
 

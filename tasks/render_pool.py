@@ -1,8 +1,8 @@
 """Ray render pool: one actor per GPU holds the image-to-video model and serves window requests.
 
-The driver (a flow's render task) plans the windows and sends each actor small, pure requests:
-encode a video's conditioning, render a chained window, predict co-denoising windows at one step,
-decode a window. Because every request is a function of its inputs, a request lost with a dying
+The driver runs the window loop (:func:`magic141.executor.render_windows`) on a :class:`PoolExecutor`,
+which sends each actor small, pure requests: encode a video's conditioning, render a chained window,
+predict co-denoising windows at one step, decode a window. Because every request is a function of its inputs, a request lost with a dying
 actor is simply sent again to another actor (Ray restarts the dead one in the background), and the
 driver applies each window's result exactly once: no window is lost or applied twice.
 
@@ -20,20 +20,19 @@ import socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import ray
 import torch
 from ray.exceptions import ActorDiedError, RayActorError
 
-from magic141.pipeline import Conditioning, Magic141Pipeline, timeline_noise
+from magic141.executor import LocalExecutor, ProgressCallback, RenderJob, WindowWork, WorkerInfo
+from magic141.pipeline import Conditioning, Magic141Pipeline
 from magic141.presets import get_preset
-from magic141.sampler import SamplerConfig, sample_codenoise
+from magic141.utils import last_line
 from magic141.windows import Window
 from tasks.request import ModelSpec
 from tasks.services import ray_address, start_local_ray
@@ -59,111 +58,42 @@ class PoolConfig:
             raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
 
 
-@dataclass(frozen=True)
-class ActorInfo:
-    """Where an actor runs."""
-
-    name: str
-    node: str  # host name and the start of the Ray node id
-    gpu_id: str | None
-    pid: int
-
-
-@dataclass(frozen=True)
-class RenderJob:
-    """Everything that determines one video's windows, sent with each request."""
-
-    key: str
-    prompt: str
-    negative_prompt: str | None
-    image: np.ndarray  # (H, W, 3) uint8 reference image
-    seed: int
-    sampler: SamplerConfig
-
-
-@dataclass(frozen=True)
-class WindowResult:
-    """A decoded window and the work it took on the actor that returned it."""
-
-    frames: np.ndarray
-    seconds: float
-    actor: ActorInfo
-
-
-@dataclass
-class WindowRecord:
-    """Provenance of one window: frame range, the actor that produced it, time spent, failed tries."""
-
-    window: Window
-    actor: ActorInfo | None = None
-    seconds: float = 0.0
-    failures: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        actor = self.actor
-        return {
-            "window_index": self.window.index,
-            "frame_start": self.window.start,
-            "frame_end": self.window.stop,
-            "latent_start": self.window.latent_start,
-            "latent_end": self.window.latent_stop,
-            "actor": actor.name if actor else "",
-            "node": actor.node if actor else "",
-            "gpu_id": actor.gpu_id if actor else None,
-            "seconds": self.seconds,
-            "attempts": 1 + len(self.failures),
-        }
-
-
 class RenderWorker:
-    """The model holder: built once per actor, serving window requests for any number of videos."""
+    """The model holder: built once per actor, it answers the :class:`~magic141.executor.LocalExecutor`'s
+    requests for any number of videos."""
 
     def __init__(self, model: ModelSpec, name: str, torch_threads: int | None) -> None:
         if torch_threads is not None:
             torch.set_num_threads(torch_threads)
         context = ray.get_runtime_context()
-        gpu_ids = ray.get_gpu_ids()
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.info_ = ActorInfo(
+        info = WorkerInfo(
             name=name,
             node=f"{socket.gethostname()}:{context.get_node_id()[:8]}",
-            gpu_id=",".join(str(g) for g in gpu_ids) or None,
+            gpu_id=",".join(str(g) for g in ray.get_gpu_ids()) or None,
             pid=os.getpid(),
         )
         started = time.perf_counter()
-        self.pipeline = Magic141Pipeline.from_preset(
+        pipeline = Magic141Pipeline.from_preset(
             model.preset, device, weights=model.weights, quantize=model.quantize, low_memory=model.low_memory
         )
-        self._jobs: OrderedDict[str, Conditioning] = OrderedDict()
+        self.executor = LocalExecutor(pipeline, info, _CACHED_JOBS)
         logger.info("%s loaded %s on %s in %.1f s", name, model.preset, device, time.perf_counter() - started)
 
-    def info(self) -> ActorInfo:
-        return self.info_
+    def info(self) -> WorkerInfo:
+        return self.executor.worker
 
     def fingerprint(self) -> str:
-        return self.pipeline.weights_fingerprint
-
-    def _conditioning(self, job: RenderJob, conditioning: Conditioning | None = None) -> Conditioning:
-        if job.key not in self._jobs:
-            if conditioning is None:
-                image = PIL.Image.fromarray(job.image)
-                conditioning = self.pipeline.prepare(image, job.prompt, job.negative_prompt)
-            self._jobs[job.key] = conditioning
-            while len(self._jobs) > _CACHED_JOBS:
-                self._jobs.popitem(last=False)
-        self._jobs.move_to_end(job.key)
-        return self._jobs[job.key]
+        return self.executor.fingerprint
 
     def prepare(self, job: RenderJob) -> Conditioning:
         """Encode the job's prompt and reference image; the result is shared with the other actors."""
-        return self._conditioning(job).cpu()
+        return self.executor.conditioning(job).cpu()
 
-    def chained_window(self, job: RenderJob, window: Window, first_frame: np.ndarray | None) -> WindowResult:
-        started = time.perf_counter()
-        frames = self.pipeline.render_chained_window(
-            self._conditioning(job), window, job.seed, job.sampler, first_frame
-        )
-        return WindowResult(frames, time.perf_counter() - started, self.info_)
+    def chained_window(
+        self, job: RenderJob, window: Window, first_frame: np.ndarray | None
+    ) -> tuple[np.ndarray, WindowWork]:
+        return self.executor.render_chained(job, window, first_frame)
 
     def predict(
         self,
@@ -171,20 +101,14 @@ class RenderWorker:
         conditioning: Conditioning,
         timestep: torch.Tensor,
         inputs: list[tuple[Window, torch.Tensor]],
-    ) -> list[tuple[torch.Tensor, float]]:
-        """Each window's velocity at ``timestep`` and the seconds it took, computed one window at a time."""
-        conditioning = self._conditioning(job, conditioning)
-        results = []
-        for window, latents in inputs:
-            started = time.perf_counter()
-            velocity = self.pipeline.predict_window(conditioning, window, latents, timestep, job.sampler)
-            results.append((velocity.cpu(), time.perf_counter() - started))
-        return results
+    ) -> list[tuple[torch.Tensor, WindowWork]]:
+        """Each window's velocity at ``timestep``, computed one window at a time from the shared conditioning."""
+        self.executor.conditioning(job, conditioning)
+        return self.executor.predict(job, timestep, inputs)
 
-    def decode(self, window: Window, latents: torch.Tensor) -> WindowResult:
-        started = time.perf_counter()
-        frames = self.pipeline.decode_window(latents, window)
-        return WindowResult(frames, time.perf_counter() - started, self.info_)
+    def decode(self, job: RenderJob, window: Window, latents: torch.Tensor) -> tuple[np.ndarray, WindowWork]:
+        (_, frames, work), = self.executor.decode(job, [(window, latents)])
+        return frames, work
 
 
 class PoolError(RuntimeError):
@@ -207,12 +131,6 @@ def _connect(config: PoolConfig) -> None:
     if gpus == 0:
         logger.info("no GPU visible: starting local Ray with %d fake GPU(s) on the CPU", config.workers)
     start_local_ray(num_cpus=max(os.cpu_count() or 1, config.workers), num_gpus=gpus or config.workers)
-
-
-def _last_error_line(exc: BaseException) -> str:
-    """The ``Type: message`` line that ends the remote traceback an actor's creation error carries."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
 
 
 class RenderPool:
@@ -238,12 +156,12 @@ class RenderPool:
         self._revival: dict[int, Any] = {}  # worker -> ping sent after it died; answered once it is back
         self._lock = threading.Lock()
         try:
-            self.actors: list[ActorInfo] = ray.get([actor.info.remote() for actor in self._actors])
+            self.actors: list[WorkerInfo] = ray.get([actor.info.remote() for actor in self._actors])
         except ActorDiedError as exc:
             self.close()
             if not exc.actor_init_failed:
                 raise
-            raise PoolError(f"render actors could not load the model: {_last_error_line(exc)}") from None
+            raise PoolError(f"render actors could not load the model: {last_line(exc)}") from None
         self.fingerprint: str = ray.get(self._actors[0].fingerprint.remote())
         logger.info("render pool ready: %s", ", ".join(f"{a.name}@{a.node} gpu {a.gpu_id}" for a in self.actors))
 
@@ -251,10 +169,10 @@ class RenderPool:
     def workers(self) -> int:
         return len(self._actors)
 
-    def refresh(self, timeout_s: float = 600.0) -> list[ActorInfo]:
+    def refresh(self, timeout_s: float = 600.0) -> list[WorkerInfo]:
         """Wait until every actor answers (restarted ones included) and update :attr:`actors`."""
         deadline = time.monotonic() + timeout_s
-        infos: list[ActorInfo] = []
+        infos: list[WorkerInfo] = []
         for worker, actor in enumerate(self._actors):
             while True:
                 try:
@@ -351,82 +269,71 @@ class RenderPool:
         raise PoolError(f"{method} returned nothing")
 
 
-def render_with_pool(
-    pool: RenderPool,
-    job: RenderJob,
-    plan: list[Window],
-    mode: str,
-    on_window: Callable[[Window, np.ndarray], None],
-    on_progress: Callable[[int, int], None] | None = None,
-) -> list[WindowRecord]:
-    """Render ``plan`` on the pool, handing each window's frames to ``on_window`` as they come (any order).
+class PoolExecutor:
+    """The :class:`~magic141.executor.WindowExecutor` of a render pool.
 
-    Chained windows run one after the other, each on the least busy actor. Parallel windows are
-    co-denoised: at every step each worker predicts its share of the windows (window k on worker
-    k mod N, so placements are stable), then the windows are decoded across the pool. Returns one
-    provenance record per window, in plan order.
+    Chained windows run one after the other, each on the least busy actor. Co-denoised windows are
+    predicted at every step by each worker for its share (window k on worker k mod N, so placements
+    are stable), from a conditioning encoded once and shared; then they are decoded across the pool.
+    A request lost with its actor is sent to another; the failure is added to its windows' records.
     """
-    records = [WindowRecord(window) for window in plan]
 
-    def progress(done: int, total: int) -> None:
-        if on_progress is not None:
-            on_progress(done, total)
+    def __init__(self, pool: RenderPool) -> None:
+        self.pool = pool
+        self.preset = get_preset(pool.config.model.preset)
+        self._shared: tuple[str, Any] | None = None  # (job key, object ref of its conditioning)
 
-    def finish(record: WindowRecord, result: WindowResult) -> None:
-        record.actor = result.actor
-        record.seconds += result.seconds
-        on_window(record.window, result.frames)
+    @property
+    def fingerprint(self) -> str:
+        return self.pool.fingerprint
 
-    if mode == "chained":
-        first_frame = None
-        for record in records:
-            result = pool.call(
-                "chained_window",
-                job,
-                record.window,
-                first_frame,
-                on_failure=lambda _number, reason, record=record: record.failures.append(reason),
-            )
-            finish(record, result)
-            first_frame = result.frames[-1]
-            progress(record.window.index + 1, len(plan))
-        return records
+    def prepare(self, job: RenderJob) -> torch.Tensor:
+        conditioning = self.pool.call("prepare", job)
+        self._shared = (job.key, ray.put(conditioning))
+        return conditioning.image_latents
 
-    conditioning = pool.call("prepare", job)
-    shared = ray.put(conditioning)
-    total = job.sampler.steps + len(plan)
+    def render_chained(
+        self, job: RenderJob, window: Window, first_frame: np.ndarray | None, on_step: ProgressCallback | None = None
+    ) -> tuple[np.ndarray, WindowWork]:
+        failures: list[str] = []
+        frames, work = self.pool.call(
+            "chained_window", job, window, first_frame, on_failure=lambda _number, reason: failures.append(reason)
+        )
+        return frames, replace(work, failures=tuple(failures))
 
-    def predict(step: int, timestep: torch.Tensor, inputs: list[tuple[Window, torch.Tensor]]) -> list[torch.Tensor]:
-        groups: dict[int, list[tuple[Window, torch.Tensor]]] = {}
-        for window, latents in inputs:
-            groups.setdefault(window.index % pool.workers, []).append((window, latents.clone()))
+    def predict(
+        self, job: RenderJob, timestep: torch.Tensor, inputs: list[tuple[Window, torch.Tensor]]
+    ) -> list[tuple[torch.Tensor, WindowWork]]:
+        if self._shared is None or self._shared[0] != job.key:
+            raise RuntimeError(f"predict before prepare for job {job.key}")
+        groups: dict[int, list[int]] = {}
+        for position, (window, _) in enumerate(inputs):
+            groups.setdefault(window.index % self.pool.workers, []).append(position)
         workers = sorted(groups)
-        requests: list[Request] = [("predict", (job, shared, timestep, groups[w]), w) for w in workers]
+        requests: list[Request] = [
+            ("predict", (job, self._shared[1], timestep, [(inputs[p][0], inputs[p][1].clone()) for p in groups[w]]), w)
+            for w in workers
+        ]
+        failures: dict[int, list[str]] = {}
+        results: dict[int, tuple[torch.Tensor, WindowWork]] = {}
+        runs = self.pool.run(requests, lambda number, reason: failures.setdefault(number, []).append(reason))
+        for number, answers in runs:
+            failed = tuple(failures.get(number, ()))
+            for position, (velocity, work) in zip(groups[workers[number]], answers):
+                results[position] = (velocity, replace(work, failures=failed))
+        return [results[position] for position in range(len(inputs))]
 
-        def failed(number: int, reason: str) -> None:
-            for window, _ in groups[workers[number]]:
-                records[window.index].failures.append(reason)
-
-        velocities: dict[int, torch.Tensor] = {}
-        for number, results in pool.run(requests, failed):
-            for (window, _), (velocity, seconds) in zip(groups[workers[number]], results):
-                records[window.index].seconds += seconds
-                velocities[window.index] = velocity
-        progress(step + 1, total)
-        return [velocities[window.index] for window, _ in inputs]
-
-    noise = timeline_noise(get_preset(pool.config.model.preset), job.seed, plan[-1].latent_stop)
-    latents = sample_codenoise(noise, conditioning.image_latents, plan, job.sampler, predict)
-    decodes: list[Request] = [
-        ("decode", (w, latents[:, :, w.latent_start : w.latent_stop].clone()), w.index % pool.workers) for w in plan
-    ]
-    results = pool.run(
-        decodes, lambda number, reason: records[number].failures.append(reason), max_in_flight=2 * pool.workers
-    )
-    for done, (number, result) in enumerate(results, start=1):
-        finish(records[number], result)
-        progress(job.sampler.steps + done, total)
-    return records
+    def decode(self, job: RenderJob, inputs: list[tuple[Window, torch.Tensor]]) -> Iterator[tuple[Window, np.ndarray, WindowWork]]:
+        requests: list[Request] = [
+            ("decode", (job, window, latents), window.index % self.pool.workers) for window, latents in inputs
+        ]
+        failures: dict[int, list[str]] = {}
+        runs = self.pool.run(
+            requests, lambda number, reason: failures.setdefault(number, []).append(reason),
+            max_in_flight=2 * self.pool.workers,
+        )
+        for number, (frames, work) in runs:
+            yield inputs[number][0], frames, replace(work, failures=tuple(failures.get(number, ())))
 
 
 _pools: dict[PoolConfig, RenderPool] = {}

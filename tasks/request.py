@@ -15,6 +15,7 @@ import PIL.Image
 from pydantic import SecretStr
 
 from magic141.presets import default_preset_name, get_preset
+from magic141.utils import first_line
 from magic141.windows import WINDOW_MODES
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_mode, check_prior_settings
 
@@ -221,7 +222,7 @@ def check_image(path: str) -> None:
             f"give a smaller image"
         ) from None
     except (PIL.UnidentifiedImageError, OSError, SyntaxError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ValueError(f"image {path!r} is not a readable image ({reason}); give a PNG/JPEG/WebP file") from None
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from retrieval_index.fileio import atomic_file
+from magic141.utils import atomic_file
 from tasks.ffmpeg import ProbeError, ffmpeg_exe, probe
 
 logger = logging.getLogger(__name__)

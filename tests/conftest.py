@@ -20,10 +20,10 @@ from pathlib import Path
 import PIL.Image
 import psycopg
 import pytest
+from prefect_server import PrefectServer
 
 from magic141.pipeline import Magic141Pipeline, fit_image
 from magic141.prior import ImagePrior
-from prefect_server import PrefectServer
 
 SUITE_HOME = Path(tempfile.mkdtemp(prefix="magic141-tests-"))
 

@@ -15,11 +15,7 @@ from tasks.catalog import Catalog, CatalogError, open_catalog
 from tasks.catalog.batches import (
     RowRecord,
     add_rows,
-    add_video_once,
     close_interrupted_batch,
-    export_videos,
-    find_video,
-    find_video_by_output,
     finish_batch,
     get_batch,
     list_rows,
@@ -64,10 +60,10 @@ def test_batch_lifecycle_and_counts(catalog: Catalog) -> None:
         RowRecord(6, "spare"),
     ])
     assert new == 5
-    made, created = add_video_once(catalog, **video_fields(2, "k2"))
+    made, created = catalog.add_video_once(**video_fields(2, "k2"))
     assert created
     set_row(catalog, batch_id, 2, "done", video_id=made, attempts=1, seconds=3.5)
-    existing, _ = add_video_once(catalog, **video_fields(3, "k3"))
+    existing, _ = catalog.add_video_once(**video_fields(3, "k3"))
     set_row(catalog, batch_id, 3, "skipped", video_id=existing)
     failed = set_row(catalog, batch_id, 4, "failed", reason="ray actor died", attempts=3, seconds=9.0)
     assert (failed["status"], failed["reason"], failed["attempts"], failed["row_key"]) == ("failed", "ray actor died", 3, "wall")
@@ -93,8 +89,8 @@ def test_interrupted_batch_is_closed_with_what_became_of_each_row(catalog: Catal
         RowRecord(4, "unfinished", content_key="k4"), RowRecord(5, "bad", "rejected", "seconds must be > 0"),
         RowRecord(6, "retrying", content_key="k6"),
     ])
-    mine, _ = add_video_once(catalog, **video_fields(2, "k2", batch_id=batch_id))
-    theirs, _ = add_video_once(catalog, **video_fields(3, "k3", batch_id=other))
+    mine, _ = catalog.add_video_once(**video_fields(2, "k2", batch_id=batch_id))
+    theirs, _ = catalog.add_video_once(**video_fields(3, "k3", batch_id=other))
     set_row(catalog, batch_id, 6, "failed", reason="ray actor died", attempts=1)
 
     reason = "interrupted: process 4242 on node-a is no longer running; run the CSV again"
@@ -116,7 +112,7 @@ def test_interrupted_batch_is_closed_with_what_became_of_each_row(catalog: Catal
 def test_interrupted_batch_with_nothing_left_unmade_ends_as_its_rows_say(catalog: Catalog) -> None:
     batch_id = new_batch(catalog)
     add_rows(catalog, batch_id, [RowRecord(2, "a", content_key="k2"), RowRecord(3, "b", content_key="k3")])
-    add_video_once(catalog, **video_fields(2, "k2", batch_id=batch_id))
+    catalog.add_video_once(**video_fields(2, "k2", batch_id=batch_id))
     set_row(catalog, batch_id, 3, "failed", reason="ray actor died", attempts=3)
 
     closed = close_interrupted_batch(catalog, batch_id, "interrupted: the run stopped")
@@ -147,7 +143,7 @@ def test_batches_of_a_0003_catalog_can_end_interrupted_after_the_upgrade(catalog
 def test_interrupted_batch_whose_rows_were_all_made_is_done(catalog: Catalog) -> None:
     batch_id = new_batch(catalog)
     add_rows(catalog, batch_id, [RowRecord(2, "a", content_key="k2")])
-    add_video_once(catalog, **video_fields(2, "k2", batch_id=batch_id))
+    catalog.add_video_once(**video_fields(2, "k2", batch_id=batch_id))
 
     closed = close_interrupted_batch(catalog, batch_id, "interrupted: the run stopped")
 
@@ -155,15 +151,15 @@ def test_interrupted_batch_whose_rows_were_all_made_is_done(catalog: Catalog) ->
 
 
 def test_video_is_found_by_its_output_path(catalog: Catalog) -> None:
-    video_id, _ = add_video_once(catalog, **video_fields(1))
-    assert find_video_by_output(catalog, "/out/1.mp4")["id"] == video_id
-    assert find_video_by_output(catalog, "/out/2.mp4") is None
+    video_id, _ = catalog.add_video_once(**video_fields(1))
+    assert catalog.find_video_by_output("/out/1.mp4")["id"] == video_id
+    assert catalog.find_video_by_output("/out/2.mp4") is None
 
 
 def test_adding_rows_again_keeps_what_was_recorded(catalog: Catalog) -> None:
     batch_id = new_batch(catalog)
     add_rows(catalog, batch_id, [RowRecord(2, "a"), RowRecord(3, "b")])
-    video_id, _ = add_video_once(catalog, **video_fields(1))
+    video_id, _ = catalog.add_video_once(**video_fields(1))
     set_row(catalog, batch_id, 2, "done", video_id=video_id)
 
     assert add_rows(catalog, batch_id, [RowRecord(2, "a"), RowRecord(3, "b"), RowRecord(4, "c")]) == 1
@@ -174,8 +170,8 @@ def test_adding_rows_again_keeps_what_was_recorded(catalog: Catalog) -> None:
 
 def test_final_rows_keep_their_first_outcome(catalog: Catalog) -> None:
     batch_id = new_batch(catalog)
-    first, _ = add_video_once(catalog, **video_fields(1))
-    second, _ = add_video_once(catalog, **video_fields(2))
+    first, _ = catalog.add_video_once(**video_fields(1))
+    second, _ = catalog.add_video_once(**video_fields(2))
     set_row(catalog, batch_id, 2, "done", video_id=first)
 
     again = set_row(catalog, batch_id, 2, "done", video_id=second)
@@ -188,7 +184,7 @@ def test_final_rows_keep_their_first_outcome(catalog: Catalog) -> None:
 def test_failed_row_can_succeed_later(catalog: Catalog) -> None:
     batch_id = new_batch(catalog)
     set_row(catalog, batch_id, 7, "failed", row_key="x", reason="out of memory", attempts=3)
-    video_id, _ = add_video_once(catalog, **video_fields(1))
+    video_id, _ = catalog.add_video_once(**video_fields(1))
 
     row = set_row(catalog, batch_id, 7, "done", video_id=video_id, attempts=4)
 
@@ -211,7 +207,7 @@ def test_failed_row_can_succeed_later(catalog: Catalog) -> None:
         (lambda c, b: finish_batch(c, b, "running"), "a batch finishes done or failed"),
         (lambda c, b: close_interrupted_batch(c, b, ""), "an interrupted batch needs a reason"),
         (lambda c, b: list_rows(c, status="lost"), "row status 'lost' is invalid"),
-        (lambda c, b: add_video_once(c, **video_fields(1, key="")), "needs a content_key"),
+        (lambda c, b: c.add_video_once(**video_fields(1, key="")), "needs a content_key"),
     ],
 )
 def test_bad_calls_are_one_line_errors_and_write_nothing(catalog: Catalog, call: Any, match: str) -> None:
@@ -223,12 +219,12 @@ def test_bad_calls_are_one_line_errors_and_write_nothing(catalog: Catalog, call:
 
 
 def test_one_video_per_content_key(catalog: Catalog) -> None:
-    assert find_video(catalog, "k") is None
-    first, created = add_video_once(catalog, **video_fields(1, "k"))
-    again, created_again = add_video_once(catalog, **video_fields(2, "k"))
+    assert catalog.find_video("k") is None
+    first, created = catalog.add_video_once(**video_fields(1, "k"))
+    again, created_again = catalog.add_video_once(**video_fields(2, "k"))
 
     assert (created, created_again, again) == (True, False, first)
-    assert find_video(catalog, "k")["output_path"] == "/out/1.mp4"
+    assert catalog.find_video("k")["output_path"] == "/out/1.mp4"
     assert len(catalog.list_videos()) == 1
     with pytest.raises(CatalogError, match=f"already catalogued as video {first}"):
         catalog.add_video(**video_fields(3, "k"))
@@ -236,7 +232,7 @@ def test_one_video_per_content_key(catalog: Catalog) -> None:
 
 def test_export_has_windows_and_the_row_that_made_each_video(catalog: Catalog) -> None:
     batch_id = new_batch(catalog)
-    ids = [add_video_once(catalog, **video_fields(n))[0] for n in range(5)]
+    ids = [catalog.add_video_once(**video_fields(n))[0] for n in range(5)]
     with catalog.session("add windows", write=True) as session:
         for index in (1, 0):
             session.add(VideoWindow(
@@ -248,7 +244,7 @@ def test_export_has_windows_and_the_row_that_made_each_video(catalog: Catalog) -
     later = new_batch(catalog, "again.csv")
     set_row(catalog, later, 2, "skipped", video_id=ids[3], row_key="fox")
 
-    exported = list(export_videos(catalog, page=2))
+    exported = list(catalog.export_videos(page=2))
 
     assert [video["id"] for video in exported] == ids
     assert [w["window_index"] for w in exported[3]["windows"]] == [0, 1]
@@ -296,7 +292,7 @@ def _race(catalog: Catalog, batch_id: str, worker: int) -> None:
     """Every worker records every row: the same rows, videos with the same content keys, different files."""
     add_rows(catalog, batch_id, [RowRecord(n, f"row-{n}", content_key=f"{n:064x}") for n in range(1, ROWS + 1)])
     for n in range(1, ROWS + 1):
-        video_id, _ = add_video_once(catalog, **video_fields(n, output_path=f"/out/{n}-by-{worker}.mp4"))
+        video_id, _ = catalog.add_video_once(**video_fields(n, output_path=f"/out/{n}-by-{worker}.mp4"))
         set_row(catalog, batch_id, n, "done", video_id=video_id, attempts=1)
 
 

@@ -20,9 +20,10 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
 from flows.cli import main
+from magic141.utils import sha256_file
 from tasks.catalog import open_catalog
 from tasks.catalog.batches import get_batch, list_rows
-from tasks.ffmpeg import probe, sha256_file
+from tasks.ffmpeg import probe
 
 MAGIC141 = str(Path(sys.executable).with_name("magic141"))
 

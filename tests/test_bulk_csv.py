@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 
 from magic141.toy_world import Caption
+from magic141.utils import sha256_file
 from tasks.bulk_csv import (
     COLUMNS,
     DEFAULT_SECONDS,
@@ -18,7 +19,6 @@ from tasks.bulk_csv import (
     default_seed,
     read_prompt_csv,
 )
-from tasks.ffmpeg import sha256_file
 from tasks.request import GenerateRequest, ModelSpec, validate_request
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "prompts.csv"

@@ -17,11 +17,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.bulk import BatchFailed, batch_of, bulk_generate
+from magic141.utils import sha256_file
 from retrieval_index import build_index
 from retrieval_index.demo import make_demo_corpus
 from tasks.catalog import open_catalog
 from tasks.catalog.batches import get_batch, list_rows
-from tasks.ffmpeg import probe, sha256_file
+from tasks.ffmpeg import probe
 from tasks.progress import listening
 
 CSV = '''id,prompt,seconds,fps,seed,image

@@ -26,7 +26,7 @@ from prefect.settings import PREFECT_API_URL
 from flows.bulk import bulk_generate
 from tasks.bulk import batch_lease, batch_lease_path, check_bulk, recover_out_dir
 from tasks.catalog import open_catalog, redact
-from tasks.catalog.batches import RowRecord, add_rows, add_video_once, get_batch, list_rows, start_batch
+from tasks.catalog.batches import RowRecord, add_rows, get_batch, list_rows, start_batch
 from tasks.leases import LEASE_S, write_lease
 from tasks.produce import OWNER_FILE, work_folder
 
@@ -62,7 +62,7 @@ def _catalogue(catalog_url: str, output: Path) -> None:
         "stage_timings": {"total": 1.0}, "library_versions": {}, "content_key": uuid.uuid4().hex,
     }
     with open_catalog(catalog_url) as catalog:
-        add_video_once(catalog, **fields)
+        catalog.add_video_once(**fields)
 
 
 def _start_batch(catalog_url: str, out: Path, name: str) -> str:

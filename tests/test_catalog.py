@@ -31,8 +31,8 @@ from tasks.catalog import (
     open_catalog,
     redact,
     resolve_catalog_url,
+    store,
 )
-from tasks.catalog import store
 from tasks.catalog.batches import set_row, start_batch
 from tasks.catalog.index_builds import (
     get_index_build,

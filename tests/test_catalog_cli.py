@@ -14,7 +14,7 @@ import pytest
 
 from flows.cli import main
 from tasks.catalog import open_catalog
-from tasks.catalog.batches import RowRecord, add_rows, add_video_once, set_row, start_batch
+from tasks.catalog.batches import RowRecord, add_rows, set_row, start_batch
 
 MAGIC141 = str(Path(sys.executable).with_name("magic141"))
 
@@ -46,8 +46,8 @@ def filled(catalog_url: str) -> dict[str, Any]:
             RowRecord(6, "bad", "rejected", "seconds must be at most 600, got 601.0; split longer videos"),
             RowRecord(7, "odd [red]key[/]", "rejected", "prompt [/] is [bold]odd"),
         ])
-        made, _ = add_video_once(catalog, **video_fields(1))
-        other, _ = add_video_once(catalog, **video_fields(2))
+        made, _ = catalog.add_video_once(**video_fields(1))
+        other, _ = catalog.add_video_once(**video_fields(2))
         set_row(catalog, batch_id, 2, "done", video_id=made, attempts=1)
         set_row(catalog, batch_id, 3, "skipped", video_id=other)
         set_row(catalog, batch_id, 4, "failed", reason="render actor died: CUDA out of memory", attempts=3)

@@ -17,10 +17,11 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
 from flows.cli_common import UserError, bad_input_from_flow
+from magic141.utils import sha256_file
 from retrieval_index import RetrievalIndexError, build_index
 from retrieval_index.demo import make_demo_corpus
 from tasks.catalog import open_catalog
-from tasks.ffmpeg import probe, sha256_file
+from tasks.ffmpeg import probe
 
 MAGIC141 = str(Path(sys.executable).with_name("magic141"))
 

@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import HunyuanVideoTransformer3DModel
-
-from magic141.convert import convert_official_checkpoint, convert_official_transformer, convert_state_dict
-from magic141.weights import read_prompt_format
-from magic141.presets import get_preset
 from official_checkpoint import original_state_dict
 
+from magic141.convert import convert_official_checkpoint, convert_official_transformer, convert_state_dict
+from magic141.presets import get_preset
+from magic141.weights import read_prompt_format
 
 ROPE = (4, 6, 6)  # the rotary split of the small checkpoint's 16-wide heads
 

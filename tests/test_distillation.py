@@ -4,8 +4,6 @@ Ray Train workers, and bad settings refused before any compute."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import PIL.Image

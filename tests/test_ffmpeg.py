@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tasks.ffmpeg as ff
-from tasks.ffmpeg import EncodeError, ProbeError, VideoInfo, VideoWriter, crossfade, probe, sha256_file
+from magic141.utils import sha256_file
+from tasks.ffmpeg import EncodeError, ProbeError, VideoInfo, VideoWriter, crossfade, probe
 
 W, H = 64, 48
 

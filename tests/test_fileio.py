@@ -10,7 +10,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
-from retrieval_index.fileio import atomic_file, atomic_path, write_atomic, write_json_atomic
+from magic141.utils import atomic_file, atomic_path, write_atomic, write_json_atomic
 
 
 @pytest.fixture

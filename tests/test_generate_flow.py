@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
 import time
+from pathlib import Path
 
 import PIL.Image
 import pytest
@@ -14,8 +13,9 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.generate import generate
+from magic141.utils import sha256_file
 from tasks.catalog import open_catalog
-from tasks.ffmpeg import probe, sha256_file
+from tasks.ffmpeg import probe
 from tasks.leases import LEASE_S
 from tasks.request import GenerateRequest
 

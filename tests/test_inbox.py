@@ -16,8 +16,8 @@ from pathlib import Path
 from prefect import flow
 
 from flows.bulk import bulk_inbox
-from tasks.catalog import open_catalog
 from tasks import inbox
+from tasks.catalog import open_catalog
 from tasks.inbox import claim_lease_path, claim_next
 from tasks.leases import LEASE_S, read_lease, write_lease
 

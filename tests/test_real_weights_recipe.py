@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from official_checkpoint import original_state_dict
 from safetensors.torch import load_file
+from test_cli import run_here
 
 from magic141.convert import convert_state_dict
 from magic141.pipeline import Magic141Pipeline
 from magic141.presets import get_preset
+from magic141.utils import sha256_file
 from magic141.weights import read_prompt_format, save_i2v_components
-from official_checkpoint import original_state_dict
 from tasks.catalog import open_catalog
-from tasks.ffmpeg import probe, sha256_file
+from tasks.ffmpeg import probe
 from tasks.render_pool import shutdown_pools
-from test_cli import run_here
 
 
 @pytest.fixture

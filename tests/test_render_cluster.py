@@ -10,10 +10,11 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from magic141.executor import RenderJob, render_windows
 from magic141.pipeline import plan_video
 from magic141.presets import get_preset
 from magic141.sampler import SamplerConfig
-from tasks.render_pool import PoolConfig, RenderJob, RenderPool, render_with_pool, shutdown_pools
+from tasks.render_pool import PoolConfig, PoolExecutor, RenderPool, shutdown_pools
 from tasks.request import ModelSpec
 
 NODE = {"num_cpus": 1, "num_gpus": 1, "object_store_memory": 200 * 2**20}
@@ -39,11 +40,14 @@ def test_windows_of_one_video_are_rendered_on_both_nodes(cluster: Cluster, tiny_
         plan = plan_video(get_preset("tiny"), 60, "parallel")
         got: dict[int, np.ndarray] = {}
         job = RenderJob("cluster", "a lighthouse in a storm", None, np.asarray(prior_image), 4, SamplerConfig(flow_shift=7.0))
-        records = render_with_pool(pool, job, plan, "parallel", lambda window, frames: got.setdefault(window.index, frames))
+        records = []
+        for rendered in render_windows(PoolExecutor(pool), job, plan, "parallel"):
+            got[rendered.window.index] = rendered.frames
+            records.append(rendered.record)
     finally:
         pool.close()
     assert sorted(got) == list(range(len(plan)))
-    assert {record.actor.node for record in records} == {actor.node for actor in pool.actors}, "both nodes decode"
+    assert {record.worker.node for record in records} == {actor.node for actor in pool.actors}, "both nodes decode"
     reference = tiny_pipeline(prior_image, "a lighthouse in a storm", num_frames=60, seed=4,
                               sampler=SamplerConfig(flow_shift=7.0), windows="parallel")
     for rendered in reference:

@@ -15,12 +15,13 @@ import pytest
 import ray
 
 from flows.generate import generate
+from magic141.executor import RenderJob, render_windows
 from magic141.pipeline import Magic141Pipeline, plan_video
 from magic141.presets import get_preset
 from magic141.sampler import SamplerConfig
 from tasks.catalog import open_catalog
 from tasks.ffmpeg import probe
-from tasks.render_pool import PoolConfig, PoolError, RenderPool, RenderJob, get_pool, render_with_pool, shutdown_pools
+from tasks.render_pool import PoolConfig, PoolError, PoolExecutor, RenderPool, get_pool, shutdown_pools
 from tasks.request import GenerateRequest, ModelSpec
 
 WORKERS = 2
@@ -57,7 +58,10 @@ def render(pool: RenderPool, video: RenderJob, mode: str, frames: int, on_progre
         assert window.index not in got, "a window was applied twice"
         got[window.index] = window_frames
 
-    records = render_with_pool(pool, video, plan, mode, on_window, on_progress)
+    records = []
+    for rendered in render_windows(PoolExecutor(pool), video, plan, mode, on_progress):
+        on_window(rendered.window, rendered.frames)
+        records.append(rendered.record)
     assert sorted(got) == list(range(len(plan))), "no window is lost"
     return plan, got, records
 
@@ -79,7 +83,7 @@ def test_pool_renders_what_the_library_renders(pool: RenderPool, tiny_pipeline, 
         difference = np.abs(rendered.frames.astype(int) - got[rendered.window.index].astype(int)).max()
         assert difference <= 1, f"window {rendered.window.index} differs by {difference}"
     if mode == "parallel":
-        assert {r.actor.name for r in records} == {a.name for a in pool.actors}, "windows spread over the pool"
+        assert {r.worker.name for r in records} == {a.name for a in pool.actors}, "windows spread over the pool"
     assert all(r.seconds > 0 and not r.failures for r in records)
 
 
@@ -103,7 +107,7 @@ def test_killed_actor_loses_no_window_and_changes_nothing(pool: RenderPool, prio
     killer = threading.Thread(target=kill_once_busy, daemon=True)
 
     def kill_after_first(done: int, total: int) -> None:
-        if done == 1 and not killer.is_alive() and not killed:
+        if killer.ident is None:  # at the first progress report
             killer.start()
 
     plan, disturbed, records = render(pool, job(prior_image, f"storm-{mode}", seed=8), mode, 70, kill_after_first)

@@ -22,11 +22,13 @@ from retrieval_index import (
     IndexPolicy,
     Match,
     RetrievalIndexError,
+    ann,
     build_index,
+    builder,
     open_index,
     scan_corpus,
+    store,
 )
-from retrieval_index import ann, builder, store
 from retrieval_index.demo import make_demo_corpus
 from retrieval_index.embedder import load_embedder
 

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from diffusers import HunyuanVideoTransformer3DModel
 from safetensors.torch import load_file
 
-from diffusers import HunyuanVideoTransformer3DModel
-
 from magic141.training.clip import ClipStage
+from magic141.training.loop import TrainingError, TrainSettings, read_losses
 from magic141.training.ship import check, ship
 from magic141.training.transformer import FlowTrainee
-from magic141.training.loop import TrainingError, TrainSettings, read_losses
 from retrieval_index.embedder import EmbedderSpec, load_embedder
 from retrieval_index.errors import RetrievalIndexError
 from tasks.train_pool import train
@@ -177,7 +175,7 @@ def test_the_t2v_teacher_learns_and_its_i2v_widening_starts_where_it_stopped(lat
 
 def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_without_an_image(latent_cache) -> None:
     from magic141.presets import get_preset
-    from magic141.toy_world import render_frame, split_captions
+    from magic141.toy_world import split_captions
     from magic141.training.transformer import IMAGE_DROPOUT, LATER_WINDOWS, TransformerStage, cache_window
 
     preset = get_preset("toy")

@@ -1,10 +1,10 @@
 """SQL provenance catalog of generated videos (SQLite or PostgreSQL)."""
 
+from tasks.catalog.errors import CatalogError
 from tasks.catalog.models import Video
 from tasks.catalog.store import (
     CATALOG_URL_ENV,
     Catalog,
-    CatalogError,
     default_catalog_url,
     has_password,
     hide_password,

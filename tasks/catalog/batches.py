@@ -13,7 +13,7 @@ A batch starts ``running`` (:func:`start_batch`); its rows are recorded ``pendin
 finishing it (killed, or stopped by an error) is closed by :func:`close_interrupted_batch`: its
 pending rows become ``done``/``skipped`` when their video was catalogued after all, else
 ``failed`` with the interruption as the reason. Videos are added through
-:func:`add_video_once`, which never creates two videos with one content key.
+:meth:`~tasks.catalog.videos.VideoQueries.add_video_once`, which never creates two videos with one content key.
 
 Several threads, processes or machines may record at once. The unique constraints
 (``videos.content_key``, ``batch_rows(batch_id, row_number)``) decide races: the writer that
@@ -23,24 +23,21 @@ loses gets the row the winner wrote, never an error or a duplicate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tasks.catalog.models import ROW_STATUSES, Batch, BatchRow, Video, VideoWindow, new_id, utcnow
-from tasks.catalog.store import Catalog, CatalogError, video_as_dict
+from tasks.catalog.errors import CatalogError, short_reason
+from tasks.catalog.models import ROW_STATUSES, Batch, BatchRow, Video, new_id, utcnow
+from tasks.catalog.store import Catalog
 
 logger = logging.getLogger(__name__)
 
 FINAL_ROW_STATUSES = ("done", "skipped", "rejected")
-EXPORT_PAGE = 500
-_WINDOW_FIELDS = tuple(name for name in VideoWindow.__table__.columns.keys() if name not in ("id", "video_id"))
-_ROW_FIELDS = tuple(name for name in BatchRow.__table__.columns.keys() if name != "id")
-_BATCH_FIELDS = tuple(Batch.__table__.columns.keys())
 T = TypeVar("T")
 
 
@@ -53,28 +50,6 @@ class RowRecord:
     status: str = "pending"
     reason: str | None = None
     content_key: str | None = None
-
-
-def _batch_dict(batch: Batch) -> dict[str, Any]:
-    row = {name: getattr(batch, name) for name in _BATCH_FIELDS}
-    row["started_at"] = batch.started_at.isoformat()
-    row["finished_at"] = None if batch.finished_at is None else batch.finished_at.isoformat()
-    return row
-
-
-def _row_dict(row: BatchRow) -> dict[str, Any]:
-    values = {name: getattr(row, name) for name in _ROW_FIELDS}
-    values["updated_at"] = row.updated_at.isoformat()
-    return values
-
-
-def _window_dict(window: VideoWindow) -> dict[str, Any]:
-    return {name: getattr(window, name) for name in _WINDOW_FIELDS}
-
-
-def _driver_reason(exc: IntegrityError) -> str:
-    lines = [line.strip() for line in str(exc.orig or exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def _require_batch(session: Session, batch_id: str) -> Batch:
@@ -110,7 +85,7 @@ def _write_retrying(catalog: Catalog, action: str, work: Callable[[Session], T])
             return work(session)
     except IntegrityError as exc:
         raise CatalogError(
-            f"cannot {action} in catalog {catalog.url}: {_driver_reason(exc)}; check the batch and video exist"
+            f"cannot {action} in catalog {catalog.url}: {short_reason(exc)}; check the batch and video exist"
         ) from exc
 
 
@@ -139,7 +114,7 @@ def start_batch(
 def get_batch(catalog: Catalog, batch_id: str) -> dict[str, Any]:
     """The batch's row: paths, status, times and counts."""
     with catalog.session("look up a batch") as session:
-        return _batch_dict(_require_batch(session, batch_id))
+        return _require_batch(session, batch_id).as_dict()
 
 
 def add_rows(catalog: Catalog, batch_id: str, rows: Iterable[RowRecord]) -> int:
@@ -212,10 +187,10 @@ def _set_row(session: Session, batch_id: str, row_number: int, status: str, chan
         row = BatchRow(batch_id=batch_id, row_number=row_number, status=status, **{"attempts": 0, **changes})
         session.add(row)
         session.flush()
-        return _row_dict(row)
+        return row.as_dict()
     if row.status in FINAL_ROW_STATUSES:
         if row.status == status:
-            return _row_dict(row)
+            return row.as_dict()
         raise CatalogError(
             f"row {row_number} of batch {batch_id} is already {row.status}; it cannot become {status}"
         )
@@ -226,7 +201,7 @@ def _set_row(session: Session, batch_id: str, row_number: int, status: str, chan
         setattr(row, name, value)
     row.updated_at = utcnow()
     session.flush()
-    return _row_dict(row)
+    return row.as_dict()
 
 
 def _close(session: Session, batch: Batch, status: str) -> dict[str, Any]:
@@ -242,7 +217,7 @@ def _close(session: Session, batch: Batch, status: str) -> dict[str, Any]:
     batch.status = status
     batch.finished_at = utcnow()
     session.flush()
-    return _batch_dict(batch)
+    return batch.as_dict()
 
 
 def finish_batch(catalog: Catalog, batch_id: str, status: str = "done") -> dict[str, Any]:
@@ -303,42 +278,6 @@ def close_interrupted_batch(catalog: Catalog, batch_id: str, reason: str) -> dic
     return closed
 
 
-def find_video(catalog: Catalog, content_key: str) -> dict[str, Any] | None:
-    """The video made from this content key, or None."""
-    with catalog.session("look up a video") as session:
-        video = session.scalar(select(Video).where(Video.content_key == content_key))
-        return None if video is None else video_as_dict(video)
-
-
-def find_video_by_output(catalog: Catalog, output_path: str) -> dict[str, Any] | None:
-    """The video catalogued at this output path, or None."""
-    with catalog.session("look up a video") as session:
-        video = session.scalar(select(Video).where(Video.output_path == str(output_path)))
-        return None if video is None else video_as_dict(video)
-
-
-def add_video_once(catalog: Catalog, **fields: Any) -> tuple[str, bool]:
-    """Add a video unless one with its ``content_key`` exists; return (video id, whether it was added).
-
-    When another writer got there first, the existing id comes back with ``False``: the caller
-    then owns a duplicate file and should remove it.
-    """
-    key = fields.get("content_key")
-    if not key:
-        raise CatalogError("add_video_once needs a content_key; compute it with tasks.bulk_csv.content_key")
-    existing = find_video(catalog, key)
-    if existing is not None:
-        return existing["id"], False
-    try:
-        return catalog.add_video(**fields), True
-    except CatalogError:
-        existing = find_video(catalog, key)
-        if existing is None:
-            raise
-        logger.info("video with content key %s was added concurrently as %s", key, existing["id"])
-        return existing["id"], False
-
-
 def list_rows(
     catalog: Catalog, *, status: str | None = None, batch_id: str | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:
@@ -354,41 +293,4 @@ def list_rows(
         query = query.where(BatchRow.batch_id == batch_id)
     query = query.order_by(Batch.started_at.desc(), Batch.id, BatchRow.row_number).limit(limit)
     with catalog.session("list batch rows") as session:
-        return [{**_row_dict(row), "csv_path": csv_path} for row, csv_path in session.execute(query).all()]
-
-
-def export_videos(catalog: Catalog, page: int = EXPORT_PAGE) -> Iterator[dict[str, Any]]:
-    """Every video, oldest first, with ``windows`` (in order) and ``batch_row`` (the row that made it, or None).
-
-    Reads ``page`` videos per query, so memory does not grow with the catalog.
-    """
-    after: tuple[Any, str] | None = None
-    while True:
-        query = select(Video).order_by(Video.created_at, Video.id).limit(page)
-        if after is not None:
-            query = query.where(
-                or_(Video.created_at > after[0], and_(Video.created_at == after[0], Video.id > after[1]))
-            )
-        with catalog.session("export videos") as session:
-            videos = session.scalars(query).all()
-            if not videos:
-                return
-            ids = [video.id for video in videos]
-            windows: dict[str, list[dict[str, Any]]] = {video_id: [] for video_id in ids}
-            for window in session.scalars(
-                select(VideoWindow).where(VideoWindow.video_id.in_(ids)).order_by(VideoWindow.window_index)
-            ):
-                windows[window.video_id].append(_window_dict(window))
-            made_by: dict[str, dict[str, Any]] = {}
-            for row in session.scalars(
-                select(BatchRow)
-                .where(BatchRow.video_id.in_(ids), BatchRow.status == "done")
-                .order_by(BatchRow.updated_at, BatchRow.id)
-            ):
-                made_by.setdefault(row.video_id or "", _row_dict(row))
-            exported = [
-                {**video_as_dict(video), "windows": windows[video.id], "batch_row": made_by.get(video.id)}
-                for video in videos
-            ]
-            after = (videos[-1].created_at, videos[-1].id)
-        yield from exported
+        return [{**row.as_dict(), "csv_path": csv_path} for row, csv_path in session.execute(query).all()]

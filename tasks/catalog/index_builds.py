@@ -16,20 +16,13 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from tasks.catalog.errors import CatalogError
 from tasks.catalog.models import IndexBuild, utcnow
-from tasks.catalog.store import Catalog, CatalogError
+from tasks.catalog.store import Catalog
 
 logger = logging.getLogger(__name__)
 
-_COLUMNS = tuple(IndexBuild.__table__.columns.keys())
 _MAX_ERROR_CHARS = 2000
-
-
-def _as_dict(build: IndexBuild) -> dict[str, Any]:
-    row = {name: getattr(build, name) for name in _COLUMNS}
-    for name in ("started_at", "finished_at"):
-        row[name] = None if row[name] is None else row[name].isoformat()
-    return row
 
 
 def _check_skipped(skipped: Sequence[dict[str, str]]) -> list[dict[str, str]]:
@@ -161,7 +154,7 @@ def get_index_build(catalog: Catalog, version: str) -> dict[str, Any]:
         )
         if build is None:
             raise CatalogError(f"no index build of version {version!r} in catalog {catalog.url}; list the builds")
-        return _as_dict(build)
+        return build.as_dict()
 
 
 def list_index_builds(catalog: Catalog, index_dir: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -172,4 +165,4 @@ def list_index_builds(catalog: Catalog, index_dir: str | None = None, limit: int
     if index_dir is not None:
         query = query.where(IndexBuild.index_dir == index_dir)
     with catalog.session("list index builds") as session:
-        return [_as_dict(build) for build in session.scalars(query)]
+        return [build.as_dict() for build in session.scalars(query)]

@@ -13,9 +13,9 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
-    Integer,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     String,
     Text,
@@ -24,6 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
+
+from magic141.windows import WINDOW_MODES
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -34,7 +36,6 @@ NAMING_CONVENTION = {
 }
 
 PRIOR_SOURCES = ("user", "generate", "retrieve")
-WINDOW_MODES = ("chained", "parallel")
 INDEX_BUILD_STATUSES = ("running", "published", "unchanged", "failed")
 BATCH_STATUSES = ("running", "done", "failed", "interrupted")
 ROW_STATUSES = ("pending", "done", "skipped", "failed", "rejected")
@@ -80,6 +81,16 @@ class Base(DeclarativeBase):
     """Declarative base with deterministic constraint names."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    _private_columns: tuple[str, ...] = ()  # left out of :meth:`as_dict`
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as a JSON-ready dict: every public column, times in ISO 8601."""
+        row = {}
+        for name in self.__table__.columns.keys():
+            if name not in self._private_columns:
+                value = getattr(self, name)
+                row[name] = value.isoformat() if isinstance(value, datetime) else value
+        return row
 
 
 class Video(Base):
@@ -129,6 +140,7 @@ class VideoWindow(Base):
 
     __tablename__ = "video_windows"
     __table_args__ = (UniqueConstraint("video_id", "window_index"),)
+    _private_columns = ("id", "video_id")
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     video_id: Mapped[str] = mapped_column(ForeignKey("videos.id", ondelete="CASCADE"), index=True)
@@ -205,6 +217,7 @@ class BatchRow(Base):
         UniqueConstraint("batch_id", "row_number"),
         CheckConstraint(one_of("status", ROW_STATUSES), name="status"),
     )
+    _private_columns = ("id",)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)

@@ -1,16 +1,15 @@
-"""Open, migrate and query the provenance catalog."""
+"""Open and migrate the provenance catalog: URLs, engines (one per URL and process), sessions."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import numbers
 import os
 import re
 import sqlite3
-import time
 import threading
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -22,22 +21,16 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Engine,
-    Float,
-    Integer,
-    String,
     create_engine,
     event,
-    select,
     text,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from tasks.catalog.models import PRIOR_SOURCES, Batch, Video, VideoWindow
+from tasks.catalog.errors import CatalogError, short_reason
+from tasks.catalog.videos import VideoQueries
 
 logger = logging.getLogger(__name__)
 
@@ -59,44 +52,12 @@ _PG_MIGRATION_LOCK_KEY = int.from_bytes(
 # Alembic's context/op proxies are process-global, so one upgrade runs at a time per process.
 _ALEMBIC_LOCK = threading.Lock()
 _WRITE_OPTION = "catalog_write"
+# Engines by (process, URL, migrations folder), most recently opened last: each one's schema was checked against
+# those migrations when it was made.
+_ENGINES: OrderedDict[tuple[int, str, str], tuple[Engine, tuple[int, int] | None]] = OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+_CACHED_ENGINES = 4
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^/\s]*@")
-_ID_PREFIX = re.compile(r"[0-9a-f]{1,32}")
-_AMBIGUOUS_SHOWN = 5
-_COLUMNS = tuple(Video.__table__.columns.keys())
-_SETTABLE = frozenset(_COLUMNS) - {"id", "created_at"}
-_REQUIRED = (
-    frozenset(
-        column.key
-        for column in Video.__table__.columns
-        if not column.nullable and column.default is None
-    )
-    & _SETTABLE
-)
-_JSON_SHAPES = {
-    "window_layout": list,
-    "stage_timings": dict,
-    "library_versions": dict,
-    "prior_details": dict,
-    "model_details": dict,
-}
-
-
-class CatalogError(Exception):
-    """A catalog problem, told in one line that names it and what to do."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(_one_line(message))
-
-
-def _one_line(message: str) -> str:
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
-
-
-def _short_reason(exc: BaseException) -> str:
-    """First line of the driver's message, without SQLAlchemy's SQL echo."""
-    orig = exc.orig if isinstance(exc, DBAPIError) else None
-    lines = [line.strip() for line in str(orig or exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def redact(url: str | URL) -> str:
@@ -353,28 +314,66 @@ def _connect(engine: Engine, shown: str, is_sqlite: bool, wait_s: float) -> Conn
         except DBAPIError as exc:
             if is_sqlite:
                 raise CatalogError(
-                    f"cannot open SQLite catalog {shown}: {_short_reason(exc)}; "
+                    f"cannot open SQLite catalog {shown}: {short_reason(exc)}; "
                     f"check the file is a readable and writable SQLite database"
                 ) from exc
             left = deadline - time.monotonic()
             if not _unreachable(exc) or left <= 0:
                 waited = f" (waited {wait_s:g} s)" if wait_s and _unreachable(exc) else ""
                 raise CatalogError(
-                    f"cannot reach catalog at {shown}{waited}: {_short_reason(exc)}; "
+                    f"cannot reach catalog at {shown}{waited}: {short_reason(exc)}; "
                     f"check the server is running and the URL"
                 ) from exc
             pause = min(delay, left)
             logger.warning("catalog at %s unreachable (%s); trying again in %.1f s, for %.0f s more",
-                           shown, _short_reason(exc), pause, left)
+                           shown, short_reason(exc), pause, left)
             time.sleep(pause)
             delay = min(2 * delay, OUTAGE_MAX_DELAY_S)
+
+
+def _database_identity(url: URL) -> tuple[int, int] | None:
+    """The SQLite file's (device, inode), so that a file replaced or removed is checked again; None for a server."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    try:
+        status = os.stat(url.database or "")
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _engine_key(url: str) -> tuple[int, str, str]:
+    return os.getpid(), url, str(MIGRATIONS_DIR)
+
+
+def _cached_engine(url: str, identity: tuple[int, int] | None) -> Engine | None:
+    with _ENGINES_LOCK:
+        cached = _ENGINES.get(_engine_key(url))
+        if cached is None or cached[1] != identity:
+            return None
+        _ENGINES.move_to_end(_engine_key(url))
+        return cached[0]
+
+
+def _cache_engine(url: str, engine: Engine, identity: tuple[int, int] | None) -> None:
+    """Keep ``engine`` for ``url``; the least recently opened engines beyond :data:`_CACHED_ENGINES` are released
+    (a catalog still using one gets new connections on its next session)."""
+    with _ENGINES_LOCK:
+        replaced = _ENGINES.pop(_engine_key(url), None)
+        _ENGINES[_engine_key(url)] = (engine, identity)
+        released = [replaced[0]] if replaced else []
+        while len(_ENGINES) > _CACHED_ENGINES:
+            released.append(_ENGINES.popitem(last=False)[1][0])
+    for old in released:
+        old.dispose()
 
 
 def open_catalog(url: str, wait_s: float | None = None) -> Catalog:
     """Open the catalog at url, creating or upgrading its tables on first use.
 
-    A catalog server that cannot be reached is waited for, up to ``wait_s`` seconds (None:
-    :func:`catalog_wait`), so a short database outage delays the work instead of failing it.
+    The engine is kept per URL and process: its schema is checked once, later openings only check that
+    the database answers. A catalog server that cannot be reached is waited for, up to ``wait_s`` seconds
+    (None: :func:`catalog_wait`), so a short database outage delays the work instead of failing it.
     """
     shown = redact(url)
     parsed = _parse_url(url)
@@ -382,6 +381,11 @@ def open_catalog(url: str, wait_s: float | None = None) -> Catalog:
     if is_sqlite:
         _check_sqlite_path(parsed, shown)
     wait = catalog_wait() if wait_s is None else wait_s
+    identity = _database_identity(parsed)
+    engine = _cached_engine(url, identity) if identity is not None or not is_sqlite else None
+    if engine is not None:
+        _connect(engine, shown, is_sqlite, wait).close()
+        return Catalog(engine, shown)
     engine = _create_engine(parsed)
     try:
         connection = _connect(engine, shown, is_sqlite, wait)
@@ -391,7 +395,7 @@ def open_catalog(url: str, wait_s: float | None = None) -> Catalog:
             except SQLAlchemyError as exc:
                 raise CatalogError(
                     f"cannot create or upgrade the catalog tables at {shown}: "
-                    f"{_short_reason(exc)}; check the account may create tables there"
+                    f"{short_reason(exc)}; check the account may create tables there"
                 ) from exc
     except BaseException:
         engine.dispose()
@@ -399,105 +403,11 @@ def open_catalog(url: str, wait_s: float | None = None) -> Catalog:
     if before != after:
         logger.info("catalog %s migrated from %s to %s", shown, before or "empty", after)
     logger.debug("opened catalog %s", shown)
+    _cache_engine(url, engine, _database_identity(parsed))
     return Catalog(engine, shown)
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Return value as column name's Python type; raise ValueError saying why it does not fit."""
-    column_type = Video.__table__.columns[name].type
-    if isinstance(column_type, JSON):
-        shape = _JSON_SHAPES[name]
-        if not isinstance(value, shape):
-            raise ValueError(f"{name} must be a {shape.__name__}, got {type(value).__name__}")
-        return value
-    if isinstance(column_type, Integer):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be an int, got {type(value).__name__}")
-        bits = 64 if isinstance(column_type, BigInteger) else 32
-        if not -(2 ** (bits - 1)) <= int(value) < 2 ** (bits - 1):
-            raise ValueError(f"{name} {value} does not fit a {bits}-bit integer")
-        return int(value)
-    if isinstance(column_type, Float):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ValueError(f"{name} must be a float, got {type(value).__name__}")
-        return float(value)
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a str, got {type(value).__name__}")
-    return value
-
-
-def _video_values(fields: dict[str, Any]) -> dict[str, Any]:
-    """Check caller-supplied video fields and normalise numbers and paths."""
-    unknown = sorted(set(fields) - _SETTABLE)
-    if unknown:
-        raise CatalogError(
-            f"cannot add video: unknown or read-only field(s) {', '.join(unknown)}; "
-            f"pass only {', '.join(sorted(_SETTABLE))}"
-        )
-    missing = sorted(name for name in _REQUIRED if fields.get(name) is None)
-    if missing:
-        raise CatalogError(
-            f"cannot add video: required field(s) {', '.join(missing)} missing or None; "
-            f"pass a value for each"
-        )
-    values: dict[str, Any] = {}
-    problems: list[str] = []
-    for name, value in fields.items():
-        try:
-            values[name] = None if value is None else _coerce(name, value)
-        except ValueError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise CatalogError(f"cannot add video: {'; '.join(problems)}; fix those values")
-    if values["prior_source"] not in PRIOR_SOURCES:
-        raise CatalogError(
-            f"cannot add video: prior_source {values['prior_source']!r} is invalid; "
-            f"pass one of {', '.join(PRIOR_SOURCES)}"
-        )
-    return values
-
-
-_WINDOW_FIELDS = tuple(name for name in VideoWindow.__table__.columns.keys() if name not in ("id", "video_id"))
-
-
-def _window_values(number: int, window: dict[str, Any]) -> dict[str, Any]:
-    """Check one window record: exactly the window fields, of the right types."""
-    if set(window) != set(_WINDOW_FIELDS):
-        missing = sorted(set(_WINDOW_FIELDS) - set(window))
-        unknown = sorted(set(window) - set(_WINDOW_FIELDS))
-        raise CatalogError(
-            f"cannot add video: window {number} has missing field(s) {missing} and unknown field(s) {unknown}; "
-            f"pass exactly {', '.join(_WINDOW_FIELDS)}"
-        )
-    values: dict[str, Any] = {}
-    for name, value in window.items():
-        column_type = VideoWindow.__table__.columns[name].type
-        if value is None and VideoWindow.__table__.columns[name].nullable:
-            values[name] = None
-        elif isinstance(column_type, Integer) and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            values[name] = int(value)
-        elif isinstance(column_type, Float) and isinstance(value, numbers.Real) and not isinstance(value, bool):
-            values[name] = float(value)
-        elif isinstance(column_type, String) and isinstance(value, str):
-            values[name] = value
-        else:
-            raise CatalogError(
-                f"cannot add video: window {number} field {name} has the wrong type ({type(value).__name__}); "
-                f"fix the window record"
-            )
-    return values
-
-
-def video_as_dict(video: Video) -> dict[str, Any]:
-    """A video row as a JSON-ready dict: every column, ``created_at`` in ISO 8601."""
-    row = {name: getattr(video, name) for name in _COLUMNS}
-    row["created_at"] = video.created_at.isoformat()
-    return row
-
-
-class Catalog:
+class Catalog(VideoQueries):
     """Handle on one catalog database; safe to share between threads.
 
     ``url`` is the catalog URL with any password hidden.
@@ -523,10 +433,8 @@ class Catalog:
         self.close()
 
     def close(self) -> None:
-        """Release the catalog's database connections."""
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        """Close this handle; the engine stays with :func:`open_catalog` for the next opening of the URL."""
+        self._engine = None
 
     def session(self, action: str, *, write: bool = False) -> AbstractContextManager[Session]:
         """One transaction for modules that keep their own catalog tables (batches, index builds).
@@ -548,105 +456,6 @@ class Catalog:
             raise
         except SQLAlchemyError as exc:
             raise CatalogError(
-                f"cannot {action} in catalog {self.url}: {_short_reason(exc)}; "
+                f"cannot {action} in catalog {self.url}: {short_reason(exc)}; "
                 f"check the database is reachable and the values are valid"
             ) from exc
-
-    def add_video(self, *, windows: list[dict[str, Any]] | None = None, **fields: Any) -> str:
-        """Insert one video row, and its windows' rows, in one transaction; return the video's new id."""
-        values = _video_values(fields)
-        window_rows = [_window_values(number, window) for number, window in enumerate(windows or [])]
-        try:
-            with self._session("add a video", write=True) as session:
-                video = Video(**values)
-                session.add(video)
-                session.flush()
-                video_id = video.id
-                session.add_all(VideoWindow(video_id=video_id, **row) for row in window_rows)
-        except IntegrityError as exc:
-            raise self._integrity_error(values, exc) from exc
-        logger.info("catalogued video %s at %s", video_id, values["output_path"])
-        return video_id
-
-    def _integrity_error(self, values: dict[str, Any], exc: IntegrityError) -> CatalogError:
-        with self._session("look up a video") as session:
-            existing = session.scalar(
-                select(Video.id).where(Video.output_path == values["output_path"])
-            )
-        if existing is not None:
-            return CatalogError(
-                f"output path {values['output_path']!r} is already catalogued as video "
-                f"{existing}; write the new video to another path"
-            )
-        if values.get("content_key") is not None:
-            with self._session("look up a video") as session:
-                same_content = session.scalar(
-                    select(Video.id).where(Video.content_key == values["content_key"])
-                )
-            if same_content is not None:
-                return CatalogError(
-                    f"content key {values['content_key']} is already catalogued as video "
-                    f"{same_content}; reuse that video instead of adding another"
-                )
-        batch_id = values.get("batch_id")
-        if batch_id is not None:
-            with self._session("look up a batch") as session:
-                batch_exists = session.get(Batch, batch_id) is not None
-            if not batch_exists:
-                return CatalogError(
-                    f"batch {batch_id!r} is not in catalog {self.url}; start the batch before adding "
-                    f"its videos, or leave batch_id out"
-                )
-        return CatalogError(
-            f"cannot add video to catalog {self.url}: {_short_reason(exc)}; check the field values"
-        )
-
-    def video_windows(self, video_id: str) -> list[dict[str, Any]]:
-        """The windows recorded for a video (exact id), in window order."""
-        with self._session("list a video's windows") as session:
-            rows = session.scalars(
-                select(VideoWindow).where(VideoWindow.video_id == video_id).order_by(VideoWindow.window_index)
-            ).all()
-            return [{name: getattr(row, name) for name in _WINDOW_FIELDS} for row in rows]
-
-    def get_video(self, id_or_prefix: str) -> dict[str, Any]:
-        """Return the video whose id is, or uniquely starts with, id_or_prefix."""
-        prefix = id_or_prefix.strip().lower()
-        if not _ID_PREFIX.fullmatch(prefix):
-            raise CatalogError(
-                f"no video with id {id_or_prefix!r}: ids are 1 to 32 hex characters; "
-                f"list the catalog to find the id"
-            )
-        with self._session("look up a video") as session:
-            matches = session.scalars(
-                select(Video)
-                .where(Video.id.startswith(prefix, autoescape=True))
-                .order_by(Video.id)
-                .limit(_AMBIGUOUS_SHOWN + 1)
-            ).all()
-            rows = [video_as_dict(video) for video in matches]
-        if not rows:
-            raise CatalogError(
-                f"no video with id {id_or_prefix!r} in catalog {self.url}; "
-                f"list the catalog to find the id"
-            )
-        if len(rows) > 1:
-            shown = ", ".join(row["id"] for row in rows[:_AMBIGUOUS_SHOWN])
-            more = ", ..." if len(rows) > _AMBIGUOUS_SHOWN else ""
-            raise CatalogError(
-                f"ambiguous id prefix {prefix!r} matches {shown}{more}; "
-                f"give more characters of the id"
-            )
-        return rows[0]
-
-    def list_videos(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """Return videos newest first, at most limit of them."""
-        if limit is not None and limit < 0:
-            raise CatalogError(
-                f"list limit must be 0 or more, got {limit}; pass None for all videos"
-            )
-        with self._session("list videos") as session:
-            videos = session.scalars(
-                select(Video).order_by(Video.created_at.desc(), Video.id.desc()).limit(limit)
-            ).all()
-            return [video_as_dict(video) for video in videos]

@@ -1,6 +1,6 @@
-"""Crash-safe file writes and checksums: a file is either absent or complete, never half-written.
+"""The project's shared helpers: crash-safe file writes, checksums, and errors on one line.
 
-Every published file of the project goes through :func:`atomic_file` (a file object) or
+A file is either absent or complete, never half-written. Every published file of the project goes through :func:`atomic_file` (a file object) or
 :func:`atomic_path` (a path, for tools such as ffmpeg or PIL that open the file themselves):
 the content goes into a temporary sibling, which is fsynced and renamed over the target, and
 the rename is made durable by fsyncing the folder. If the writer fails, the temporary file is
@@ -135,3 +135,34 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def one_line(error: BaseException | str) -> str:
+    """An error's message with its lines and runs of spaces joined; an exception's type name when it has none."""
+    text = " ".join(str(error).split())
+    if text or isinstance(error, str):
+        return text
+    return type(error).__name__
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first non-blank line of an error's message (a driver's or parser's, without what it echoes after)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines or isinstance(error, str):
+        return lines[0] if lines else ""
+    return type(error).__name__
+
+
+def last_line(error: BaseException | str) -> str:
+    """The last non-blank line of an error's message: the ``Type: message`` that ends a remote traceback."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines or isinstance(error, str):
+        return lines[-1] if lines else ""
+    return type(error).__name__
+
+
+def typed_line(error: BaseException) -> str:
+    """``Type: message`` on one line (:func:`one_line`), or the type name alone when there is no message."""
+    text = one_line(error)
+    name = type(error).__name__
+    return name if text == name else f"{name}: {text}"
