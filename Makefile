@@ -27,7 +27,7 @@ demo: $(VENV)/.synced
 	$(VENV)/bin/magic141 catalog sheet --catalog sqlite:///out/demo/catalog.db --out out/demo/contact-sheet.png
 
 test: $(VENV)/.synced
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n 2 --dist worksteal
 
 bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/cli_latency.py

@@ -66,7 +66,7 @@ def _videos(pipeline, count: int, steps: int, guidance: float, true_cfg: float =
     from magic141.metrics import video_metrics
     from magic141.sampler import SamplerConfig
     from magic141.toy_eval import adherence
-    from tasks.adherence import sample_video
+    from tasks.runtime.adherence import sample_video
 
     preset = pipeline.preset
     sampler = SamplerConfig(steps=steps, guidance_scale=guidance, true_cfg_scale=true_cfg, flow_shift=preset.flow_shift)
@@ -247,8 +247,8 @@ def figure5_lines(t2v_teacher: Path, i2v_teacher: Path, vae: Path, budgets: list
     from magic141.presets import get_preset
     from magic141.training.loop import TrainSettings
     from magic141.training.transformer import encoders
-    from tasks.train_pool import train
-    from tasks.training import DEFAULTS, make_stage
+    from tasks.runtime.train_pool import train
+    from tasks.runtime.training import DEFAULTS, make_stage
 
     preset = get_preset("toy")
     components = encoders(preset, vae)

@@ -36,9 +36,9 @@ def timed_render(pool, seconds: float, out: Path, seed: int) -> float:
     from magic141.pipeline import fit_image, plan_video
     from magic141.presets import get_preset
     from magic141.sampler import SamplerConfig
-    from tasks.ffmpeg import VideoWriter
-    from tasks.render_pool import PoolExecutor
-    from tasks.stitch import Stitcher
+    from tasks.runtime.ffmpeg import VideoWriter
+    from tasks.runtime.render_pool import PoolExecutor
+    from tasks.runtime.stitch import Stitcher
 
     preset = get_preset("tiny")
     num_frames = round(seconds * preset.fps)
@@ -56,8 +56,8 @@ def timed_render(pool, seconds: float, out: Path, seed: int) -> float:
 def speedup(seconds: float, repeats: int) -> tuple[dict[int, list[float]], int]:
     import ray
 
-    from tasks.render_pool import PoolConfig, RenderPool
     from tasks.request import ModelSpec
+    from tasks.runtime.render_pool import PoolConfig, RenderPool
 
     ray.init(num_cpus=os.cpu_count(), num_gpus=2, include_dashboard=False, log_to_driver=False)
     walls: dict[int, list[float]] = {}

@@ -43,7 +43,7 @@ def _recall(clip_model: str, corpus: Path, work: Path) -> dict[str, float]:
 def _adherence_lines(preset, count: int, long_count: int) -> list[str]:
     from magic141.pipeline import Magic141Pipeline
     from magic141.prior import ImagePrior
-    from tasks.adherence import AdherenceSettings, evaluate_adherence
+    from tasks.runtime.adherence import AdherenceSettings, evaluate_adherence
 
     pipeline = Magic141Pipeline.from_preset(preset)
     prior = ImagePrior.from_preset(preset)

@@ -12,11 +12,11 @@ from pathlib import Path
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from deployments.schedules import NIGHTLY_CRON
 from deployments.source import PROJECT_DIR, from_checkout
 from flows.rebuild_index import rebuild_index
 
 DEPLOYMENT_NAME = "rebuild-index"
-NIGHTLY_CRON = "0 3 * * *"
 
 
 def rebuild_index_deployment(

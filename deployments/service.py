@@ -38,7 +38,8 @@ from prefect.exceptions import ObjectNotFound
 from prefect.schedules import Cron
 from prefect.workers.process import ProcessWorker
 
-from deployments.rebuild_index import NIGHTLY_CRON, rebuild_index_deployment
+from deployments.rebuild_index import rebuild_index_deployment
+from deployments.schedules import INBOX_CRON, NIGHTLY_CRON
 from deployments.source import PROJECT_DIR, from_checkout
 from flows.bulk import GPU_LIMIT, bulk_inbox
 from magic141.presets import default_preset_name
@@ -49,7 +50,6 @@ from tasks.request import MAX_WORKERS, ModelSpec, check_model
 logger = logging.getLogger(__name__)
 
 BULK_DEPLOYMENT = "bulk-generate"
-INBOX_CRON = "*/5 * * * *"
 PROCESS_POOL = "magic141-process"
 GPU_POOL = "magic141-gpu"
 CATALOG_SECRET = "magic141-catalog-url"

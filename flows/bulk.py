@@ -35,7 +35,6 @@ from pydantic import SecretStr
 
 from magic141.presets import default_preset_name
 from tasks.bulk import (
-    batch_lease,
     check_bulk,
     gpu_limit_in_force,
     plan_batch,
@@ -46,11 +45,12 @@ from tasks.bulk import (
 )
 from tasks.catalog import hide_password, plain_url
 from tasks.inbox import DEFAULT_SETTLE_S, claim_lease_path, claim_next, dropped_name, file_csv
-from tasks.leases import heartbeat
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
-from tasks.progress import StageProgress
 from tasks.request import ModelSpec
-from tasks.services import ServiceStartError
+from tasks.runtime.batch_leases import batch_lease
+from tasks.runtime.leases import heartbeat
+from tasks.runtime.progress import StageProgress
+from tasks.runtime.services import ServiceStartError
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def bulk_generate(
     table = read_prompts(csv_path, settings, image_roots)
     settings = replace(settings, gpu_limit=gpu_limit_in_force(gpu_limit))
     recover_out_dir(settings)
-    with batch_lease(settings) as batch_id:
+    with batch_lease(settings.out_dir, settings.catalog_url) as batch_id:
         _rename_run(f"bulk {dropped_name(csv_path)} {batch_id[:8]}")
         jobs = plan_batch(table, settings, batch_id)
         progress = StageProgress("bulk", f"Batch {batch_id}: {len(jobs)} row(s) to produce")

@@ -11,8 +11,9 @@ from prefect.runtime import flow_run
 
 from tasks.catalog import plain_url
 from tasks.prior import PriorPolicy
-from tasks.produce import VideoJob, produce_video, sweep_work_dirs
+from tasks.produce import VideoJob, produce_video
 from tasks.request import GenerateRequest, validate_request
+from tasks.runtime.publish import sweep_work_dirs
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from magic141.training.loop import TrainSettings, read_losses
-from tasks.progress import StageProgress
-from tasks.train_pool import train
-from tasks.training import DEFAULTS, SAMPLES, STAGES, make_stage
+from tasks.runtime.progress import StageProgress
+from tasks.runtime.train_pool import train
+from tasks.runtime.training import DEFAULTS, SAMPLES, STAGES, make_stage
 
 logger = logging.getLogger(__name__)
 # Stored in float16 (half the bytes): open_clip and diffusers cast them into their float32 models on load.

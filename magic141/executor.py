@@ -11,7 +11,7 @@ the model is four pure requests, the :class:`WindowExecutor` protocol:
 - ``decode``: decode windows' latents into the frames they keep (in any order).
 
 :class:`LocalExecutor` answers them with a :class:`~magic141.pipeline.Magic141Pipeline` in this
-process; the Ray render pool (``tasks.render_pool.PoolExecutor``) answers them on its actors. Each
+process; the Ray render pool (``tasks.runtime.render_pool.PoolExecutor``) answers them on its actors. Each
 answer carries the :class:`WindowWork` it took, which the loop adds to the window's
 :class:`WindowRecord` (its provenance).
 """

@@ -137,28 +137,29 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _message_lines(error: BaseException | str) -> list[str]:
+    """The non-blank lines of an error's message, stripped; an exception without one gives its type name."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines and isinstance(error, BaseException):
+        return [type(error).__name__]
+    return lines
+
+
 def one_line(error: BaseException | str) -> str:
     """An error's message with its lines and runs of spaces joined; an exception's type name when it has none."""
-    text = " ".join(str(error).split())
-    if text or isinstance(error, str):
-        return text
-    return type(error).__name__
+    return " ".join(" ".join(_message_lines(error)).split())
 
 
 def first_line(error: BaseException | str) -> str:
     """The first non-blank line of an error's message (a driver's or parser's, without what it echoes after)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if lines or isinstance(error, str):
-        return lines[0] if lines else ""
-    return type(error).__name__
+    lines = _message_lines(error)
+    return lines[0] if lines else ""
 
 
 def last_line(error: BaseException | str) -> str:
     """The last non-blank line of an error's message: the ``Type: message`` that ends a remote traceback."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if lines or isinstance(error, str):
-        return lines[-1] if lines else ""
-    return type(error).__name__
+    lines = _message_lines(error)
+    return lines[-1] if lines else ""
 
 
 def typed_line(error: BaseException) -> str:

@@ -4,56 +4,45 @@ Each row's video is named by its content key (``<row key>-<first 12 hex of the k
 output folder), so a rerun finds what an earlier run made: a row whose content key is already in
 the catalog is skipped without rendering.
 
-A run holds a lease on its batch (``.magic141-batch-<id>.lease`` in the output folder, see
-:mod:`tasks.produce`). Every run first recovers what dead runs left in its output folder
-(:func:`recover_out_dir`): their batches are closed as interrupted and their work folders removed;
-batches and work folders of runs that are alive are not touched.
+A run holds a lease on its batch (:mod:`tasks.runtime.batch_leases`). Every run first recovers what
+dead runs left in its output folder (:func:`recover_out_dir`): their batches are closed as interrupted
+and their work folders removed; batches and work folders of runs that are alive are not touched.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
-from prefect.states import Crashed
 
 from magic141.presets import default_preset_name, get_preset
 from magic141.utils import one_line, typed_line
 from tasks.bulk_csv import PromptCsv, ValidRow, content_key, read_prompt_csv
-from tasks.catalog import CatalogError, open_catalog, redact, resolve_catalog_url
+from tasks.catalog import open_catalog, resolve_catalog_url
 from tasks.catalog.batches import (
     RowRecord,
     add_rows,
-    close_interrupted_batch,
     finish_batch,
     list_rows,
     set_row,
     start_batch,
 )
-from tasks.catalog.models import new_id
-from tasks.diskspace import DiskFullError, is_disk_full
 from tasks.inbox import dropped_name
-from tasks.leases import heartbeat, lease_expiry, read_lease, write_lease
-from tasks.models import image_prior, video_pipeline
 from tasks.prior import PriorPolicy
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_settings
-from tasks.produce import VideoJob, produce_video, sweep_work_dirs
+from tasks.produce import VideoJob, produce_video
 from tasks.provenance import combined_fingerprint
 from tasks.request import (
     MAX_WORKERS,
@@ -66,13 +55,14 @@ from tasks.request import (
     has_guidance_input,
     printable_text,
 )
+from tasks.runtime.batch_leases import Recovery, recover_batches
+from tasks.runtime.diskspace import DiskFullError
+from tasks.runtime.model_cache import image_prior, video_pipeline
 
 logger = logging.getLogger(__name__)
 
 MAX_CONCURRENCY = 256
 _SLUG = re.compile(r"[^a-z0-9]+")
-_LEASE_PREFIX = ".magic141-batch-"
-_LEASE_SUFFIX = ".lease"
 # Prefect refuses events over about 1.5 MB, artifacts included: a batch's artifacts hold a page of rows.
 ARTIFACT_ROWS = 500
 ARTIFACT_ROWS_LISTED = 100
@@ -225,7 +215,7 @@ def gpu_limit_in_force(name: str | None) -> str | None:
 def _video_fingerprint(settings: BulkSettings) -> str:
     if settings.workers == 0:
         return video_pipeline(settings.model).weights_fingerprint
-    from tasks.render_pool import PoolConfig, get_pool
+    from tasks.runtime.render_pool import PoolConfig, get_pool
 
     return get_pool(PoolConfig(settings.model, settings.workers, settings.ray_address)).fingerprint
 
@@ -271,115 +261,17 @@ def plan_batch(table: PromptCsv, settings: BulkSettings, batch_id: str) -> list[
     return jobs
 
 
-def batch_lease_path(out_dir: str, batch_id: str) -> Path:
-    """The lease file a live run of batch ``batch_id`` holds in its output folder."""
-    return Path(out_dir) / f"{_LEASE_PREFIX}{batch_id}{_LEASE_SUFFIX}"
-
-
-def _interrupted(why: str) -> str:
-    return f"interrupted: {why}; this row was not finished, run the CSV again to make it"
-
-
-def _stopped(exc: BaseException) -> str:
-    detail = one_line(exc) if str(exc).strip() else ""
-    return f"the run stopped with {type(exc).__name__}" + (f" ({detail})" if detail else "")
-
-
-def _close_batch(settings: BulkSettings, batch_id: str, why: str) -> tuple[bool, str | None]:
-    """Close the batch as interrupted: (whether the catalog could be written now, the batch's flow run id)."""
-    try:
-        with open_catalog(settings.catalog_url) as catalog:
-            closed = close_interrupted_batch(catalog, batch_id, _interrupted(why))
-    except CatalogError as exc:
-        logger.warning("cannot close interrupted batch %s now (%s); a later run will", batch_id, one_line(exc))
-        return False, None
-    return True, None if closed is None else closed.get("flow_run_id")
-
-
-def _crash_flow_run(flow_run_id: str, why: str) -> None:
-    """Show a dead run's flow run as Crashed in the Prefect UI, where it would otherwise stay Running."""
-    try:
-        with get_client(sync_client=True) as client:
-            run = client.read_flow_run(uuid.UUID(flow_run_id))
-            if run.state is not None and not run.state.is_final():
-                client.set_flow_run_state(run.id, Crashed(message=f"bulk run died: {why}"), force=True)
-                logger.info("flow run %s (%s) marked Crashed: %s", run.name, flow_run_id, why)
-    except (ObjectNotFound, ValueError, httpx.HTTPError) as exc:  # another Prefect API, or none reachable now
-        logger.info("flow run %s of a dead bulk run not updated: %s", flow_run_id, one_line(exc))
-
-
-@contextlib.contextmanager
-def batch_lease(settings: BulkSettings) -> Iterator[str]:
-    """Yield a new batch id, leased to this process in the output folder while the block runs.
-
-    When the block raises (an error, Ctrl-C, a termination signal), the batch is closed as
-    interrupted. The lease file stays only if the process dies or the batch could not be closed:
-    then a later run of the output folder closes it (:func:`recover_out_dir`).
-    """
-    batch_id = new_id()
-    path = batch_lease_path(settings.out_dir, batch_id)
-    try:
-        write_lease(path, batch_id=batch_id, catalog=redact(settings.catalog_url))
-    except OSError as exc:
-        if is_disk_full(exc, settings.out_dir):
-            raise DiskFullError(settings.out_dir) from exc
-        raise
-    with heartbeat(path):
-        try:
-            yield batch_id
-        except BaseException as exc:
-            if _close_batch(settings, batch_id, _stopped(exc))[0]:
-                path.unlink(missing_ok=True)
-            raise
-    path.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """What a run cleared up after dead runs in its output folder."""
-
-    closed_batches: list[str]
-    removed_work_dirs: list[str]
-
-
-def _recover_batch(settings: BulkSettings, lease_path: Path) -> str | None:
-    """Close the batch of a dead run's lease and drop the lease; return the batch id, or None if left alone."""
-    lease = read_lease(lease_path)
-    if lease is None or not isinstance(lease.facts.get("batch_id"), str):
-        return None
-    why = lease_expiry(lease)
-    if why is None:
-        return None
-    if lease.facts.get("catalog") != redact(settings.catalog_url):
-        logger.info("lease %s of a dead run belongs to catalog %s; left for that catalog's runs",
-                    lease_path, lease.facts.get("catalog"))
-        return None
-    batch_id = lease.facts["batch_id"]
-    closed, flow_run_id = _close_batch(settings, batch_id, f"the bulk run's {why}")
-    if not closed:
-        return None
-    if flow_run_id:
-        _crash_flow_run(flow_run_id, why)
-    lease_path.unlink(missing_ok=True)
-    return batch_id
-
-
 @task(name="bulk-recover")
 def recover_out_dir(settings: BulkSettings) -> Recovery:
-    """Close the batches of dead runs in the output folder as interrupted and remove their work folders.
-
-    A run is dead when its process no longer runs (same machine) or its lease had no heartbeat
-    for ``tasks.leases.LEASE_S`` (another machine). Live runs' batches and work folders are not
-    touched; a batch without a lease (made before leases existed) is left as it is.
-    """
-    folder = Path(settings.out_dir)
-    leases = sorted(folder.glob(f"{_LEASE_PREFIX}*{_LEASE_SUFFIX}"))
-    closed = [batch_id for path in leases if (batch_id := _recover_batch(settings, path)) is not None]
-    removed = sweep_work_dirs(folder, settings.catalog_url)
-    if closed or removed:
-        get_run_logger().warning("recovered after dead runs in %s: closed batch(es) %s, removed %d work folder(s)",
-                                 folder, ", ".join(closed) or "none", len(removed))
-    return Recovery(closed, removed)
+    """Close the batches of dead runs in the output folder as interrupted and remove their work folders
+    (:func:`tasks.runtime.batch_leases.recover_batches`)."""
+    recovery = recover_batches(settings.out_dir, settings.catalog_url)
+    if recovery.closed_batches or recovery.removed_work_dirs:
+        get_run_logger().warning(
+            "recovered after dead runs in %s: closed batch(es) %s, removed %d work folder(s)",
+            settings.out_dir, ", ".join(recovery.closed_batches) or "none", len(recovery.removed_work_dirs),
+        )
+    return recovery
 
 
 def _attempt() -> int:

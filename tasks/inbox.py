@@ -5,7 +5,7 @@ they have not changed for ``settle_s`` seconds, so a CSV still being written is 
 run (writers that can should write ``name.csv.part`` and rename it to ``name.csv`` when complete).
 
 A run claims one file at a time, oldest first, and claims the next only after the previous one is
-filed. Claiming records the run's process in the lease ``.name.csv.lease`` (:mod:`tasks.leases`:
+filed. Claiming records the run's process in the lease ``.name.csv.lease`` (:mod:`tasks.runtime.leases`:
 host, machine, pid and start time, touched every 30 s while the batch runs), then hard-links
 ``name.csv`` to ``name.csv.processing`` in place, which never replaces an existing file, and
 removes ``name.csv`` (relative image paths still resolve from the inbox). Claims are made under
@@ -28,7 +28,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
-from tasks.leases import lease_expiry, read_lease, write_lease
+from tasks.runtime.leases import lease_expiry, read_lease, write_lease
 
 PROCESSING_SUFFIX = ".processing"
 LEASE_SUFFIX = ".lease"

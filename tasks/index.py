@@ -27,7 +27,7 @@ from tasks.catalog.index_builds import (
     publish_index_build,
     start_index_build,
 )
-from tasks.progress import StageProgress
+from tasks.runtime.progress import StageProgress
 
 logger = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ import PIL.Image
 from prefect import get_run_logger, task
 
 from magic141.utils import sha256_file
-from tasks.models import image_prior
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, RetrievalMatch, StaleMatch, decide_prior
 from tasks.request import ModelSpec
+from tasks.runtime.model_cache import image_prior
+from tasks.runtime.publish import PRIOR_FILE
 
 RETRIEVAL_K = 5
-PRIOR_FILE = "prior.png"
 
 
 @dataclass(frozen=True)

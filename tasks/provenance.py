@@ -9,7 +9,7 @@ from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from tasks.ffmpeg import ffmpeg_exe
+from tasks.runtime.ffmpeg import ffmpeg_exe
 
 PACKAGES = ("magic141", "torch", "diffusers", "transformers", "prefect", "sqlalchemy", "numpy", "pillow")
 

@@ -18,11 +18,11 @@ from prefect import get_run_logger, task
 
 from magic141.presets import get_preset
 from magic141.utils import sha256_file
-from tasks.ffmpeg import VideoWriter, probe
-from tasks.models import video_pipeline
-from tasks.progress import StageProgress
 from tasks.request import ModelSpec
-from tasks.stitch import Stitcher
+from tasks.runtime.ffmpeg import VideoWriter, probe
+from tasks.runtime.model_cache import video_pipeline
+from tasks.runtime.progress import StageProgress
+from tasks.runtime.stitch import Stitcher
 
 if TYPE_CHECKING:  # torch, diffusers and ray load when a video is rendered, not at import
     from magic141.executor import WindowExecutor
@@ -66,7 +66,7 @@ def _executor(settings: RenderSettings) -> WindowExecutor:
         from magic141.executor import LocalExecutor
 
         return LocalExecutor(video_pipeline(settings.model))
-    from tasks.render_pool import PoolConfig, PoolExecutor, get_pool
+    from tasks.runtime.render_pool import PoolConfig, PoolExecutor, get_pool
 
     return PoolExecutor(get_pool(PoolConfig(settings.model, settings.workers, settings.ray_address)))
 

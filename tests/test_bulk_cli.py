@@ -23,7 +23,7 @@ from flows.cli import main
 from magic141.utils import sha256_file
 from tasks.catalog import open_catalog
 from tasks.catalog.batches import get_batch, list_rows
-from tasks.ffmpeg import probe
+from tasks.runtime.ffmpeg import probe
 
 MAGIC141 = str(Path(sys.executable).with_name("magic141"))
 
@@ -106,7 +106,7 @@ def test_summary_and_exit_codes(prefect_api, tmp_path: Path):
 
 
 def test_summary_hides_the_catalog_password_and_shows_row_text_as_given(monkeypatch, capsys):
-    from flows.cli_bulk import _print_summary
+    from flows.cli.bulk import _print_summary
 
     monkeypatch.setenv("COLUMNS", "300")  # wide enough that no table cell wraps
     result = SimpleNamespace(

@@ -22,8 +22,8 @@ from retrieval_index import build_index
 from retrieval_index.demo import make_demo_corpus
 from tasks.catalog import open_catalog
 from tasks.catalog.batches import get_batch, list_rows
-from tasks.ffmpeg import probe
-from tasks.progress import listening
+from tasks.runtime.ffmpeg import probe
+from tasks.runtime.progress import listening
 
 CSV = '''id,prompt,seconds,fps,seed,image
 boat,"a paper boat, drifting

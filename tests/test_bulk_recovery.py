@@ -24,11 +24,12 @@ from prefect.concurrency.sync import concurrency
 from prefect.settings import PREFECT_API_URL
 
 from flows.bulk import bulk_generate
-from tasks.bulk import batch_lease, batch_lease_path, check_bulk, recover_out_dir
+from tasks.bulk import check_bulk, recover_out_dir
 from tasks.catalog import open_catalog, redact
 from tasks.catalog.batches import RowRecord, add_rows, get_batch, list_rows, start_batch
-from tasks.leases import LEASE_S, write_lease
-from tasks.produce import OWNER_FILE, work_folder
+from tasks.runtime.batch_leases import batch_lease, batch_lease_path
+from tasks.runtime.leases import LEASE_S, write_lease
+from tasks.runtime.publish import OWNER_FILE, work_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,8 +39,8 @@ REPO = Path(__file__).resolve().parent.parent
 KILLED_RUN = """
 import os, sys, time
 from pathlib import Path
-from tasks.leases import heartbeat, write_lease
-from tasks.produce import work_folder
+from tasks.runtime.leases import heartbeat, write_lease
+from tasks.runtime.publish import work_folder
 
 out, url, batch_id, lease = Path(sys.argv[1]), sys.argv[2], sys.argv[3], Path(sys.argv[4])
 write_lease(lease, batch_id=batch_id, catalog=sys.argv[5])
@@ -224,7 +225,7 @@ def test_a_run_stopped_by_an_error_closes_its_own_batch(tmp_path: Path):
     catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
     settings = check_bulk(out, catalog_url)
 
-    with pytest.raises(KeyboardInterrupt), batch_lease(settings) as batch_id:
+    with pytest.raises(KeyboardInterrupt), batch_lease(settings.out_dir, settings.catalog_url) as batch_id:
         with open_catalog(catalog_url) as catalog:
             start_batch(catalog, csv_path="/data/p.csv", csv_sha256="c" * 64, out_dir=str(out), batch_id=batch_id)
             add_rows(catalog, batch_id, [RowRecord(2, "only", content_key="k")])

@@ -16,12 +16,12 @@ import torch
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
-from flows.cli_common import UserError, bad_input_from_flow
+from flows.cli.common import UserError, bad_input_from_flow
 from magic141.utils import sha256_file
 from retrieval_index import RetrievalIndexError, build_index
 from retrieval_index.demo import make_demo_corpus
 from tasks.catalog import open_catalog
-from tasks.ffmpeg import probe
+from tasks.runtime.ffmpeg import probe
 
 MAGIC141 = str(Path(sys.executable).with_name("magic141"))
 
@@ -304,7 +304,7 @@ def test_a_failed_runs_traceback_goes_to_the_log_file_and_the_terminal_keeps_its
     from prefect.logging.configuration import ensure_logging_setup
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    from flows import cli_common
+    from flows.cli import common as cli_common
 
     ensure_logging_setup()
     log = logging.FileHandler(tmp_path / "cli.log")

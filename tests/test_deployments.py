@@ -265,3 +265,15 @@ def test_inbox_files_good_csvs_in_done_bad_ones_in_failed_and_leaves_fresh_ones(
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [".inbox.lock", "fresh.csv"], "no claim is left"
     with open_catalog(catalog) as store:
         assert len(store.list_videos()) == 1
+
+
+def test_the_service_command_of_magic141_is_the_same_command(tmp_path: Path, capsys):
+    """``magic141 service apply`` takes the options of ``python -m deployments`` and refuses the same way."""
+    from flows.cli import main as magic141
+
+    args = [arg for arg in _cli_args(tmp_path) if arg != "--corpus" and not arg.endswith("corpus")]
+    assert magic141(["service", "apply", *args]) == 2
+    err = capsys.readouterr().err
+    assert err == "magic141: error: give --corpus\n", err
+    assert main(args) == 2
+    assert capsys.readouterr().err == "python -m deployments: error: give --corpus\n"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks import diskspace
-from tasks.diskspace import DiskFullError, is_disk_full
-from tasks.ffmpeg import EncodeError
+from tasks.runtime import diskspace
+from tasks.runtime.diskspace import DiskFullError, is_disk_full
+from tasks.runtime.ffmpeg import EncodeError
 
 
 @pytest.mark.parametrize("error", [

@@ -28,7 +28,7 @@ from magic141.training.distill import (
 )
 from magic141.training.loop import TrainingError, TrainSettings, read_losses
 from magic141.weights import read_distillation, save_i2v_components
-from tasks.train_pool import train
+from tasks.runtime.train_pool import train
 
 TINY = get_preset("tiny")
 

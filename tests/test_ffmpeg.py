@@ -1,4 +1,4 @@
-"""Tests for tasks.ffmpeg: encoding, probing, crossfades and checksums."""
+"""Tests for tasks.runtime.ffmpeg: encoding, probing, crossfades and checksums."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import tasks.ffmpeg as ff
+import tasks.runtime.ffmpeg as ff
 from magic141.utils import sha256_file
-from tasks.ffmpeg import EncodeError, ProbeError, VideoInfo, VideoWriter, crossfade, probe
+from tasks.runtime.ffmpeg import EncodeError, ProbeError, VideoInfo, VideoWriter, crossfade, probe
 
 W, H = 64, 48
 

@@ -15,9 +15,9 @@ from prefect.client.schemas.sorting import ArtifactSort
 from flows.generate import generate
 from magic141.utils import sha256_file
 from tasks.catalog import open_catalog
-from tasks.ffmpeg import probe
-from tasks.leases import LEASE_S
 from tasks.request import GenerateRequest
+from tasks.runtime.ffmpeg import probe
+from tasks.runtime.leases import LEASE_S
 
 
 def test_generated_video_is_complete_and_catalogued(prefect_api, catalog_url: str, tmp_path: Path):

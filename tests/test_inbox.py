@@ -19,7 +19,7 @@ from flows.bulk import bulk_inbox
 from tasks import inbox
 from tasks.catalog import open_catalog
 from tasks.inbox import claim_lease_path, claim_next
-from tasks.leases import LEASE_S, read_lease, write_lease
+from tasks.runtime.leases import LEASE_S, read_lease, write_lease
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD_CSV = "prompt,seconds,fps\na quiet pond,1,6\n"
@@ -41,7 +41,7 @@ def _settled(path: Path, text: str, age_s: float = 60) -> Path:
 def _dead_lease(lease: Path, csv: str) -> None:
     """A lease written by a process that has exited since, as a run that crashed after claiming leaves it."""
     subprocess.run(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from tasks.leases import write_lease; "
+        [sys.executable, "-c", "import sys; from pathlib import Path; from tasks.runtime.leases import write_lease; "
                                "write_lease(Path(sys.argv[1]), csv=sys.argv[2])", str(lease), csv],
         cwd=REPO, check=True,
     )

@@ -19,6 +19,7 @@ from tasks import prior as prior_stage
 from tasks.prior import PriorPolicy, prepare_prior
 from tasks.prior_policy import PRIOR_MODES, StaleMatch, decide_prior
 from tasks.request import ModelSpec
+from tasks.runtime.publish import PRIOR_FILE
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ def test_prior_stage_with_no_usable_match(index: Path, tmp_path: Path, monkeypat
         run_prior(index, "retrieve", tmp_path, monkeypatch)
     result = run_prior(index, "auto", tmp_path, monkeypatch)
 
-    assert (result.source, result.path) == ("generate", str(tmp_path / prior_stage.PRIOR_FILE))
+    assert (result.source, result.path) == ("generate", str(tmp_path / PRIOR_FILE))
     assert result.details is not None and result.details["conditioning"] == "none"
     assert result.details["reason"].startswith("no usable match") and len(result.details["stale_matches"]) == 4
 

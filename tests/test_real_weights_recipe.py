@@ -20,8 +20,8 @@ from magic141.presets import get_preset
 from magic141.utils import sha256_file
 from magic141.weights import read_prompt_format, save_i2v_components
 from tasks.catalog import open_catalog
-from tasks.ffmpeg import probe
-from tasks.render_pool import shutdown_pools
+from tasks.runtime.ffmpeg import probe
+from tasks.runtime.render_pool import shutdown_pools
 
 
 @pytest.fixture

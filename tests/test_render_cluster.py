@@ -14,8 +14,8 @@ from magic141.executor import RenderJob, render_windows
 from magic141.pipeline import plan_video
 from magic141.presets import get_preset
 from magic141.sampler import SamplerConfig
-from tasks.render_pool import PoolConfig, PoolExecutor, RenderPool, shutdown_pools
 from tasks.request import ModelSpec
+from tasks.runtime.render_pool import PoolConfig, PoolExecutor, RenderPool, shutdown_pools
 
 NODE = {"num_cpus": 1, "num_gpus": 1, "object_store_memory": 200 * 2**20}
 

@@ -20,9 +20,9 @@ from magic141.pipeline import Magic141Pipeline, plan_video
 from magic141.presets import get_preset
 from magic141.sampler import SamplerConfig
 from tasks.catalog import open_catalog
-from tasks.ffmpeg import probe
-from tasks.render_pool import PoolConfig, PoolError, PoolExecutor, RenderPool, get_pool, shutdown_pools
 from tasks.request import GenerateRequest, ModelSpec
+from tasks.runtime.ffmpeg import probe
+from tasks.runtime.render_pool import PoolConfig, PoolError, PoolExecutor, RenderPool, get_pool, shutdown_pools
 
 WORKERS = 2
 

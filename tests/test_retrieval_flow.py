@@ -9,7 +9,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, TaskRunFilter
 from prefect.client.schemas.sorting import ArtifactSort
 
-from deployments.rebuild_index import NIGHTLY_CRON, rebuild_index_deployment
+from deployments.rebuild_index import rebuild_index_deployment
+from deployments.schedules import NIGHTLY_CRON
 from flows.rebuild_index import rebuild_index
 from retrieval_index import RetrievalIndexError, open_index, store
 from retrieval_index.demo import make_demo_corpus

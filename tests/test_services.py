@@ -22,7 +22,7 @@ from magic141.components import build_i2v_components
 from magic141.presets import get_preset
 from magic141.weights import save_i2v_components
 from retrieval_index.demo import make_demo_corpus
-from tasks import services
+from tasks.runtime import services
 
 REPO = Path(__file__).resolve().parents[1]
 MAGIC141 = str(Path(sys.executable).with_name("magic141"))

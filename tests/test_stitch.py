@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from magic141.windows import plan_chained, plan_parallel
-from tasks.ffmpeg import VideoWriter, crossfade, probe
-from tasks.stitch import Stitcher
+from tasks.runtime.ffmpeg import VideoWriter, crossfade, probe
+from tasks.runtime.stitch import Stitcher
 
 H, W = 16, 16
 

@@ -10,8 +10,8 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tasks.ffmpeg import ProbeError, VideoWriter
-from tasks.thumbnails import frame_indices, write_contact_sheet
+from tasks.runtime.ffmpeg import ProbeError, VideoWriter
+from tasks.runtime.thumbnails import frame_indices, write_contact_sheet
 
 STEP = 8
 

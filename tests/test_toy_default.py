@@ -37,7 +37,7 @@ def test_the_evaluate_command_prints_a_table_writes_every_case_and_refuses_bad_s
 
 def test_the_shipped_default_keeps_a_user_image_its_colour_and_background_on_held_out_prompts() -> None:
     from magic141.pipeline import Magic141Pipeline
-    from tasks.adherence import AdherenceSettings, evaluate_adherence
+    from tasks.runtime.adherence import AdherenceSettings, evaluate_adherence
 
     pipeline = Magic141Pipeline.from_preset("toy")  # no weights given: the shipped toy weights
     assert pipeline.components.prompt_format == "magic141"

@@ -20,7 +20,7 @@ from magic141.training.ship import check, ship
 from magic141.training.transformer import FlowTrainee
 from retrieval_index.embedder import EmbedderSpec, load_embedder
 from retrieval_index.errors import RetrievalIndexError
-from tasks.train_pool import train
+from tasks.runtime.train_pool import train
 
 TINY_CLIP = {
     "embed_dim": 16,

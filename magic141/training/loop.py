@@ -13,7 +13,7 @@ The output folder of a run::
     checkpoints/step-NNNNNN/  trainee.safetensors, optimizer.safetensors, state.json (the last two kept)
     final/                    the stage's loadable weights folder
 
-With ``world > 1`` the caller has set up ``torch.distributed`` (Ray Train does, see ``tasks.train_pool``)
+With ``world > 1`` the caller has set up ``torch.distributed`` (Ray Train does, see ``tasks.runtime.train_pool``)
 and passes ``wrap`` (DistributedDataParallel); rank 0 alone writes.
 """
 

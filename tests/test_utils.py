@@ -1,4 +1,5 @@
-"""Atomic publication of files: complete or absent, normal permissions, nothing left behind on failure."""
+"""The shared helpers: files published complete or absent (normal permissions, nothing left behind on failure),
+and errors told on one line."""
 
 from __future__ import annotations
 
@@ -10,7 +11,16 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
-from magic141.utils import atomic_file, atomic_path, write_atomic, write_json_atomic
+from magic141.utils import (
+    atomic_file,
+    atomic_path,
+    first_line,
+    last_line,
+    one_line,
+    typed_line,
+    write_atomic,
+    write_json_atomic,
+)
 
 
 @pytest.fixture
@@ -116,3 +126,13 @@ def test_only_write_modes_are_accepted(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="mode must be 'wb' or 'w', got 'ab'"):
         atomic_file(tmp_path / "x", "ab")  # type: ignore[call-overload]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_are_told_on_one_line_and_an_empty_message_by_its_type() -> None:
+    remote = RuntimeError("Traceback (most recent call last):\n  File 'x.py'\n\nValueError: weights folder 'w' is gone\n")
+    assert one_line(remote) == "Traceback (most recent call last): File 'x.py' ValueError: weights folder 'w' is gone"
+    assert first_line(remote) == "Traceback (most recent call last):"
+    assert last_line(remote) == "ValueError: weights folder 'w' is gone"
+    assert [helper(KeyError()) for helper in (one_line, first_line, last_line, typed_line)] == ["KeyError"] * 4
+    assert typed_line(OSError("disk  full\n")) == "OSError: disk full"
+    assert (one_line(" \n "), first_line(""), last_line("")) == ("", "", "")

@@ -10,9 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flows.cli_common import UserError, quiet_model_libraries, stderr, stdout
+from flows.cli.common import UserError, quiet_model_libraries, stderr, stdout
 from magic141.utils import one_line
-from tasks.adherence import AdherenceSettings
+from tasks.runtime.adherence import AdherenceSettings
 
 ROWS = (("colour", "colour", "%"), ("shape", "shape", "%"), ("background", "background", "%"),
         ("motion direction (1st second)", "motion", "%"), ("motion kept (every second)", "motion_sustained", "%"),
@@ -50,7 +50,7 @@ def evaluate(
     quiet_model_libraries()
     from magic141.pipeline import Magic141Pipeline
     from magic141.prior import ImagePrior
-    from tasks.adherence import evaluate_adherence
+    from tasks.runtime.adherence import evaluate_adherence
 
     pipeline = Magic141Pipeline.from_preset(model.preset, weights=model.weights)
     prior = None

@@ -6,7 +6,7 @@ predict co-denoising windows at one step, decode a window. Because every request
 actor is simply sent again to another actor (Ray restarts the dead one in the background), and the
 driver applies each window's result exactly once: no window is lost or applied twice.
 
-By default the pool starts a private local Ray instance (:mod:`tasks.services`), declaring fake GPUs on
+By default the pool starts a private local Ray instance (:mod:`tasks.runtime.services`), declaring fake GPUs on
 a machine without any so that scheduling works the same; ``address`` (or ``RAY_ADDRESS``; ``auto`` for
 the host's own cluster) joins an existing cluster.
 """
@@ -35,7 +35,7 @@ from magic141.presets import get_preset
 from magic141.utils import last_line
 from magic141.windows import Window
 from tasks.request import ModelSpec
-from tasks.services import ray_address, start_local_ray
+from tasks.runtime.services import ray_address, start_local_ray
 
 logger = logging.getLogger(__name__)
 

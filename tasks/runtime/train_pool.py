@@ -4,7 +4,7 @@ One worker trains in this process, with no Ray at all. With ``workers > 1`` a :c
 runs :func:`magic141.training.loop.run` on every worker, gloo on CPUs or NCCL on GPUs; Ray Train wraps the
 trainee in DistributedDataParallel, and each rank computes its share of every step's global batch, so the
 loss curve is that of one worker at the same batch. Without a Ray address the pool is a private local
-instance (:func:`tasks.services.start_local_ray`).
+instance (:func:`tasks.runtime.services.start_local_ray`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from magic141.training.loop import (
     result_of,
     run,
 )
-from tasks.services import ray_address, start_local_ray
+from tasks.runtime.services import ray_address, start_local_ray
 
 logger = logging.getLogger(__name__)
 POLL_S = 1.0

@@ -10,9 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from flows.cli_common import UserError, print_fields, quiet_model_libraries, stderr, stdout
+from flows.cli.common import UserError, print_fields, quiet_model_libraries, stderr, stdout
 from magic141.utils import one_line
-from tasks.training import DEFAULTS, PRIOR_AUTOENCODER_STEPS, SAMPLES
+from tasks.runtime.training import DEFAULTS, PRIOR_AUTOENCODER_STEPS, SAMPLES
 
 train_app = typer.Typer(help="Train the toy world's models (see the README's 'Training' section).", no_args_is_help=True)
 
@@ -83,7 +83,7 @@ def _train(
 
     checked = _check_settings(settings)
     quiet_model_libraries(diffusers=False, ray=checked.workers > 1)
-    from tasks.train_pool import train
+    from tasks.runtime.train_pool import train
 
     stage = stage_factory()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -193,7 +193,7 @@ def train_prior(
 
 def _stage(name: str, preset: str, **options: Any) -> Any:
     """The stage, its transformer latent cache encoded first (with a bar) when this dataset has none yet."""
-    from tasks.training import make_stage
+    from tasks.runtime.training import make_stage
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=True) as progress:
@@ -405,8 +405,8 @@ def train_all(
 ) -> None:
     """Every stage in order as the Prefect flow 'train-toy-world' (progress artifacts per stage). Finished
     stages are kept and interrupted ones resume, so rerunning after a crash loses nothing."""
-    from flows.cli_common import prefect_api, progress_bars
-    from tasks.training import STAGES
+    from flows.cli.common import prefect_api, progress_bars
+    from tasks.runtime.training import STAGES
 
     unknown = sorted(set(stage or ()) - set(STAGES))
     if unknown:

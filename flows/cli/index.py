@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.cli_common import (
+from flows.cli.common import (
     UserError,
     bad_input_from_flow,
     cell,

@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from magic141.utils import one_line
-from tasks.services import ServiceStartError
+from tasks.runtime.services import ServiceStartError
 
+DEFAULT_OUT_DIR = Path("out")  # the videos and catalog of generate, and the catalog the catalog commands read
 # Text that is not read on a terminal (a pipe, a file, a CI log) is never cut or wrapped to 80 columns:
 # tables take the width their values need. $COLUMNS still sets a width.
 UNLIMITED_WIDTH = 100_000
@@ -213,12 +214,12 @@ def print_fields(fields: Iterable[tuple[str, object]], width: int) -> None:
 
 @contextlib.contextmanager
 def progress_bars(labels: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Draw a bar on stderr for each progress stage the flow reports (:mod:`tasks.progress`) while the block runs.
+    """Draw a bar on stderr for each progress stage the flow reports (:mod:`tasks.runtime.progress`) while the block runs.
 
     ``labels`` maps the stages to show onto their bar names; without it every stage is shown by its name.
     When the block raises, the bars are removed: the error is what is left to read.
     """
-    from tasks.progress import listening
+    from tasks.runtime.progress import listening
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     progress = Progress(*columns, console=stderr, transient=False)

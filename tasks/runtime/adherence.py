@@ -78,7 +78,7 @@ class _Frames:
 def sample_video(pipeline: Magic141Pipeline, image: PIL.Image.Image, prompt: str, num_frames: int, seed: int,
                  sampler: SamplerConfig, windows: str, negative_prompt: str | None = None) -> tuple[np.ndarray, list[int]]:
     """The stitched (F, H, W, 3) video and the frames at which its windows start."""
-    from tasks.stitch import Stitcher
+    from tasks.runtime.stitch import Stitcher
 
     plan = pipeline.plan(num_frames, windows)
     frames = _Frames()

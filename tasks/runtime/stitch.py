@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from magic141.windows import Window
-from tasks.ffmpeg import VideoWriter, crossfade
+from tasks.runtime.ffmpeg import VideoWriter, crossfade
 
 
 class Stitcher:

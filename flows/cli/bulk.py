@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.cli_common import (
+from flows.cli.common import (
     UserError,
     cell,
     prefect_api,
@@ -111,7 +111,7 @@ def bulk(
             ))
         finally:
             if workers:
-                from tasks.render_pool import shutdown_pools
+                from tasks.runtime.render_pool import shutdown_pools
 
                 shutdown_pools()
     _print_summary(result, as_json)

@@ -12,7 +12,7 @@ import numpy as np
 import PIL.Image
 
 from magic141.utils import atomic_file
-from tasks.ffmpeg import ProbeError, ffmpeg_exe, probe
+from tasks.runtime.ffmpeg import ProbeError, ffmpeg_exe, probe
 
 logger = logging.getLogger(__name__)
 
