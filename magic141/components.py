@@ -36,7 +36,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from magic141.conditioning import PROMPT_FORMATS, prompt_template_for
+from magic141.conditioning import CONVENTIONS, PROMPT_FORMATS, prompt_template_for
 from magic141.presets import Preset, PriorConfig, TextEncoderConfig, TransformerConfig, VAEConfig
 from magic141.tokenizers import build_clip_tokenizer, build_llama_tokenizer
 
@@ -55,6 +55,7 @@ class I2VComponents:
     scheduler: FlowMatchEulerDiscreteScheduler
     prompt_template: dict[str, Any]
     prompt_format: str = PROMPT_FORMATS[0]  # how prompt and image become text tokens: magic141.prompt_encoding
+    convention: str = CONVENTIONS[0]  # how the reference reaches the model, where sampling starts (conditioning.py)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {

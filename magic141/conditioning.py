@@ -37,6 +37,20 @@ def check_prompt_format(name: str) -> str:
     return name
 
 
+# How the reference image reaches the model and where sampling starts; the first is the default.
+# ``diffusers`` (diffusers' HunyuanVideo I2V): the VLM sees the reference fitted to the video size, the image
+# latent is the VAE posterior's mode, sampling starts at 0.999 noise + 0.001 image latent, the tokenizer
+# pads on the side its folder says. ``official`` (the Magic 1-For-1 inference): the VLM sees the reference
+# as given, the image latent is a sample of the posterior, sampling starts from pure noise, padding is right.
+CONVENTIONS = ("diffusers", "official")
+
+
+def check_convention(name: str) -> str:
+    if name not in CONVENTIONS:
+        raise ValueError(f"unknown convention {name!r}; choose one of: {', '.join(CONVENTIONS)}")
+    return name
+
+
 def prompt_template_for(tokenizer: PreTrainedTokenizerBase, image_tokens: int) -> dict[str, Any]:
     """The template dict of diffusers' HunyuanVideo I2V prompt encoder, with offsets counted for ``tokenizer``.
 

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 
 from magic141.presets import get_preset
 from magic141.utils import first_line
-from magic141.weights import check_new_folder, check_state_dict, write_prompt_format
+from magic141.weights import check_new_folder, check_state_dict, write_declarations
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def convert_official_checkpoint(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.absolute().parent))
     try:
         model.save_pretrained(staging, safe_serialization=True)
-        write_prompt_format(staging, "magic141")  # the official checkpoint was trained on that conditioning
+        write_declarations(staging, "magic141", "official")  # the official checkpoint was trained on that conditioning
         if out.exists():
             out.rmdir()
         os.replace(staging, out)

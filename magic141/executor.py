@@ -31,7 +31,7 @@ import PIL.Image
 import torch
 
 from magic141.presets import Preset
-from magic141.sampler import SamplerConfig, sample_codenoise
+from magic141.sampler import SamplerConfig, sample_codenoise, start_noise_level
 from magic141.windows import Window
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class RenderJob:
     key: str  # names the job's cached conditioning on an executor
     prompt: str
     negative_prompt: str | None
-    image: np.ndarray  # (H, W, 3) uint8 reference image at the video's size
+    image: np.ndarray  # (H, W, 3) uint8 reference image as given; the first frame is it fitted to the video size
     seed: int
     sampler: SamplerConfig
 
@@ -75,6 +75,9 @@ class WindowWork:
     seconds: float
     worker: WorkerInfo | None = None  # None: does not place the window (a co-denoising prediction)
     failures: tuple[str, ...] = ()
+
+
+Decoded = tuple[Window, np.ndarray, WindowWork]  # a window, the frames it keeps, the work it took
 
 
 @dataclass
@@ -128,6 +131,11 @@ class WindowExecutor(Protocol):
         """sha256 of the model's weights (:attr:`~magic141.pipeline.Magic141Pipeline.weights_fingerprint`)."""
         ...
 
+    @property
+    def convention(self) -> str:
+        """The weights' prompt-and-sampling convention (:data:`magic141.conditioning.CONVENTIONS`)."""
+        ...
+
     def prepare(self, job: RenderJob) -> torch.Tensor:
         """The scaled VAE latent of the job's reference image, (1, C, 1, h, w) float32 on the CPU."""
         ...
@@ -144,7 +152,7 @@ class WindowExecutor(Protocol):
         """Each co-denoised window's velocity at ``timestep``, float32 on the CPU, in input order."""
         ...
 
-    def decode(self, job: RenderJob, inputs: list[tuple[Window, torch.Tensor]]) -> Iterator[tuple[Window, np.ndarray, WindowWork]]:
+    def decode(self, job: RenderJob, inputs: list[tuple[Window, torch.Tensor]]) -> Iterator[Decoded]:
         """Each window's kept frames, yielded as they are decoded (in any order)."""
         ...
 
@@ -152,6 +160,12 @@ class WindowExecutor(Protocol):
 def window_seed(seed: int, index: int) -> int:
     """An independent, reproducible noise seed for window ``index`` of a video seeded ``seed``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def posterior_seed(seed: int, index: int) -> int:
+    """The seed of the VAE posterior sample of window ``index``'s first frame (``official`` convention), drawn
+    apart from the windows' noise."""
+    return int(np.random.SeedSequence([seed, index, 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def latent_shape(preset: Preset, latent_frames: int) -> tuple[int, int, int, int, int]:
@@ -226,7 +240,9 @@ def render_windows(
         return velocities
 
     noise = timeline_noise(executor.preset, job.seed, plan[-1].latent_stop)
-    latents = sample_codenoise(noise, image_latents, plan, job.sampler, predict)
+    latents = sample_codenoise(
+        noise, image_latents, plan, job.sampler, predict, noise_level=start_noise_level(executor.convention)
+    )
     inputs = [(window, latents[:, :, window.latent_start : window.latent_stop].clone()) for window in plan]
     for done, (window, frames, work) in enumerate(executor.decode(job, inputs), start=1):
         records[window.index].add(work)
@@ -254,11 +270,16 @@ class LocalExecutor:
     def fingerprint(self) -> str:
         return self.pipeline.weights_fingerprint
 
+    @property
+    def convention(self) -> str:
+        return self.pipeline.components.convention
+
     def conditioning(self, job: RenderJob, given: Conditioning | None = None) -> Conditioning:
         """The job's conditioning: cached, else ``given`` (computed by another worker), else encoded here."""
         if job.key not in self._jobs:
             if given is None:
-                given = self.pipeline.prepare(PIL.Image.fromarray(job.image), job.prompt, job.negative_prompt)
+                image = PIL.Image.fromarray(job.image)
+                given = self.pipeline.prepare(image, job.prompt, job.negative_prompt, job.seed)
             self._jobs[job.key] = given
             while len(self._jobs) > self._cached_jobs:
                 self._jobs.popitem(last=False)
@@ -288,7 +309,7 @@ class LocalExecutor:
             results.append((velocity.cpu(), WindowWork(time.perf_counter() - started)))
         return results
 
-    def decode(self, job: RenderJob, inputs: list[tuple[Window, torch.Tensor]]) -> Iterator[tuple[Window, np.ndarray, WindowWork]]:
+    def decode(self, job: RenderJob, inputs: list[tuple[Window, torch.Tensor]]) -> Iterator[Decoded]:
         for window, latents in inputs:
             started = time.perf_counter()
             frames = self.pipeline.decode_window(latents, window)

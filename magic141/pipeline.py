@@ -22,12 +22,13 @@ from diffusers.video_processor import VideoProcessor
 from optimum.quanto import quantization_map
 
 from magic141.components import I2VComponents, build_i2v_components, fingerprint_modules
-from magic141.conditioning import PROMPT_FORMATS
+from magic141.conditioning import CONVENTIONS, PROMPT_FORMATS
 from magic141.executor import (
     LocalExecutor,
     ProgressCallback,
     RenderedWindow,
     RenderJob,
+    posterior_seed,
     render_windows,
     timeline_noise,
     window_noise,
@@ -35,7 +36,7 @@ from magic141.executor import (
 from magic141.presets import Preset, get_preset
 from magic141.prompt_encoding import encode_magic141
 from magic141.quantization import QUANTIZED_COMPONENTS, quantize_weights
-from magic141.sampler import PromptEmbeddings, SamplerConfig, denoise, sample_window
+from magic141.sampler import PromptEmbeddings, SamplerConfig, denoise, sample_window, start_noise_level
 from magic141.weights import WeightPaths, load_i2v_components
 from magic141.windows import Window, plan_windows
 
@@ -148,11 +149,14 @@ class Magic141Pipeline:
 
     @cached_property
     def weights_fingerprint(self) -> str:
-        """sha256 of every weight; a non-default prompt format is mixed in, since it changes every video."""
+        """sha256 of every weight; a non-default prompt format or convention is mixed in: it changes every video."""
         digest = fingerprint_modules(self.components.modules())
-        if self.components.prompt_format == PROMPT_FORMATS[0]:
+        declared = [self.components.prompt_format]
+        if self.components.convention != CONVENTIONS[0]:
+            declared.append(self.components.convention)
+        if declared == [PROMPT_FORMATS[0]]:
             return digest
-        return hashlib.sha256(f"{digest}:{self.components.prompt_format}".encode()).hexdigest()
+        return hashlib.sha256(":".join([digest, *declared]).encode()).hexdigest()
 
     @property
     def vae_scaling_factor(self) -> float:
@@ -199,11 +203,17 @@ class Magic141Pipeline:
 
     # 3. First-frame latent
     @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, C, 1, h, w), float32."""
+    def encode_image(self, pixels: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latent (B, C, 1, h, w), float32: the VAE posterior's mode, or under the
+        ``official`` convention a sample of it drawn with ``seed``."""
         vae = self.components.vae
         posterior = vae.encode(pixels.unsqueeze(2).to(self.device, vae.dtype)).latent_dist
-        return posterior.mode().float() * self.vae_scaling_factor
+        if self.components.convention != "official":
+            return posterior.mode().float() * self.vae_scaling_factor
+        if seed is None:
+            raise ValueError("the official convention samples the image latent: give encode_image a seed")
+        generator = torch.Generator("cpu").manual_seed(seed)
+        return posterior.sample(generator).float() * self.vae_scaling_factor
 
     def image_pixels(self, image: PIL.Image.Image) -> torch.Tensor:
         """A PIL image, already at the preset's size, as (1, 3, H, W) in [-1, 1]."""
@@ -239,12 +249,27 @@ class Magic141Pipeline:
         """Noise of a whole co-denoised timeline, (1, C, L, h, w) float32 on the CPU."""
         return timeline_noise(self.preset, seed, latent_frames)
 
+    @property
+    def noise_level(self) -> float:
+        """How much of the sampler's starting point is noise, as the weights' convention says."""
+        return start_noise_level(self.components.convention)
+
+    def vlm_image(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        """The image the VLM reads: the reference as given (``official``) or fitted to the video size."""
+        if self.components.convention == "official":
+            return image.convert("RGB")
+        return fit_image(image, self.preset.width, self.preset.height)
+
     @torch.no_grad()
-    def prepare(self, image: PIL.Image.Image, prompt: str, negative_prompt: str | None = None) -> Conditioning:
-        """Encode what every window of a video is conditioned on: prompt, reference image, first frame."""
-        image = fit_image(image, self.preset.width, self.preset.height)
-        positive, negative = self.encode_prompt(image, prompt, negative_prompt)
-        return Conditioning(positive, negative, self.encode_image(self.image_pixels(image)), np.asarray(image))
+    def prepare(
+        self, image: PIL.Image.Image, prompt: str, negative_prompt: str | None = None, seed: int = 0
+    ) -> Conditioning:
+        """Encode what every window of a video seeded ``seed`` is conditioned on: prompt and reference image
+        (:meth:`vlm_image`), and the first frame, the reference fitted to the video size."""
+        first_frame = fit_image(image, self.preset.width, self.preset.height)
+        positive, negative = self.encode_prompt(self.vlm_image(image), prompt, negative_prompt)
+        image_latents = self.encode_image(self.image_pixels(first_frame), posterior_seed(seed, 0))
+        return Conditioning(positive, negative, image_latents, np.asarray(first_frame))
 
     @torch.no_grad()
     def render_chained_window(
@@ -266,7 +291,8 @@ class Magic141Pipeline:
         elif first_frame is None:
             raise ValueError(f"chained window {window.index} needs the previous window's last frame")
         else:
-            image_latents = self.encode_image(self.image_pixels(PIL.Image.fromarray(first_frame)))
+            pixels = self.image_pixels(PIL.Image.fromarray(first_frame))
+            image_latents = self.encode_image(pixels, posterior_seed(seed, window.index))
         latents = sample_window(
             self.components.transformer,
             self.noise(seed, window),
@@ -275,6 +301,7 @@ class Magic141Pipeline:
             sampler,
             conditioning.negative,
             on_step,
+            self.noise_level,
         )
         return self.decode_window(latents, window)
 
@@ -323,6 +350,5 @@ class Magic141Pipeline:
         self.check_inputs(prompt, num_frames, sampler, negative_prompt)
         plan = self.plan(num_frames, windows, overlap)
         logger.info("sampling %d frames in %d %s window(s) of %d steps", num_frames, len(plan), windows, sampler.steps)
-        image = fit_image(image, self.preset.width, self.preset.height)
-        job = RenderJob(uuid.uuid4().hex, prompt, negative_prompt, np.asarray(image), seed, sampler)
+        job = RenderJob(uuid.uuid4().hex, prompt, negative_prompt, np.asarray(image.convert("RGB")), seed, sampler)
         yield from render_windows(LocalExecutor(self), job, plan, windows, on_progress)

@@ -67,9 +67,14 @@ def _scheduler(config: SamplerConfig, device: torch.device) -> FlowMatchEulerDis
     return scheduler
 
 
-def initial_latents(noise: torch.Tensor, image_latents: torch.Tensor) -> torch.Tensor:
-    """The starting point: noise with a trace of the first-frame latent in every frame."""
-    return noise * NOISE_LEVEL + image_latents.to(noise.dtype) * (1 - NOISE_LEVEL)
+def start_noise_level(convention: str) -> float:
+    """How much of the starting point is noise: :data:`NOISE_LEVEL` (``diffusers``), or all of it (``official``)."""
+    return 1.0 if convention == "official" else NOISE_LEVEL
+
+
+def initial_latents(noise: torch.Tensor, image_latents: torch.Tensor, noise_level: float = NOISE_LEVEL) -> torch.Tensor:
+    """The starting point: noise with a trace (``1 - noise_level``) of the first-frame latent in every frame."""
+    return noise * noise_level + image_latents.to(noise.dtype) * (1 - noise_level)
 
 
 def denoise(
@@ -128,13 +133,15 @@ def sample_window(
     config: SamplerConfig,
     negative: PromptEmbeddings | None = None,
     on_step: Callable[[int, int], None] | None = None,
+    noise_level: float = NOISE_LEVEL,
 ) -> torch.Tensor:
     """Sample one window's latents from ``noise`` (B, C, T, h, w), float32, with ``config.steps`` Euler steps.
 
-    ``image_latents`` (B, C, 1, h, w) is the scaled VAE latent of the first frame.
+    ``image_latents`` (B, C, 1, h, w) is the scaled VAE latent of the first frame; sampling starts at
+    :func:`initial_latents` with ``noise_level``.
     """
     scheduler = _scheduler(config, noise.device)
-    latents = initial_latents(noise, image_latents)
+    latents = initial_latents(noise, image_latents, noise_level)
     for index, timestep in enumerate(scheduler.timesteps):
         velocity = denoise(
             transformer,
@@ -163,6 +170,7 @@ def sample_codenoise(
     config: SamplerConfig,
     predict: WindowPredictor,
     on_step: Callable[[int, int], None] | None = None,
+    noise_level: float = NOISE_LEVEL,
 ) -> torch.Tensor:
     """Co-denoise the timeline ``noise`` (1, C, L, h, w) covered by ``windows``; float32 latents.
 
@@ -176,7 +184,7 @@ def sample_codenoise(
         )
     weights = [torch.from_numpy(w).float().to(noise.device).view(1, 1, -1, 1, 1) for w in fusion_weights(windows)]
     scheduler = _scheduler(config, noise.device)
-    latents = initial_latents(noise, image_latents)
+    latents = initial_latents(noise, image_latents, noise_level)
     for index, timestep in enumerate(scheduler.timesteps):
         inputs = [(window, latents[:, :, window.latent_start : window.latent_stop]) for window in windows]
         velocities = predict(index, timestep, inputs)

@@ -1,7 +1,8 @@
 """The project's shared helpers: crash-safe file writes, checksums, and errors on one line.
 
-A file is either absent or complete, never half-written. Every published file of the project goes through :func:`atomic_file` (a file object) or
-:func:`atomic_path` (a path, for tools such as ffmpeg or PIL that open the file themselves):
+A file is either absent or complete, never half-written. Every published file of the project goes
+through :func:`atomic_file` (a file object) or :func:`atomic_path` (a path, for tools such as ffmpeg
+or PIL that open the file themselves):
 the content goes into a temporary sibling, which is fsynced and renamed over the target, and
 the rename is made durable by fsyncing the folder. If the writer fails, the temporary file is
 removed and an older file at the target is left as it was. New files get the permissions any

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,13 @@ from optimum.quanto import quantization_map
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPTokenizer, LlavaForConditionalGeneration
 
 from magic141.components import I2VComponents
-from magic141.conditioning import PROMPT_FORMATS, check_prompt_format, prompt_template_for
+from magic141.conditioning import (
+    CONVENTIONS,
+    PROMPT_FORMATS,
+    check_convention,
+    check_prompt_format,
+    prompt_template_for,
+)
 from magic141.quantization import (
     QUANTIZED_COMPONENTS,
     check_level,
@@ -85,26 +91,40 @@ def _load_model(cls: type, path: Path, dtype: torch.dtype, name: str) -> torch.n
     return model
 
 
-# Written beside a transformer's config: its prompt format when not the default (converted official weights), and
-# how a distilled transformer was made.
+# Written beside a transformer's config: its prompt format and convention when not the defaults (converted
+# official weights), and how a distilled transformer was made.
 PROMPT_FORMAT_FILE = "magic141.json"
 
 
-def read_prompt_format(transformer_folder: str | Path) -> str:
-    """The prompt format a transformer folder declares; ``hunyuan-i2v`` when it declares none."""
+def _declared(transformer_folder: str | Path, key: str, default: str, check: Callable[[str], str]) -> str:
     marker = Path(transformer_folder) / PROMPT_FORMAT_FILE
     if not marker.is_file():
-        return PROMPT_FORMATS[0]
+        return default
     try:
-        return check_prompt_format(json.loads(marker.read_text()).get("prompt_format", PROMPT_FORMATS[0]))
+        return check(json.loads(marker.read_text()).get(key, default))
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
         raise ValueError(f"{marker} is not a valid prompt-format file ({exc}); rewrite it or delete it") from None
 
 
-def write_prompt_format(transformer_folder: str | Path, prompt_format: str) -> None:
-    """Record a non-default prompt format in a transformer folder (the default needs no file)."""
+def read_prompt_format(transformer_folder: str | Path) -> str:
+    """The prompt format a transformer folder declares; ``hunyuan-i2v`` when it declares none."""
+    return _declared(transformer_folder, "prompt_format", PROMPT_FORMATS[0], check_prompt_format)
+
+
+def read_convention(transformer_folder: str | Path) -> str:
+    """The prompt-and-sampling convention a transformer folder declares; ``diffusers`` when it declares none."""
+    return _declared(transformer_folder, "convention", CONVENTIONS[0], check_convention)
+
+
+def write_declarations(transformer_folder: str | Path, prompt_format: str, convention: str) -> None:
+    """Record a non-default prompt format and convention in a transformer folder (defaults need no file)."""
+    declared = {}
     if check_prompt_format(prompt_format) != PROMPT_FORMATS[0]:
-        (Path(transformer_folder) / PROMPT_FORMAT_FILE).write_text(json.dumps({"prompt_format": prompt_format}) + "\n")
+        declared["prompt_format"] = prompt_format
+    if check_convention(convention) != CONVENTIONS[0]:
+        declared["convention"] = convention
+    if declared:
+        (Path(transformer_folder) / PROMPT_FORMAT_FILE).write_text(json.dumps(declared) + "\n")
 
 
 def read_distillation(transformer_folder: str | Path) -> dict[str, Any] | None:
@@ -143,7 +163,10 @@ def load_i2v_components(paths: WeightPaths, flow_shift: float, dtype: torch.dtyp
         scheduler=FlowMatchEulerDiscreteScheduler(shift=flow_shift),
         prompt_template=prompt_template_for(tokenizer, (vision.image_size // vision.patch_size) ** 2),
         prompt_format=read_prompt_format(paths.transformer),
+        convention=read_convention(paths.transformer),
     )
+    if components.convention == "official":
+        tokenizer.padding_side = "right"  # as the official inference forces, whatever the tokenizer folder says
     if components.transformer.config.image_condition_type != "latent_concat":
         raise ValueError(
             f"transformer in {paths.transformer} is not a 2C+1 image-to-video model "
@@ -177,7 +200,7 @@ def save_i2v_components(components: I2VComponents, folder: str | Path) -> Path:
     root = Path(folder)
     for name, module in components.modules().items():
         module.save_pretrained(root / name, safe_serialization=True)
-    write_prompt_format(root / "transformer", components.prompt_format)
+    write_declarations(root / "transformer", components.prompt_format, components.convention)
     components.tokenizer.save_pretrained(root / "tokenizer")
     components.tokenizer_2.save_pretrained(root / "tokenizer_2")
     components.image_processor.save_pretrained(root / "image_processor")
@@ -214,7 +237,7 @@ def quantize_weights_folder(source: str | Path, out: str | Path, level: str, flo
                 save_quantized(module, staging / name)
             else:
                 module.save_pretrained(staging / name, safe_serialization=True)
-        write_prompt_format(staging / "transformer", components.prompt_format)
+        write_declarations(staging / "transformer", components.prompt_format, components.convention)
         components.tokenizer.save_pretrained(staging / "tokenizer")
         components.tokenizer_2.save_pretrained(staging / "tokenizer_2")
         components.image_processor.save_pretrained(staging / "image_processor")

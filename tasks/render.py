@@ -96,13 +96,16 @@ def render_video(
         true_cfg_scale=settings.true_cfg,
         flow_shift=preset.flow_shift,
     )
-    with PIL.Image.open(prior_path) as image:
-        first_frame = fit_image(image, preset.width, preset.height)
     plan = plan_video(preset, num_frames, settings.windows, settings.overlap)
     where = "in this process" if settings.workers == 0 else f"on {settings.workers} Ray worker(s)"
     progress = StageProgress("render", f"Rendering {num_frames} frames in {len(plan)} {settings.windows} windows {where}")
     executor = _executor(settings)
-    job = RenderJob(f"{out}:{seed}", prompt, negative_prompt, np.asarray(first_frame), seed, sampler)
+    with PIL.Image.open(prior_path) as image:  # the VLM reads it as given under the official convention
+        if executor.convention == "official":
+            reference = image.convert("RGB")
+        else:
+            reference = fit_image(image, preset.width, preset.height)
+    job = RenderJob(f"{out}:{seed}", prompt, negative_prompt, np.asarray(reference), seed, sampler)
     records = []
     with VideoWriter(out, preset.width, preset.height, fps, expected_frames=num_frames, preset="veryfast") as writer:
         stitcher = Stitcher(writer, plan)

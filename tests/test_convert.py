@@ -12,7 +12,7 @@ from official_checkpoint import original_state_dict
 
 from magic141.convert import convert_official_checkpoint, convert_official_transformer, convert_state_dict
 from magic141.presets import get_preset
-from magic141.weights import read_prompt_format
+from magic141.weights import read_convention, read_prompt_format
 
 ROPE = (4, 6, 6)  # the rotary split of the small checkpoint's 16-wide heads
 
@@ -114,6 +114,7 @@ def test_convert_command_writes_safetensors_that_load(official, converted, tmp_p
     assert guidance is None  # the official checkpoint has no guidance_in tensors to speak of
     assert (out / "diffusion_pytorch_model.safetensors").is_file() and (out / "config.json").is_file()
     assert read_prompt_format(out) == "magic141", "official weights are declared for the official conditioning"
+    assert read_convention(out) == "official", "and sample as the official inference does"
     loaded = HunyuanVideoTransformer3DModel.from_pretrained(out)
     for key, value in converted.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)

@@ -565,7 +565,7 @@ class DistillStage:
 
     def save(self, trainee: torch.nn.Module, folder: Path) -> None:
         """The teacher's weights folder with the student's transformer, which records how it was distilled."""
-        from magic141.weights import read_prompt_format, write_distillation, write_prompt_format
+        from magic141.weights import read_convention, read_prompt_format, write_declarations, write_distillation
 
         student = trainee.student if self.kind == "cfg" else trainee.student()
         components = self.teacher.components
@@ -573,7 +573,8 @@ class DistillStage:
             shutil.copytree(source, folder / name)
         target = folder / "transformer" if components else folder
         student.save_pretrained(target, safe_serialization=True)
-        write_prompt_format(target, read_prompt_format(self.teacher.transformer_folder))
+        teacher = self.teacher.transformer_folder
+        write_declarations(target, read_prompt_format(teacher), read_convention(teacher))
         settings = asdict(self.cfg) if self.kind == "cfg" else asdict(self.dmd2)
         write_distillation(target, {
             "kind": self.kind, "teacher": str(self.teacher.source), "teacher_fingerprint": self.teacher.fingerprint,

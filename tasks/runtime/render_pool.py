@@ -2,7 +2,8 @@
 
 The driver runs the window loop (:func:`magic141.executor.render_windows`) on a :class:`PoolExecutor`,
 which sends each actor small, pure requests: encode a video's conditioning, render a chained window,
-predict co-denoising windows at one step, decode a window. Because every request is a function of its inputs, a request lost with a dying
+predict co-denoising windows at one step, decode a window. Because every request is a function of its
+inputs, a request lost with a dying
 actor is simply sent again to another actor (Ray restarts the dead one in the background), and the
 driver applies each window's result exactly once: no window is lost or applied twice.
 
@@ -29,7 +30,7 @@ import ray
 import torch
 from ray.exceptions import ActorDiedError, RayActorError
 
-from magic141.executor import LocalExecutor, ProgressCallback, RenderJob, WindowWork, WorkerInfo
+from magic141.executor import Decoded, LocalExecutor, ProgressCallback, RenderJob, WindowWork, WorkerInfo
 from magic141.pipeline import Conditioning, Magic141Pipeline
 from magic141.presets import get_preset
 from magic141.utils import last_line
@@ -85,6 +86,9 @@ class RenderWorker:
 
     def fingerprint(self) -> str:
         return self.executor.fingerprint
+
+    def convention(self) -> str:
+        return self.executor.convention
 
     def prepare(self, job: RenderJob) -> Conditioning:
         """Encode the job's prompt and reference image; the result is shared with the other actors."""
@@ -163,6 +167,7 @@ class RenderPool:
                 raise
             raise PoolError(f"render actors could not load the model: {last_line(exc)}") from None
         self.fingerprint: str = ray.get(self._actors[0].fingerprint.remote())
+        self.convention: str = ray.get(self._actors[0].convention.remote())
         logger.info("render pool ready: %s", ", ".join(f"{a.name}@{a.node} gpu {a.gpu_id}" for a in self.actors))
 
     @property
@@ -276,19 +281,31 @@ class PoolExecutor:
     predicted at every step by each worker for its share (window k on worker k mod N, so placements
     are stable), from a conditioning encoded once and shared; then they are decoded across the pool.
     A request lost with its actor is sent to another; the failure is added to its windows' records.
+    Each job (with its reference image) and its conditioning go into Ray's object store once; the
+    requests carry references to them.
     """
 
     def __init__(self, pool: RenderPool) -> None:
         self.pool = pool
         self.preset = get_preset(pool.config.model.preset)
+        self._job: tuple[str, Any] | None = None  # (job key, object ref of the job)
         self._shared: tuple[str, Any] | None = None  # (job key, object ref of its conditioning)
+
+    def _ref(self, job: RenderJob) -> Any:
+        if self._job is None or self._job[0] != job.key:
+            self._job = (job.key, ray.put(job))
+        return self._job[1]
 
     @property
     def fingerprint(self) -> str:
         return self.pool.fingerprint
 
+    @property
+    def convention(self) -> str:
+        return self.pool.convention
+
     def prepare(self, job: RenderJob) -> torch.Tensor:
-        conditioning = self.pool.call("prepare", job)
+        conditioning = self.pool.call("prepare", self._ref(job))
         self._shared = (job.key, ray.put(conditioning))
         return conditioning.image_latents
 
@@ -297,7 +314,8 @@ class PoolExecutor:
     ) -> tuple[np.ndarray, WindowWork]:
         failures: list[str] = []
         frames, work = self.pool.call(
-            "chained_window", job, window, first_frame, on_failure=lambda _number, reason: failures.append(reason)
+            "chained_window", self._ref(job), window, first_frame,
+            on_failure=lambda _number, reason: failures.append(reason),
         )
         return frames, replace(work, failures=tuple(failures))
 
@@ -310,9 +328,9 @@ class PoolExecutor:
         for position, (window, _) in enumerate(inputs):
             groups.setdefault(window.index % self.pool.workers, []).append(position)
         workers = sorted(groups)
+        shares = {w: [(inputs[p][0], inputs[p][1].clone()) for p in groups[w]] for w in workers}
         requests: list[Request] = [
-            ("predict", (job, self._shared[1], timestep, [(inputs[p][0], inputs[p][1].clone()) for p in groups[w]]), w)
-            for w in workers
+            ("predict", (self._ref(job), self._shared[1], timestep, shares[w]), w) for w in workers
         ]
         failures: dict[int, list[str]] = {}
         results: dict[int, tuple[torch.Tensor, WindowWork]] = {}
@@ -323,9 +341,10 @@ class PoolExecutor:
                 results[position] = (velocity, replace(work, failures=failed))
         return [results[position] for position in range(len(inputs))]
 
-    def decode(self, job: RenderJob, inputs: list[tuple[Window, torch.Tensor]]) -> Iterator[tuple[Window, np.ndarray, WindowWork]]:
+    def decode(self, job: RenderJob, inputs: list[tuple[Window, torch.Tensor]]) -> Iterator[Decoded]:
         requests: list[Request] = [
-            ("decode", (job, window, latents), window.index % self.pool.workers) for window, latents in inputs
+            ("decode", (self._ref(job), window, latents), window.index % self.pool.workers)
+            for window, latents in inputs
         ]
         failures: dict[int, list[str]] = {}
         runs = self.pool.run(
