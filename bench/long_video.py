@@ -43,7 +43,8 @@ def timed_render(pool, seconds: float, out: Path, seed: int) -> float:
     preset = get_preset("tiny")
     num_frames = round(seconds * preset.fps)
     image = fit_image(PIL.Image.new("RGB", (preset.width, preset.height), (180, 90, 30)), preset.width, preset.height)
-    job = RenderJob(f"bench-{seed}", PROMPT, None, np.asarray(image), seed, SamplerConfig(flow_shift=preset.flow_shift))
+    job = RenderJob(f"bench-{seed}", PROMPT, None, np.asarray(image), seed, SamplerConfig(flow_shift=preset.flow_shift),
+                    (preset.width, preset.height))
     started = time.perf_counter()
     plan = plan_video(preset, num_frames, "parallel")
     with VideoWriter(out, preset.width, preset.height, preset.fps, expected_frames=num_frames, preset="veryfast") as writer:

@@ -50,6 +50,7 @@ class RenderJob:
     image: np.ndarray  # (H, W, 3) uint8 reference image as given; the first frame is it fitted to the video size
     seed: int
     sampler: SamplerConfig
+    size: tuple[int, int]  # (width, height) of the video, one of the preset's sizes
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def render_windows(
         progress(step + 1, total)
         return velocities
 
-    noise = timeline_noise(executor.preset, job.seed, plan[-1].latent_stop)
+    noise = timeline_noise(executor.preset.at_size(job.size), job.seed, plan[-1].latent_stop)
     latents = sample_codenoise(
         noise, image_latents, plan, job.sampler, predict, noise_level=start_noise_level(executor.convention)
     )
@@ -262,6 +263,9 @@ class LocalExecutor:
         self._cached_jobs = cached_jobs
         self._jobs: OrderedDict[str, Conditioning] = OrderedDict()
 
+    def _at(self, job: RenderJob) -> Magic141Pipeline:
+        return self.pipeline.at_size(job.size)
+
     @property
     def preset(self) -> Preset:
         return self.pipeline.preset
@@ -279,7 +283,7 @@ class LocalExecutor:
         if job.key not in self._jobs:
             if given is None:
                 image = PIL.Image.fromarray(job.image)
-                given = self.pipeline.prepare(image, job.prompt, job.negative_prompt, job.seed)
+                given = self._at(job).prepare(image, job.prompt, job.negative_prompt, job.seed)
             self._jobs[job.key] = given
             while len(self._jobs) > self._cached_jobs:
                 self._jobs.popitem(last=False)
@@ -293,7 +297,7 @@ class LocalExecutor:
         self, job: RenderJob, window: Window, first_frame: np.ndarray | None, on_step: ProgressCallback | None = None
     ) -> tuple[np.ndarray, WindowWork]:
         started = time.perf_counter()
-        frames = self.pipeline.render_chained_window(
+        frames = self._at(job).render_chained_window(
             self.conditioning(job), window, job.seed, job.sampler, first_frame, on_step
         )
         return frames, WindowWork(time.perf_counter() - started, self.worker)
@@ -302,15 +306,17 @@ class LocalExecutor:
         self, job: RenderJob, timestep: torch.Tensor, inputs: list[tuple[Window, torch.Tensor]]
     ) -> list[tuple[torch.Tensor, WindowWork]]:
         conditioning = self.conditioning(job)
+        pipeline = self._at(job)
         results = []
         for window, latents in inputs:
             started = time.perf_counter()
-            velocity = self.pipeline.predict_window(conditioning, window, latents, timestep, job.sampler)
+            velocity = pipeline.predict_window(conditioning, window, latents, timestep, job.sampler)
             results.append((velocity.cpu(), WindowWork(time.perf_counter() - started)))
         return results
 
     def decode(self, job: RenderJob, inputs: list[tuple[Window, torch.Tensor]]) -> Iterator[Decoded]:
+        pipeline = self._at(job)
         for window, latents in inputs:
             started = time.perf_counter()
-            frames = self.pipeline.decode_window(latents, window)
+            frames = pipeline.decode_window(latents, window)
             yield window, frames, WindowWork(time.perf_counter() - started, self.worker)

@@ -7,6 +7,7 @@ decoded one at a time and yielded, so memory does not grow with the video's leng
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import uuid
@@ -249,6 +250,15 @@ class Magic141Pipeline:
         """Noise of a whole co-denoised timeline, (1, C, L, h, w) float32 on the CPU."""
         return timeline_noise(self.preset, seed, latent_frames)
 
+    def at_size(self, size: tuple[int, int]) -> Magic141Pipeline:
+        """This pipeline rendering videos of ``size`` (width, height), one of the preset's sizes: same models."""
+        preset = self.preset.at_size(size)
+        if preset is self.preset:
+            return self
+        view = copy.copy(self)
+        view.preset = preset
+        return view
+
     @property
     def noise_level(self) -> float:
         """How much of the sampler's starting point is noise, as the weights' convention says."""
@@ -339,6 +349,7 @@ class Magic141Pipeline:
         windows: str = "chained",
         overlap: int | None = None,
         on_progress: ProgressCallback | None = None,
+        size: tuple[int, int] | None = None,
     ) -> Iterator[RenderedWindow]:
         """Generate ``num_frames`` frames starting at ``image``, yielding each window once decoded.
 
@@ -346,9 +357,11 @@ class Magic141Pipeline:
         frame; the VLM keeps seeing the reference image. ``windows="parallel"``: overlapping windows
         are co-denoised over one latent timeline, then decoded one at a time. The window loop is
         :func:`~magic141.executor.render_windows`, here on a :class:`~magic141.executor.LocalExecutor`.
+        ``size`` (width, height) is one of the preset's sizes (default: its own).
         """
+        size = (self.preset.width, self.preset.height) if size is None else self.preset.check_size(size)
         self.check_inputs(prompt, num_frames, sampler, negative_prompt)
         plan = self.plan(num_frames, windows, overlap)
         logger.info("sampling %d frames in %d %s window(s) of %d steps", num_frames, len(plan), windows, sampler.steps)
-        job = RenderJob(uuid.uuid4().hex, prompt, negative_prompt, np.asarray(image.convert("RGB")), seed, sampler)
+        job = RenderJob(uuid.uuid4().hex, prompt, negative_prompt, np.asarray(image.convert("RGB")), seed, sampler, size)
         yield from render_windows(LocalExecutor(self), job, plan, windows, on_progress)

@@ -120,6 +120,7 @@ class Preset:
     init_seed: int = 0
     window_overlap_latent_frames: int = 2  # latents shared by neighbouring co-denoising windows
     shipped_weights: str | None = None  # a weights folder (or file) inside the package, used when no weights are given
+    buckets: tuple[tuple[int, int], ...] = ()  # (width, height) video sizes besides width x height, by aspect ratio
 
     @property
     def weights_folder(self) -> Path | None:
@@ -136,6 +137,44 @@ class Preset:
 
     def replace(self, **changes: object) -> Preset:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """The (width, height) video sizes the preset renders: its own first, then its other buckets."""
+        return ((self.width, self.height), *(size for size in self.buckets if size != (self.width, self.height)))
+
+    def nearest_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size whose width/height is nearest an image of ``width`` x ``height``, the taller on a tie (the
+        official inference's rule)."""
+        aspect = width / height
+        by_ratio = sorted(self.sizes, key=lambda size: size[0] / size[1])
+        return min(by_ratio, key=lambda size: abs(size[0] / size[1] - aspect))
+
+    def check_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``size`` if the preset renders it, else ``ValueError`` listing the sizes it does."""
+        if size not in self.sizes:
+            raise ValueError(
+                f"size {size[0]}x{size[1]} is not one of the {self.name} preset's sizes; choose auto or one of: "
+                f"{', '.join(f'{w}x{h}' for w, h in self.sizes)}"
+            )
+        return size
+
+    def at_size(self, size: tuple[int, int]) -> Preset:
+        """The preset rendering at ``size``, one of :attr:`sizes`."""
+        width, height = self.check_size(size)
+        if (width, height) == (self.width, self.height):
+            return self
+        return dataclasses.replace(self, width=width, height=height)
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """``"auto"`` -> None (the size nearest the first frame's aspect ratio), ``"WxH"`` -> (W, H); else ``ValueError``."""
+    if text.strip().lower() == "auto":
+        return None
+    width, sep, height = text.strip().lower().partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or int(width) < 1 or int(height) < 1:
+        raise ValueError(f"size {text!r} is not auto or WIDTHxHEIGHT such as 960x544")
+    return int(width), int(height)
 
 
 # The text encoders of the small presets: random (seeded) weights, frozen even when the toy preset is trained.
@@ -181,6 +220,7 @@ PRESETS: dict[str, Preset] = {
             text_layers=1,
             text_heads=2,
         ),
+        buckets=((48, 64),),
     ),
     # The toy world's models (magic141.toy_world), trained on this project's CPUs: the real model's structure
     # (2C+1 input, VLM image tokens, guidance embedding, both window modes) at 64x48, 8 fps, 17 frames a window.
@@ -220,6 +260,7 @@ PRESETS: dict[str, Preset] = {
         flow_shift=3.0,
         window_overlap_latent_frames=1,
         shipped_weights="toy_weights",
+        buckets=((48, 64),),
     ),
     "full-540p": Preset(
         name="full-540p",
@@ -264,6 +305,8 @@ PRESETS: dict[str, Preset] = {
             steps=28,
         ),
         flow_shift=5.0,
+        # The official inference's 540p buckets, by aspect ratio 9:16, 3:4, 1:1, 4:3 (and 16:9, the preset's own).
+        buckets=((544, 960), (624, 832), (720, 720), (832, 624)),
     ),
 }
 

@@ -247,7 +247,7 @@ def plan_batch(table: PromptCsv, settings: BulkSettings, batch_id: str) -> list[
             guidance=preset.guidance_scale if row.guidance is None else row.guidance, steps=settings.steps,
             windows=row.windows, prior=row.prior, image_sha256=row.image_sha256, preset=settings.model.preset,
             model_fingerprint=combined_fingerprint(video_fingerprint, prior_fingerprint if policy.may_generate() else None),
-            prior_settings=policy.settings(),
+            prior_settings=policy.settings(), size=row.size,
         )
         jobs.append(RowJob(row, key, row_output(settings.out_dir, row.row_key, key)))
         records.append(RowRecord(row.row_number, row.row_key, "pending", content_key=key))

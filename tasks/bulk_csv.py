@@ -4,8 +4,9 @@ The contract (also in the README):
 
 - The first non-blank row names the columns, case-insensitively: ``prompt`` (required), ``id``,
   ``image``, ``seconds``, ``fps``, ``seed``, ``guidance``, ``negative_prompt``, ``prior``
-  (``auto|user|retrieve|generate``, default ``auto``) and ``windows`` (``chained|parallel``,
-  default ``chained``). An empty cell means the default.
+  (``auto|user|retrieve|generate``, default ``auto``), ``windows`` (``chained|parallel``,
+  default ``chained``) and ``size`` (``auto`` or one of the preset's sizes as ``WxH``, default
+  ``auto``: the size nearest the first frame's aspect ratio). An empty cell means the default.
 - Standard CSV (RFC 4180): commas between cells, double quotes around cells that hold commas,
   quotes or line breaks. UTF-8 with or without a byte-order mark; LF or CRLF line ends (a line
   break inside a cell is kept as LF). Blank rows are skipped.
@@ -18,7 +19,7 @@ The contract (also in the README):
 - Each row is checked on its own and every problem it has is reported in one line; a bad row is
   rejected and the rest go on. Checks: an empty prompt; a number that is not plain decimal
   (``nan``, ``inf``, ``1_000``, ``5s``) or out of the range ``magic141 generate`` accepts; a
-  ``prior`` or ``windows`` value outside its list; ``prior user`` without an image, or an image
+  ``prior``, ``windows`` or ``size`` value outside its list; ``prior user`` without an image, or an image
   with ``prior retrieve|generate``; ``prior retrieve`` when the run has no retrieval index; an
   image that does not exist, is not a readable image, or resolves (symlinks included) outside
   the image roots (default: the CSV's folder; relative paths are taken from the CSV's folder); an
@@ -52,7 +53,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from magic141.presets import default_preset_name, get_preset
+from magic141.presets import Preset, default_preset_name, get_preset
 from magic141.utils import sha256_file
 from magic141.windows import WINDOW_MODES
 from tasks.prior_policy import PRIOR_MODES
@@ -66,12 +67,13 @@ from tasks.request import (
     check_image,
     check_seconds,
     check_seed,
+    check_size,
     clean_prompt,
 )
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("prompt", "id", "image", "seconds", "fps", "seed", "guidance", "negative_prompt", "prior", "windows")
+COLUMNS = ("prompt", "id", "image", "seconds", "fps", "seed", "guidance", "negative_prompt", "prior", "windows", "size")
 MAX_ID_LENGTH = 255
 CONTENT_KEY_VERSION = 1
 _REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerateRequest)}
@@ -113,6 +115,7 @@ class ValidRow:
     guidance: float | None
     prior: str
     windows: str
+    size: str = "auto"
 
     @property
     def num_frames(self) -> int:
@@ -136,6 +139,7 @@ class ValidRow:
             quantize=model.quantize,
             low_memory=model.low_memory,
             windows=self.windows,
+            size=self.size,
         )
 
 
@@ -182,13 +186,15 @@ def content_key(
     preset: str,
     model_fingerprint: str,
     prior_settings: Mapping[str, float | int | str] | None = None,
+    size: str = "auto",
 ) -> str:
     """sha256 hex naming the video these inputs make; equal keys mean the same video.
 
     It hashes the canonical JSON (sorted keys, no spaces, UTF-8, floats as floats) of: the key
     version, ``prompt``, ``negative_prompt`` (None and "" are the same), ``seconds``, ``fps``,
     ``seed``, ``guidance`` (resolved: the preset's default when the row gives none), ``steps``,
-    ``windows`` mode, ``prior`` mode as asked, ``prior_settings`` (e.g. the retrieval threshold
+    ``windows`` mode, ``size`` as asked (only when not ``auto``, so keys made before sizes existed
+    hold), ``prior`` mode as asked, ``prior_settings`` (e.g. the retrieval threshold
     and img2img strength of ``auto``; None when not used), ``image_sha256`` of the row's own
     image (None without one), ``preset`` and ``model_fingerprint`` (the weights fingerprint of
     every model involved). The retrieval index version is not part of it: rebuilding the index
@@ -210,6 +216,8 @@ def content_key(
         "preset": preset,
         "model_fingerprint": model_fingerprint,
     }
+    if size != "auto":
+        document["size"] = size
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -310,10 +318,11 @@ class _RowChecker:
 
     def __init__(
         self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path], index_configured: bool, text_to_image: bool,
-        default_fps: int, default_guidance: float | None = None,
+        preset: Preset, default_guidance: float | None = None,
     ) -> None:
         self.columns = columns
-        self.default_fps = default_fps
+        self.preset = preset
+        self.default_fps = preset.fps
         self.default_guidance = default_guidance  # None: the model takes any guidance scale
         self.csv_dir = csv_dir
         self.roots = roots
@@ -380,6 +389,7 @@ class _RowChecker:
         windows = (cells.get("windows") or DEFAULT_WINDOWS).lower()
         if windows not in WINDOW_MODES:
             problems.append(f"windows {cells['windows']!r} is not one of {', '.join(WINDOW_MODES)}")
+        size = attempt(check_size, cells.get("size") or "auto", self.preset.name)
         image_text = cells.get("image", "")
         image: Path | None = None
         if image_text:
@@ -412,6 +422,7 @@ class _RowChecker:
             guidance=guidance,
             prior=prior,
             windows=windows,
+            size=size,
         )
 
     def _key_problems(self, number: int, key: str, given_id: str) -> list[str]:
@@ -451,7 +462,6 @@ def read_prompt_csv(
     takes a guidance scale; without one, rows whose guidance differs from the preset's are rejected.
     """
     chosen = get_preset(preset or default_preset_name())
-    default_fps = chosen.fps
     default_guidance = None if guidance_input else chosen.guidance_scale
     file = Path(path).absolute()
     try:
@@ -474,7 +484,7 @@ def read_prompt_csv(
             continue
         if columns is None or checker is None:
             columns = _header(file, raw)
-            checker = _RowChecker(columns, csv_dir, roots, index_configured, text_to_image, default_fps, default_guidance)
+            checker = _RowChecker(columns, csv_dir, roots, index_configured, text_to_image, chosen, default_guidance)
             continue
         row = checker.check(number, raw)
         if isinstance(row, ValidRow):

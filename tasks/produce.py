@@ -92,6 +92,7 @@ def _produce_video(job: VideoJob, flow_run_id: str | None) -> ProducedVideo:
             overlap=request.overlap,
             workers=request.workers,
             ray_address=request.ray_address,
+            size=request.size,
         )
         staged = work_dir / STAGED_VIDEO
         with gpu_slot(job.gpu_limit):

@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 from prefect import get_run_logger, task
 
-from magic141.presets import get_preset
+from magic141.presets import get_preset, parse_size
 from magic141.utils import sha256_file
 from tasks.request import ModelSpec
 from tasks.runtime.ffmpeg import VideoWriter, probe
@@ -40,6 +40,7 @@ class RenderSettings:
     overlap: int | None = None
     workers: int = 0
     ray_address: str | None = None
+    size: str = "auto"  # one of the preset's sizes as WxH, or auto: the one nearest the first frame's aspect ratio
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,13 @@ def render_video(
     progress = StageProgress("render", f"Rendering {num_frames} frames in {len(plan)} {settings.windows} windows {where}")
     executor = _executor(settings)
     with PIL.Image.open(prior_path) as image:  # the VLM reads it as given under the official convention
+        size = parse_size(settings.size) or preset.nearest_size(*image.size)
+        preset = preset.at_size(size)
         if executor.convention == "official":
             reference = image.convert("RGB")
         else:
             reference = fit_image(image, preset.width, preset.height)
-    job = RenderJob(f"{out}:{seed}", prompt, negative_prompt, np.asarray(reference), seed, sampler)
+    job = RenderJob(f"{out}:{seed}", prompt, negative_prompt, np.asarray(reference), seed, sampler, size)
     records = []
     with VideoWriter(out, preset.width, preset.height, fps, expected_frames=num_frames, preset="veryfast") as writer:
         stitcher = Stitcher(writer, plan)

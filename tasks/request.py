@@ -14,7 +14,7 @@ from pathlib import Path
 import PIL.Image
 from pydantic import SecretStr
 
-from magic141.presets import default_preset_name, get_preset
+from magic141.presets import default_preset_name, get_preset, parse_size
 from magic141.utils import first_line
 from magic141.windows import WINDOW_MODES
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_mode, check_prior_settings
@@ -69,6 +69,7 @@ class GenerateRequest:
     low_memory: bool = False
     windows: str = "chained"
     overlap: int | None = None  # latents shared by parallel windows; None: the preset's
+    size: str = "auto"  # WxH, one of the preset's sizes; auto: the one nearest the first frame's aspect ratio
     workers: int = 0  # Ray render actors (one per GPU); 0 renders in this process
     ray_address: str | None = None
     prior: str | None = None  # auto, user, retrieve or generate; None: the image if given, else text-to-image
@@ -194,6 +195,15 @@ def check_render(request: GenerateRequest, window_latent_frames: int) -> None:
         raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {request.workers}")
     if request.ray_address is not None and request.workers == 0:
         raise ValueError("--ray-address renders on a Ray cluster; give --workers N (N >= 1) as well")
+
+
+def check_size(size: str, preset_name: str) -> str:
+    """``"auto"``, or ``size`` as ``WxH`` when the preset renders it; else ``ValueError`` listing the sizes it does."""
+    parsed = parse_size(size)
+    if parsed is None:
+        return "auto"
+    width, height = get_preset(preset_name).check_size(parsed)
+    return f"{width}x{height}"
 
 
 def check_image(path: str) -> None:
@@ -383,6 +393,7 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
     check_duration(request.seconds, request.fps)
     check_steps(request.steps)
     check_render(request, preset.window_latent_frames)
+    size = check_size(request.size, request.preset)
     guidance = preset.guidance_scale if request.guidance is None else request.guidance
     check_guidance(guidance)
     if not math.isfinite(request.true_cfg) or request.true_cfg < 1:
@@ -408,5 +419,5 @@ def validate_request(request: GenerateRequest, check_out: bool = True) -> Genera
         check_output(request.out)
     return replace(
         request, prompt=prompt, negative_prompt=negative_prompt, image=image, out=os.path.abspath(request.out),
-        guidance=guidance, weights=model.weights, index_dir=index_dir,
+        guidance=guidance, weights=model.weights, index_dir=index_dir, size=size,
     )

@@ -39,7 +39,8 @@ def test_windows_of_one_video_are_rendered_on_both_nodes(cluster: Cluster, tiny_
         assert len({actor.node for actor in pool.actors}) == 2, "one actor per one-GPU node"
         plan = plan_video(get_preset("tiny"), 60, "parallel")
         got: dict[int, np.ndarray] = {}
-        job = RenderJob("cluster", "a lighthouse in a storm", None, np.asarray(prior_image), 4, SamplerConfig(flow_shift=7.0))
+        job = RenderJob("cluster", "a lighthouse in a storm", None, np.asarray(prior_image), 4, SamplerConfig(flow_shift=7.0),
+                        prior_image.size)
         records = []
         for rendered in render_windows(PoolExecutor(pool), job, plan, "parallel"):
             got[rendered.window.index] = rendered.frames

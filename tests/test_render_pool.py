@@ -47,7 +47,8 @@ def pool() -> Iterator[RenderPool]:
 
 
 def job(prior_image: PIL.Image.Image, key: str, seed: int = 4) -> RenderJob:
-    return RenderJob(key, "a lighthouse in a storm", None, np.asarray(prior_image), seed, SamplerConfig(flow_shift=7.0))
+    return RenderJob(key, "a lighthouse in a storm", None, np.asarray(prior_image), seed, SamplerConfig(flow_shift=7.0),
+                     prior_image.size)
 
 
 def render(pool: RenderPool, video: RenderJob, mode: str, frames: int, on_progress=None):
