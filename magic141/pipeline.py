@@ -73,6 +73,20 @@ def plan_video(preset: Preset, num_frames: int, mode: str = "chained", overlap: 
     )
 
 
+def fit_image_official(image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:
+    """As the official inference fits its reference: resize (bilinear) to cover ``width`` x ``height`` keeping the
+    aspect ratio, sides truncated, then centre-crop with the rounded offsets of torchvision's ``CenterCrop``."""
+    image = image.convert("RGB")
+    ratio = image.width / image.height
+    if ratio > width / height:
+        size = (int(height * ratio), height)
+    else:
+        size = (width, int(width / ratio))
+    resized = image.resize(size, PIL.Image.Resampling.BILINEAR)
+    top, left = int(round((resized.height - height) / 2.0)), int(round((resized.width - width) / 2.0))
+    return resized.crop((left, top, left + width, top + height))
+
+
 def fit_image(image: PIL.Image.Image, width: int, height: int) -> PIL.Image.Image:
     """Resize to cover ``width`` x ``height`` and centre-crop, in RGB."""
     image = image.convert("RGB")
@@ -264,11 +278,16 @@ class Magic141Pipeline:
         """How much of the sampler's starting point is noise, as the weights' convention says."""
         return start_noise_level(self.components.convention)
 
+    def first_frame(self, image: PIL.Image.Image) -> PIL.Image.Image:
+        """The reference fitted to the video size, as the weights' convention fits it."""
+        fit = fit_image_official if self.components.convention == "official" else fit_image
+        return fit(image, self.preset.width, self.preset.height)
+
     def vlm_image(self, image: PIL.Image.Image) -> PIL.Image.Image:
         """The image the VLM reads: the reference as given (``official``) or fitted to the video size."""
         if self.components.convention == "official":
             return image.convert("RGB")
-        return fit_image(image, self.preset.width, self.preset.height)
+        return self.first_frame(image)
 
     @torch.no_grad()
     def prepare(
@@ -276,7 +295,7 @@ class Magic141Pipeline:
     ) -> Conditioning:
         """Encode what every window of a video seeded ``seed`` is conditioned on: prompt and reference image
         (:meth:`vlm_image`), and the first frame, the reference fitted to the video size."""
-        first_frame = fit_image(image, self.preset.width, self.preset.height)
+        first_frame = self.first_frame(image)
         positive, negative = self.encode_prompt(self.vlm_image(image), prompt, negative_prompt)
         image_latents = self.encode_image(self.image_pixels(first_frame), posterior_seed(seed, 0))
         return Conditioning(positive, negative, image_latents, np.asarray(first_frame))

@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from torchvision import transforms
 
 from magic141.executor import posterior_seed, window_noise
 from magic141.pipeline import Magic141Pipeline, fit_image
@@ -69,7 +70,15 @@ def test_the_vlm_image_and_the_first_latent_follow_the_convention(tiny_pipeline,
         hook.remove()
     assert windows and first_inputs
 
-    fitted = fit_image(reference, preset.width, preset.height)
+    if convention == "official":  # the official inference's dataset transform (datasets/test_image.py)
+        ratio = reference.width / reference.height
+        if ratio > preset.width / preset.height:
+            cover = (preset.height, int(preset.height * ratio))
+        else:
+            cover = (int(preset.width / ratio), preset.width)
+        fitted = transforms.CenterCrop((preset.height, preset.width))(transforms.Resize(cover)(reference))
+    else:
+        fitted = fit_image(reference, preset.width, preset.height)
     expected_vlm = reference if convention == "official" else fitted
     vlm_images = [np.asarray(image) for image in seen_images if isinstance(image, PIL.Image.Image)]
     assert vlm_images and all(np.array_equal(image, np.asarray(expected_vlm)) for image in vlm_images), \
