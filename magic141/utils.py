@@ -26,16 +26,8 @@ _NEW_FILE_MODE = 0o666  # the kernel applies the umask (and a folder's default A
 _NAME_ATTEMPTS = 16
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or creation inside ``folder`` durable."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def _fsync_file(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's content, or a rename or creation inside a folder, durable."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -69,7 +61,7 @@ def _publishing(path: Path, suffix: str) -> Iterator[tuple[int, Path]]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 @overload
@@ -112,7 +104,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     with _publishing(path, f".tmp{path.suffix}") as (descriptor, temporary):
         os.close(descriptor)
         yield temporary
-        _fsync_file(temporary)
+        fsync_path(temporary)
 
 
 def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from magic141.utils import fsync_dir, sha256_file, write_text_atomic
+from magic141.utils import fsync_path, sha256_file, write_text_atomic
 from retrieval_index.errors import RetrievalIndexError
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def promote(staging_folder: Path, index_dir: Path, version: str) -> Path:
     target = version_dir(index_dir, version)
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging_folder, target)
-    fsync_dir(target.parent)
+    fsync_path(target.parent)
     return target
 
 
