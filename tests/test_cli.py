@@ -91,6 +91,8 @@ BAD_INPUTS = {
     "unknown preset": ["--preset", "huge"],
     "true cfg without negative prompt": ["--true-cfg", "4"],
     "unknown window mode": ["--windows", "sliding"],
+    "unlisted size": ["--size", "50x50"],
+    "size not WxH": ["--size", "big"],
     "ray address without workers": ["--ray-address", "127.0.0.1:6379"],
     "unknown prior": ["--prior", "camera"],
     "retrieve without an index": ["--prior", "retrieve"],

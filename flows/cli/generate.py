@@ -112,8 +112,6 @@ def generate(
 ) -> None:
     """Generate one video from a prompt (and optionally a first-frame image), and catalogue it."""
     seed = secrets.randbelow(2**31) if seed is None else seed
-    if not prompt.strip():
-        raise UserError("prompt is empty; give a text describing the video")
     _check_prior_options(prior, image, index_dir, prior_threshold, prior_strength)
     out_path = out if out is not None else default_output(prompt, seed)
     request = _checked(
