@@ -45,7 +45,7 @@ from flows.bulk import GPU_LIMIT, bulk_inbox
 from magic141.presets import default_preset_name
 from retrieval_index.embedder import EmbedderSpec
 from tasks.catalog import has_password
-from tasks.request import MAX_WORKERS, ModelSpec, check_model
+from tasks.request import ModelSpec, check_model, check_workers
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,7 @@ def check_service(config: ServiceConfig) -> None:
     EmbedderSpec(config.clip_model, weights).check()
     weights = None if config.weights is None else str(config.weights)
     check_model(ModelSpec(config.preset, weights, config.quantize, config.low_memory))
-    if not 0 <= config.workers <= MAX_WORKERS:
-        raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {config.workers}")
+    check_workers(config.workers)
     if not (config.code_dir / "flows" / "bulk.py").is_file():
         raise ValueError(f"code folder {str(config.code_dir)!r} is not a checkout of this project (no flows/bulk.py)")
 

@@ -45,13 +45,13 @@ from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_
 from tasks.produce import VideoJob, produce_video
 from tasks.provenance import combined_fingerprint
 from tasks.request import (
-    MAX_WORKERS,
     GenerateRequest,
     ModelSpec,
     check_index_dir,
     check_low_memory,
     check_model,
     check_steps,
+    check_workers,
     has_guidance_input,
     printable_text,
 )
@@ -135,8 +135,7 @@ def check_bulk(
     check_steps(steps)
     model = check_model(ModelSpec(preset, weights, quantize, low_memory))
     check_low_memory(low_memory, workers, ray_address)
-    if not 0 <= workers <= MAX_WORKERS:
-        raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {workers}")
+    check_workers(workers)
     if ray_address is not None and workers == 0:
         raise ValueError("--ray-address renders on a Ray cluster; give --workers N (N >= 1) as well")
     if not 1 <= concurrency <= MAX_CONCURRENCY:

@@ -191,8 +191,7 @@ def check_render(request: GenerateRequest, window_latent_frames: int) -> None:
             raise ValueError(
                 f"overlap must be between 1 and {window_latent_frames - 1} latent frames, got {request.overlap}"
             )
-    if not 0 <= request.workers <= MAX_WORKERS:
-        raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {request.workers}")
+    check_workers(request.workers)
     if request.ray_address is not None and request.workers == 0:
         raise ValueError("--ray-address renders on a Ray cluster; give --workers N (N >= 1) as well")
 
@@ -204,6 +203,12 @@ def check_size(size: str, preset_name: str) -> str:
         return "auto"
     width, height = get_preset(preset_name).check_size(parsed)
     return f"{width}x{height}"
+
+
+def check_workers(workers: int) -> None:
+    """Raise ``ValueError`` unless ``workers`` Ray render actors (0: in process) is a pool size the pipeline takes."""
+    if not 0 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers must be between 0 and {MAX_WORKERS}, got {workers}")
 
 
 def check_image(path: str) -> None:
