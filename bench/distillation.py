@@ -121,8 +121,8 @@ def table1_lines(cfg: Path, students: list[Path], count: int, guidance: float) -
     from magic141.weights import read_distillation
 
     teacher = _pipeline(cfg)
-    lines = [f"### Table 1 at toy scale: Euler steps of the teacher against DMD2 ({count} held-out cases, guidance "
-             f"{guidance:g})", "",
+    lines = [f"## Distillation at toy scale, Table 1: Euler steps of the teacher against DMD2 ({count} held-out "
+             f"cases, guidance {guidance:g})", "",
              "The teacher is the CFG-distilled model DMD2 starts from (one pass per step). Motion magnitude is the "
              "mean optical flow per frame, whose collapse at few Euler steps is the paper's 'dynamic degree' drop.",
              "", "| sampler | " + " | ".join(COLUMNS) + " | flicker | motion magnitude | first-frame PSNR | "
@@ -130,11 +130,13 @@ def table1_lines(cfg: Path, students: list[Path], count: int, guidance: float) -
     for steps in TEACHER_STEPS:
         lines.append(_row([f"teacher, Euler {steps}"], _videos(teacher, count, steps, guidance), steps))
         logging.info(lines[-1])
+    sources = []
     for folder in students:
         steps = read_distillation(folder / "transformer")["steps"]
         lines.append(_row([f"DMD2 student, {steps} steps"], _videos(_pipeline(folder), count, steps, guidance), steps))
         logging.info(lines[-1])
-    return lines
+        sources.append(f"- DMD2 student, {steps} steps: `{folder}`")
+    return [*lines, "", "The students' weights folders:", "", *sources]
 
 
 MEMORY_PROBE = """
@@ -326,6 +328,8 @@ def main() -> None:
                         help="where Figure 5's runs are kept (reruns resume them)")
     parser.add_argument("--cache-dir", type=Path, default=Path("out/train/cache"),
                         help="latent caches (the training commands' default folder: an existing one is reused)")
+    parser.add_argument("--table1-only", action="store_true",
+                        help="run only Table 1 (its own section of BENCHMARKS.md)")
     parser.add_argument("--figure5-only", action="store_true",
                         help="run only Figure 5 (its own section of BENCHMARKS.md); needs --t2v")
     args = parser.parse_args()
@@ -339,9 +343,13 @@ def main() -> None:
         logging.info("\n".join(figure))
     if args.figure5_only:
         return
+    table1 = table1_lines(args.cfg, args.dmd2 or [WEIGHTS], args.videos, args.guidance)
+    write_section("distillation_table1", "\n".join(table1))
+    logging.info("\n".join(table1))
+    if args.table1_only:
+        return
     lines = ["## Distillation at toy scale (CFG distillation, DMD2)", ""]
     lines += cfg_lines(args.i2v, args.cfg, args.videos, args.cfg_steps) + [""]
-    lines += table1_lines(args.cfg, args.dmd2 or [WEIGHTS], args.videos, args.guidance) + [""]
     with tempfile.TemporaryDirectory() as work:
         lines += memory_lines(Path(work)) + [""]
     if args.runs:
