@@ -132,10 +132,12 @@ def table1_lines(cfg: Path, students: list[Path], count: int, guidance: float) -
         logging.info(lines[-1])
     sources = []
     for folder in students:
-        steps = read_distillation(folder / "transformer")["steps"]
-        lines.append(_row([f"DMD2 student, {steps} steps"], _videos(_pipeline(folder), count, steps, guidance), steps))
+        record = read_distillation(folder / "transformer")
+        steps, regression = record["steps"], record["settings"].get("regression_weight", 0.0)
+        label = f"DMD2 student, {steps} steps" + (f", regression {regression:g}" if regression else "")
+        lines.append(_row([label], _videos(_pipeline(folder), count, steps, guidance), steps))
         logging.info(lines[-1])
-        sources.append(f"- DMD2 student, {steps} steps: `{folder}`")
+        sources.append(f"- {label}: `{folder}`")
     return [*lines, "", "The students' weights folders:", "", *sources]
 
 
