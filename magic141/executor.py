@@ -262,9 +262,13 @@ class LocalExecutor:
         self.worker = worker or this_process(pipeline.device)
         self._cached_jobs = cached_jobs
         self._jobs: OrderedDict[str, Conditioning] = OrderedDict()
+        self._sizes: dict[tuple[int, int], Magic141Pipeline] = {}
 
     def _at(self, job: RenderJob) -> Magic141Pipeline:
-        return self.pipeline.at_size(job.size)
+        """The pipeline at the job's video size (the same models; one view per size)."""
+        if job.size not in self._sizes:
+            self._sizes[job.size] = self.pipeline.at_size(job.size)
+        return self._sizes[job.size]
 
     @property
     def preset(self) -> Preset:
