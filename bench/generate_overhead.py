@@ -36,8 +36,8 @@ def main() -> None:
         catalog_url = f"sqlite:///{tmp}/catalog.db"
         for run in ("cold", "warm"):
             run_started = time.perf_counter()
-            result = generate(GenerateRequest(prompt="a paper boat on a rainy street", out=f"{tmp}/{run}.mp4",
-                                              catalog_url=catalog_url, seconds=args.seconds, seed=1))
+            result = generate(GenerateRequest.from_options("a paper boat on a rainy street", f"{tmp}/{run}.mp4",
+                                                           catalog_url, seconds=args.seconds, seed=1))
             wall = time.perf_counter() - run_started
             with open_catalog(catalog_url) as catalog:
                 timings = catalog.get_video(result.video_id)["stage_timings"]

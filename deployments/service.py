@@ -43,9 +43,10 @@ from deployments.schedules import INBOX_CRON, NIGHTLY_CRON
 from deployments.source import PROJECT_DIR, from_checkout
 from flows.bulk import GPU_LIMIT, bulk_inbox
 from magic141.presets import default_preset_name
+from magic141.utils import InputError
 from retrieval_index.embedder import EmbedderSpec
 from tasks.catalog import has_password
-from tasks.request import ModelSpec, check_model, check_workers
+from tasks.request import ModelSpec, check_workers
 
 logger = logging.getLogger(__name__)
 
@@ -90,21 +91,21 @@ def _schedule_valid(cron: str, timezone: str) -> bool:
 def check_service(config: ServiceConfig) -> None:
     """Raise ``ValueError`` naming the first bad setting; contacts nothing, so bad input creates nothing."""
     if config.gpu_slots < 1:
-        raise ValueError(f"gpu slots must be at least 1, got {config.gpu_slots}")
+        raise InputError(f"gpu slots must be at least 1, got {config.gpu_slots}")
     if not config.timezone or not _schedule_valid("0 0 * * *", config.timezone):
-        raise ValueError(f"unknown time zone {config.timezone!r}; use an IANA name such as UTC or Europe/Berlin")
+        raise InputError(f"unknown time zone {config.timezone!r}; use an IANA name such as UTC or Europe/Berlin")
     for what, cron in (("inbox", config.inbox_cron), ("index", config.index_cron)):
         if not _schedule_valid(cron, config.timezone):
-            raise ValueError(
+            raise InputError(
                 f"{what} schedule {cron!r} is not a cron expression; give five fields such as '*/5 * * * *'"
             )
     weights = None if config.clip_weights is None else str(config.clip_weights)
     EmbedderSpec(config.clip_model, weights).check()
     weights = None if config.weights is None else str(config.weights)
-    check_model(ModelSpec(config.preset, weights, config.quantize, config.low_memory))
+    ModelSpec(config.preset, weights, config.quantize, config.low_memory)  # refuses unknown presets, levels, folders
     check_workers(config.workers)
     if not (config.code_dir / "flows" / "bulk.py").is_file():
-        raise ValueError(f"code folder {str(config.code_dir)!r} is not a checkout of this project (no flows/bulk.py)")
+        raise InputError(f"code folder {str(config.code_dir)!r} is not a checkout of this project (no flows/bulk.py)")
 
 
 def catalog_parameter(catalog_url: str) -> str | dict[str, object]:

@@ -43,7 +43,7 @@ from tasks.bulk import (
     recover_out_dir,
     report_batch,
 )
-from tasks.catalog import hide_password, plain_url
+from tasks.catalog import hide_password, open_catalog, plain_url
 from tasks.inbox import DEFAULT_SETTLE_S, claim_lease_path, claim_next, dropped_name, file_csv
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 from tasks.request import ModelSpec
@@ -123,6 +123,7 @@ def bulk_generate(
         concurrency=rows_at_once, retries=retries,
     )
     table = read_prompts(csv_path, settings, image_roots)
+    open_catalog(settings.catalog_url, wait_s=0).close()  # before any work: an unreachable catalog fails it at once
     settings = replace(settings, gpu_limit=gpu_limit_in_force(gpu_limit))
     recover_out_dir(settings)
     with batch_lease(settings.out_dir, settings.catalog_url) as batch_id:

@@ -16,6 +16,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from magic141.training.loop import TrainSettings, read_losses
+from magic141.utils import InputError
 from tasks.runtime.progress import StageProgress
 from tasks.runtime.train_pool import train
 from tasks.runtime.training import DEFAULTS, SAMPLES, STAGES, make_stage
@@ -81,7 +82,7 @@ def train_toy_world(
     chosen = list(STAGES) if stages is None else stages
     unknown = sorted(set(chosen) - set(STAGES))
     if unknown:
-        raise ValueError(f"unknown training stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
+        raise InputError(f"unknown training stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
     steps = {name: DEFAULTS[name].max_steps for name in STAGES} | (max_steps or {})
     root = Path(out_dir)
     runs = []

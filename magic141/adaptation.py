@@ -10,18 +10,20 @@ from __future__ import annotations
 import torch
 from diffusers import HunyuanVideoTransformer3DModel
 
+from magic141.utils import InputError
+
 
 def widen_patch_embedding(transformer: HunyuanVideoTransformer3DModel) -> HunyuanVideoTransformer3DModel:
     """Turn a T2V transformer (C input channels) into an I2V one (2C+1, ``latent_concat``), in place."""
     proj = transformer.x_embedder.proj
     channels = proj.in_channels
     if transformer.config.image_condition_type is not None:
-        raise ValueError(
+        raise InputError(
             f"transformer is already conditioned on images ({transformer.config.image_condition_type!r}); "
             "widen only a text-to-video transformer"
         )
     if channels != transformer.config.out_channels:
-        raise ValueError(
+        raise InputError(
             f"a text-to-video transformer has as many input as output channels, got {channels} in and "
             f"{transformer.config.out_channels} out"
         )

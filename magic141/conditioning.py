@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from magic141.utils import InputError
+
 # The HunyuanVideo I2V chat template: the reference image comes first (``<image>``, expanded into the
 # vision tokens), then the instruction, then the user prompt.
 PROMPT_TEMPLATE = (
@@ -33,7 +35,7 @@ PROMPT_FORMATS = ("hunyuan-i2v", "magic141")
 
 def check_prompt_format(name: str) -> str:
     if name not in PROMPT_FORMATS:
-        raise ValueError(f"unknown prompt format {name!r}; choose one of: {', '.join(PROMPT_FORMATS)}")
+        raise InputError(f"unknown prompt format {name!r}; choose one of: {', '.join(PROMPT_FORMATS)}")
     return name
 
 
@@ -47,7 +49,7 @@ CONVENTIONS = ("diffusers", "official")
 
 def check_convention(name: str) -> str:
     if name not in CONVENTIONS:
-        raise ValueError(f"unknown convention {name!r}; choose one of: {', '.join(CONVENTIONS)}")
+        raise InputError(f"unknown convention {name!r}; choose one of: {', '.join(CONVENTIONS)}")
     return name
 
 
@@ -60,7 +62,7 @@ def prompt_template_for(tokenizer: PreTrainedTokenizerBase, image_tokens: int) -
     prefix_ids = tokenizer(PROMPT_TEMPLATE.split("{}")[0]).input_ids
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     if prefix_ids.count(image_id) != 1:
-        raise ValueError("the tokenizer must encode '<image>' as exactly one token")
+        raise InputError("the tokenizer must encode '<image>' as exactly one token")
     image_start = prefix_ids.index(image_id)
     return {
         "template": PROMPT_TEMPLATE,
@@ -78,7 +80,7 @@ def image_condition(image_latents: torch.Tensor, num_latent_frames: int) -> tupl
     Returns the image channels (B, C, T, h, w) and the mask (B, 1, T, h, w), 1 at frame 0 only.
     """
     if image_latents.ndim != 5 or image_latents.shape[2] != 1:
-        raise ValueError(f"image_latents must be (B, C, 1, h, w), got {tuple(image_latents.shape)}")
+        raise InputError(f"image_latents must be (B, C, 1, h, w), got {tuple(image_latents.shape)}")
     batch, channels, _, height, width = image_latents.shape
     image = image_latents.new_zeros(batch, channels, num_latent_frames, height, width)
     image[:, :, :1] = image_latents

@@ -26,7 +26,7 @@ from diffusers import HunyuanVideoTransformer3DModel
 from safetensors.torch import load_file
 
 from magic141.presets import get_preset
-from magic141.utils import first_line
+from magic141.utils import InputError, first_line
 from magic141.weights import check_new_folder, check_state_dict, write_declarations
 
 logger = logging.getLogger(__name__)
@@ -111,13 +111,13 @@ def unwrap_checkpoint(checkpoint: Any) -> dict[str, torch.Tensor]:
     while isinstance(checkpoint, Mapping) and not any(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         inner = next((checkpoint[key] for key in CONTAINER_KEYS if key in checkpoint), None)
         if inner is None:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint holds no tensors and none of {', '.join(CONTAINER_KEYS)}; "
                 f"found keys: {', '.join(list(checkpoint)[:8])}"
             )
         checkpoint = inner
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"checkpoint is a {type(checkpoint).__name__}, not a state dict")
+        raise InputError(f"checkpoint is a {type(checkpoint).__name__}, not a state dict")
     state: dict[str, torch.Tensor] = {}
     for key, value in checkpoint.items():
         if not isinstance(value, torch.Tensor):
@@ -133,7 +133,7 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official checkpoint safely: safetensors, or a ``.pth`` through ``torch.load(weights_only=True)``."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist or is not a file")
+        raise InputError(f"checkpoint {str(path)!r} does not exist or is not a file")
     if path.suffix == ".safetensors":
         return unwrap_checkpoint(load_file(path))
     try:
@@ -144,7 +144,7 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = first_line(exc)
-        raise ValueError(
+        raise InputError(
             f"checkpoint {str(path)!r} holds Python objects besides tensors and is not unpickled for safety "
             f"({reason}); save its state dict alone, or as safetensors"
         ) from None
@@ -189,7 +189,7 @@ def convert_state_dict(state: Mapping[str, torch.Tensor], keep_guidance: bool = 
         for name, part in zip(target, _split(tensor, sizes), strict=True):
             converted[f"{prefix}{name}.{param}"] = part
     if unknown:
-        raise ValueError(
+        raise InputError(
             f"{len(unknown)} key(s) of the checkpoint are not part of the Magic 1-For-1 transformer: "
             f"{', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}"
         )
@@ -200,14 +200,14 @@ def rope_axes_for(head_dim: int, rope_axes_dim: tuple[int, ...] | None) -> tuple
     """The rotary split of a ``head_dim``-wide head: HunyuanVideo's for 128, else the given one, checked."""
     if rope_axes_dim is None:
         if head_dim != sum(HUNYUAN_ROPE_AXES):
-            raise ValueError(
+            raise InputError(
                 f"checkpoint's attention heads are {head_dim} wide, not HunyuanVideo's {sum(HUNYUAN_ROPE_AXES)}; "
                 f"name their rotary split with --rope-axes T,H,W (even numbers summing to {head_dim})"
             )
         return HUNYUAN_ROPE_AXES
     axes = tuple(rope_axes_dim)
     if len(axes) != 3 or sum(axes) != head_dim or any(a <= 0 or a % 2 for a in axes):
-        raise ValueError(
+        raise InputError(
             f"rope axes {','.join(map(str, axes))} do not fit {head_dim}-wide attention heads; "
             f"give three even numbers T,H,W summing to {head_dim}"
         )
@@ -257,11 +257,11 @@ def convert_official_transformer(
     keeps a ``guidance_in`` embedder as the guidance embedding."""
     for key in ("img_in.proj.weight", "double_blocks.0.img_attn_q_norm.weight", "final_layer.linear.weight"):
         if key not in state:
-            raise ValueError(f"checkpoint lacks {key!r}; is it a Magic 1-For-1 / HunyuanVideo transformer?")
+            raise InputError(f"checkpoint lacks {key!r}; is it a Magic 1-For-1 / HunyuanVideo transformer?")
     config = official_transformer_config(state, rope_axes_dim, keep_guidance)
     latent = config["out_channels"]
     if config["in_channels"] != 2 * latent + 1:
-        raise ValueError(
+        raise InputError(
             f"checkpoint's patch embedding takes {config['in_channels']} channels, expected 2C+1 = {2 * latent + 1} "
             f"for an image-to-video transformer with C = {latent}"
         )

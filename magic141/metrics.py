@@ -20,13 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from magic141.utils import InputError
+
 MOTION_THRESHOLD = 0.1
 _SSIM_C1, _SSIM_C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
 
 def _check_frames(frames: np.ndarray) -> np.ndarray:
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
+        raise InputError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
     return frames
 
 
@@ -55,7 +57,7 @@ def motion_magnitude(frames: np.ndarray) -> float:
 def psnr(image: np.ndarray, reference: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two uint8 images of one size; inf when they are equal."""
     if image.shape != reference.shape:
-        raise ValueError(f"images differ in size: {image.shape} and {reference.shape}")
+        raise InputError(f"images differ in size: {image.shape} and {reference.shape}")
     mse = float(np.mean((image.astype(np.float64) - reference.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
@@ -70,7 +72,7 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 def ssim(image: np.ndarray, reference: np.ndarray) -> float:
     """Structural similarity (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5), averaged over RGB."""
     if image.shape != reference.shape:
-        raise ValueError(f"images differ in size: {image.shape} and {reference.shape}")
+        raise InputError(f"images differ in size: {image.shape} and {reference.shape}")
     a, b = (torch.from_numpy(np.ascontiguousarray(x)).double().permute(2, 0, 1)[None] for x in (image, reference))
     window = _gaussian_window(min(11, *image.shape[:2]))
 

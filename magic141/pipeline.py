@@ -38,6 +38,7 @@ from magic141.presets import Preset, get_preset
 from magic141.prompt_encoding import encode_magic141
 from magic141.quantization import QUANTIZED_COMPONENTS, quantize_weights
 from magic141.sampler import PromptEmbeddings, SamplerConfig, denoise, sample_window, start_noise_level
+from magic141.utils import InputError
 from magic141.weights import WeightPaths, load_i2v_components
 from magic141.windows import Window, plan_windows
 
@@ -115,7 +116,7 @@ class Magic141Pipeline:
         self.preset = preset
         self.device = torch.device(device)
         if low_memory and self.device.type == "cpu":
-            raise ValueError("low-memory mode offloads models to the CPU between uses; it needs a GPU device")
+            raise InputError("low-memory mode offloads models to the CPU between uses; it needs a GPU device")
         self._encoder = components.diffusers_pipeline()
         if low_memory:
             # Each model moves to the GPU when it runs and back to the CPU when the next one starts.
@@ -180,13 +181,13 @@ class Magic141Pipeline:
     # 1. Inputs
     def check_inputs(self, prompt: str, num_frames: int, sampler: SamplerConfig, negative_prompt: str | None) -> None:
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("prompt is empty; give a text describing the video")
+            raise InputError("prompt is empty; give a text describing the video")
         if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+            raise InputError(f"num_frames must be >= 1, got {num_frames}")
         if sampler.true_cfg_scale > 1.0 and negative_prompt is None:
-            raise ValueError("true CFG (true_cfg_scale > 1) needs a negative prompt")
+            raise InputError("true CFG (true_cfg_scale > 1) needs a negative prompt")
         if self.preset.width % 16 or self.preset.height % 16:
-            raise ValueError(f"width and height must be multiples of 16, got {self.preset.width}x{self.preset.height}")
+            raise InputError(f"width and height must be multiples of 16, got {self.preset.width}x{self.preset.height}")
 
     # 2. Prompt: VLM tokens of the reference image in front of the text tokens, plus pooled CLIP
     @torch.no_grad()
@@ -226,7 +227,7 @@ class Magic141Pipeline:
         if self.components.convention != "official":
             return posterior.mode().float() * self.vae_scaling_factor
         if seed is None:
-            raise ValueError("the official convention samples the image latent: give encode_image a seed")
+            raise InputError("the official convention samples the image latent: give encode_image a seed")
         generator = torch.Generator("cpu").manual_seed(seed)
         return posterior.sample(generator).float() * self.vae_scaling_factor
 
@@ -318,7 +319,7 @@ class Magic141Pipeline:
         if window.index == 0:
             image_latents = conditioning.image_latents.to(self.device)
         elif first_frame is None:
-            raise ValueError(f"chained window {window.index} needs the previous window's last frame")
+            raise InputError(f"chained window {window.index} needs the previous window's last frame")
         else:
             pixels = self.image_pixels(PIL.Image.fromarray(first_frame))
             image_latents = self.encode_image(pixels, posterior_seed(seed, window.index))

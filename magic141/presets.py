@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from magic141.utils import InputError
+
 PRESET_ENV = "MAGIC141_PRESET"
 DEFAULT_PRESET = "toy"
 
@@ -143,6 +145,10 @@ class Preset:
         """The (width, height) video sizes the preset renders: its own first, then its other buckets."""
         return ((self.width, self.height), *(size for size in self.buckets if size != (self.width, self.height)))
 
+    def sampling(self, steps: int | None = None, guidance: float | None = None) -> tuple[int, float]:
+        """``(steps, guidance)``: the sampler steps and guidance scale asked for, the preset's where None."""
+        return (self.steps if steps is None else steps, self.guidance_scale if guidance is None else guidance)
+
     def nearest_size(self, width: int, height: int) -> tuple[int, int]:
         """The size whose width/height is nearest an image of ``width`` x ``height``, the taller on a tie (the
         official inference's rule)."""
@@ -153,7 +159,7 @@ class Preset:
     def check_size(self, size: tuple[int, int]) -> tuple[int, int]:
         """``size`` if the preset renders it, else ``ValueError`` listing the sizes it does."""
         if size not in self.sizes:
-            raise ValueError(
+            raise InputError(
                 f"size {size[0]}x{size[1]} is not one of the {self.name} preset's sizes; choose auto or one of: "
                 f"{', '.join(f'{w}x{h}' for w, h in self.sizes)}"
             )
@@ -173,7 +179,7 @@ def parse_size(text: str) -> tuple[int, int] | None:
         return None
     width, sep, height = text.strip().lower().partition("x")
     if not sep or not width.isdigit() or not height.isdigit() or int(width) < 1 or int(height) < 1:
-        raise ValueError(f"size {text!r} is not auto or WIDTHxHEIGHT such as 960x544")
+        raise InputError(f"size {text!r} is not auto or WIDTHxHEIGHT such as 960x544")
     return int(width), int(height)
 
 
@@ -328,4 +334,4 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+        raise InputError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None

@@ -14,6 +14,7 @@ from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
 from magic141.components import build_prior_pipeline, fingerprint_modules
 from magic141.pipeline import fit_image
 from magic141.presets import Preset, get_preset
+from magic141.utils import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class ImagePrior:
         """A diffusers text-to-image pipeline folder (its ``model_index.json`` names the family)."""
         preset = get_preset(preset) if isinstance(preset, str) else preset
         if not (Path(folder) / "model_index.json").is_file():
-            raise ValueError(f"prior folder {str(folder)!r} has no model_index.json; give a diffusers pipeline folder")
+            raise InputError(f"prior folder {str(folder)!r} has no model_index.json; give a diffusers pipeline folder")
         if dtype is None:
             dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
         pipeline = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
@@ -91,9 +92,9 @@ class ImagePrior:
         """
         config = self.preset.prior
         if not math.isfinite(strength) or not 0.0 < strength <= 1.0:
-            raise ValueError(f"img2img strength must be in (0, 1], got {strength}")
+            raise InputError(f"img2img strength must be in (0, 1], got {strength}")
         if int(config.steps * strength) < 1:
-            raise ValueError(
+            raise InputError(
                 f"img2img strength {strength} leaves no denoising step of {config.steps}; "
                 f"use a strength of at least {1 / config.steps:g}"
             )

@@ -24,6 +24,7 @@ from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PRO
 
 from magic141.components import I2VComponents
 from magic141.sampler import PromptEmbeddings
+from magic141.utils import InputError
 
 # The official Magic 1-For-1 VLM instruction; its user turn is the reference image alone.
 VLM_IMAGE_PROMPT = (
@@ -64,7 +65,7 @@ def _subsequence_end(sequence: list[int], pattern: list[int]) -> int:
     """Index just past the only occurrence of ``pattern`` in ``sequence``."""
     starts = [i for i in range(len(sequence) - len(pattern) + 1) if sequence[i : i + len(pattern)] == pattern]
     if len(starts) != 1:
-        raise ValueError(f"the VLM prompt must hold the user header exactly once, found {len(starts)}")
+        raise InputError(f"the VLM prompt must hold the user header exactly once, found {len(starts)}")
     return starts[0] + len(pattern)
 
 

@@ -16,6 +16,8 @@ from optimum.quanto import freeze, qint4, qint8, quantization_map, quantize, req
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
+from magic141.utils import InputError
+
 logger = logging.getLogger(__name__)
 
 LEVELS = {"int8": qint8, "int4": qint4}
@@ -25,7 +27,7 @@ QUANTIZED_COMPONENTS = ("transformer", "text_encoder", "text_encoder_2")
 
 def check_level(level: str) -> str:
     if level not in LEVELS:
-        raise ValueError(f"unknown quantization level {level!r}; choose one of: {', '.join(LEVELS)}")
+        raise InputError(f"unknown quantization level {level!r}; choose one of: {', '.join(LEVELS)}")
     return level
 
 
@@ -59,7 +61,7 @@ def save_quantized(module: torch.nn.Module, folder: str | Path) -> Path:
     """Save a quantized diffusers or transformers model: config, safetensors weights, quantization map."""
     qmap = quantization_map(module)
     if not qmap:
-        raise ValueError(f"{type(module).__name__} is not quantized; quantize it before saving")
+        raise InputError(f"{type(module).__name__} is not quantized; quantize it before saving")
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     if isinstance(module, ModelMixin):
@@ -87,7 +89,7 @@ def load_quantized(folder: str | Path, model_class: type) -> torch.nn.Module:
     requantize(model, state_dict=state, quantization_map=qmap, device=torch.device("cpu"))
     missing = sorted(k for k in set(model.state_dict()) - set(state) if not _tied(model, k))
     if missing:
-        raise ValueError(f"quantized weights in {root} lack {len(missing)} tensor(s): {', '.join(missing[:8])}")
+        raise InputError(f"quantized weights in {root} lack {len(missing)} tensor(s): {', '.join(missing[:8])}")
     return model.eval()
 
 

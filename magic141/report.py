@@ -12,6 +12,7 @@ import torch
 from magic141.components import I2VComponents, build_i2v_components
 from magic141.presets import Preset
 from magic141.quantization import QUANTIZED_COMPONENTS, parameter_count, quantize_weights, weight_bytes
+from magic141.utils import InputError
 from magic141.weights import WeightPaths, load_i2v_components
 
 
@@ -101,8 +102,8 @@ def model_report(
     }
     if probe:
         if on_meta:
-            raise ValueError(f"--probe needs real weights; preset {preset.name!r} is reported from shapes only")
+            raise InputError(f"--probe needs real weights; preset {preset.name!r} is reported from shapes only")
         if quantize is None:
-            raise ValueError("--probe compares the quantized transformer with the original; pass --quantize")
+            raise InputError("--probe compares the quantized transformer with the original; pass --quantize")
         report["probe"] = probe_transformer(modules["transformer"], quantize)
     return report

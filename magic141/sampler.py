@@ -20,6 +20,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
 from magic141.conditioning import image_condition, model_input
+from magic141.utils import InputError
 from magic141.windows import Window, fusion_weights
 
 # diffusers' HunyuanVideo I2V starts from noise with a trace of the image latent mixed in (t = 0.999).
@@ -51,9 +52,9 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise InputError(f"steps must be >= 1, got {self.steps}")
         if self.true_cfg_scale < 1.0:
-            raise ValueError(f"true_cfg_scale must be >= 1 (1 disables true CFG), got {self.true_cfg_scale}")
+            raise InputError(f"true_cfg_scale must be >= 1 (1 disables true CFG), got {self.true_cfg_scale}")
 
 
 def flow_sigmas(steps: int) -> np.ndarray:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from magic141.utils import InputError
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -70,7 +72,7 @@ class Caption:
             ("background", self.background, BACKGROUNDS),
         ):
             if value not in known:
-                raise ValueError(f"unknown {field} {value!r}; the toy world knows: {', '.join(known)}")
+                raise InputError(f"unknown {field} {value!r}; the toy world knows: {', '.join(known)}")
 
     @property
     def text(self) -> str:
@@ -81,7 +83,7 @@ class Caption:
         """The caption a sentence of the grammar spells; ``ValueError`` naming the grammar otherwise."""
         match = _CAPTION.fullmatch(" ".join(text.lower().split()))
         if match is None:
-            raise ValueError(
+            raise InputError(
                 f"{text!r} is not a toy-world caption; write 'a {{colour}} {{shape}} {{motion}} on a {{background}} "
                 f"background', e.g. 'a red circle moving left on a black background'"
             )
@@ -112,7 +114,7 @@ def held_out_captions() -> frozenset[Caption]:
 def split_captions(split: str) -> list[Caption]:
     """``train`` or ``held-out`` captions, in the grammar's order."""
     if split not in ("train", "held-out"):
-        raise ValueError(f"unknown split {split!r}; choose train or held-out")
+        raise InputError(f"unknown split {split!r}; choose train or held-out")
     held = held_out_captions()
     return [c for c in all_captions() if (c in held) == (split == "held-out")]
 
@@ -155,7 +157,7 @@ def sample_scene(caption: Caption, width: int, height: int, seed: int) -> Scene:
 def _start_range(extent: int, size: float, travel: float) -> tuple[float, float]:
     low, high = size + 1 + max(0.0, -travel), extent - size - 1 - max(0.0, travel)
     if low > high:
-        raise ValueError(f"a frame of {extent} px is too small for the toy world's objects")
+        raise InputError(f"a frame of {extent} px is too small for the toy world's objects")
     return low, high
 
 

@@ -1,4 +1,4 @@
-"""The project's shared helpers: crash-safe file writes, checksums, and errors on one line.
+"""The project's shared helpers: the error of bad input, crash-safe file writes, checksums, and errors on one line.
 
 A file is either absent or complete, never half-written. Every published file of the project goes
 through :func:`atomic_file` (a file object) or :func:`atomic_path` (a path, for tools such as ffmpeg
@@ -21,6 +21,20 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal, overload
+
+
+class InputError(ValueError):
+    """What was asked for cannot be done as given: a bad option, CSV cell, file or weights folder.
+
+    The message is one line naming the problem and what to do. It decides what happens next: the CLI
+    prints it and exits with status 2, and Prefect does not retry a task that raised it (bad input does not get better on
+    retry). ``in_csv`` is the same problem worded for a prompt CSV's row (cells, not options) where the two differ.
+    """
+
+    def __init__(self, message: str, *, in_csv: str | None = None) -> None:
+        super().__init__(message)
+        self.in_csv = message if in_csv is None else in_csv
+
 
 _NEW_FILE_MODE = 0o666  # the kernel applies the umask (and a folder's default ACL), as for any new file
 _NAME_ATTEMPTS = 16

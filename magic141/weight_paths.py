@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from magic141.utils import InputError
+
 
 @dataclass(frozen=True)
 class WeightPaths:
@@ -25,7 +27,7 @@ class WeightPaths:
     def from_folder(cls, folder: str | Path) -> WeightPaths:
         root = Path(folder)
         if not root.is_dir():
-            raise ValueError(f"weights folder {str(root)!r} does not exist; give a folder with transformer/, vae/, ...")
+            raise InputError(f"weights folder {str(root)!r} does not exist; give a folder with transformer/, vae/, ...")
         paths = {f.name: root / f.name for f in fields(cls)}
         if not paths["prior"].is_dir():
             paths["prior"] = None
@@ -38,14 +40,14 @@ class WeightPaths:
         try:
             data = json.loads(file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"weights config {str(file)!r} is not readable JSON: {exc}") from None
+            raise InputError(f"weights config {str(file)!r} is not readable JSON: {exc}") from None
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"weights config {str(file)!r} has unknown component(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
+            raise InputError(f"weights config {str(file)!r} has unknown component(s) {', '.join(unknown)}; use {', '.join(sorted(known))}")
         missing = sorted(known - {"prior"} - set(data))
         if missing:
-            raise ValueError(f"weights config {str(file)!r} lacks component(s) {', '.join(missing)}")
+            raise InputError(f"weights config {str(file)!r} lacks component(s) {', '.join(missing)}")
         return cls(**{name: file.parent / value for name, value in data.items()}).checked()
 
     @classmethod
@@ -57,5 +59,5 @@ class WeightPaths:
         for f in fields(self):
             path = getattr(self, f.name)
             if path is not None and not Path(path).is_dir():
-                raise ValueError(f"{f.name} weights folder {str(path)!r} does not exist")
+                raise InputError(f"{f.name} weights folder {str(path)!r} does not exist")
         return self

@@ -45,6 +45,7 @@ from magic141.quantization import (
     quantize_weights,
     save_quantized,
 )
+from magic141.utils import InputError
 from magic141.weight_paths import WeightPaths
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def _raise_mismatch(source: str, missing: list[str], unexpected: list[str], wron
         if items
     ]
     if problems:
-        raise ValueError(f"{source} does not match the model: " + "; ".join(problems))
+        raise InputError(f"{source} does not match the model: " + "; ".join(problems))
 
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], got: Mapping[str, torch.Tensor], source: str) -> None:
@@ -86,7 +87,7 @@ def _load_model(cls: type, path: Path, dtype: torch.dtype, name: str) -> torch.n
         model, info = cls.from_pretrained(path, use_safetensors=True, output_loading_info=True, **dtype_argument)
     except (OSError, ValueError, RuntimeError) as exc:
         reason = " ".join(str(exc).split())
-        raise ValueError(f"{name} weights in {path} cannot be loaded: {reason}") from None
+        raise InputError(f"{name} weights in {path} cannot be loaded: {reason}") from None
     _check_loading_info(info, f"{name} weights in {path}")
     return model
 
@@ -103,7 +104,7 @@ def _declared(transformer_folder: str | Path, key: str, default: str, check: Cal
     try:
         return check(json.loads(marker.read_text()).get(key, default))
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
-        raise ValueError(f"{marker} is not a valid prompt-format file ({exc}); rewrite it or delete it") from None
+        raise InputError(f"{marker} is not a valid prompt-format file ({exc}); rewrite it or delete it") from None
 
 
 def read_prompt_format(transformer_folder: str | Path) -> str:
@@ -135,7 +136,7 @@ def read_distillation(transformer_folder: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(marker.read_text()).get("distillation")
     except (json.JSONDecodeError, AttributeError) as exc:
-        raise ValueError(f"{marker} is not a valid JSON object ({exc}); rewrite it or delete it") from None
+        raise InputError(f"{marker} is not a valid JSON object ({exc}); rewrite it or delete it") from None
 
 
 def write_distillation(transformer_folder: str | Path, record: dict[str, Any]) -> None:
@@ -168,7 +169,7 @@ def load_i2v_components(paths: WeightPaths, flow_shift: float, dtype: torch.dtyp
     if components.convention == "official":
         tokenizer.padding_side = "right"  # as the official inference forces, whatever the tokenizer folder says
     if components.transformer.config.image_condition_type != "latent_concat":
-        raise ValueError(
+        raise InputError(
             f"transformer in {paths.transformer} is not a 2C+1 image-to-video model "
             f"(image_condition_type={components.transformer.config.image_condition_type!r})"
         )
@@ -189,7 +190,7 @@ def check_components_fit(components: I2VComponents, paths: WeightPaths) -> None:
         ("vae", "latent channels", components.vae.config.latent_channels, transformer.out_channels, "out_channels"),
     ):
         if width != expected:
-            raise ValueError(
+            raise InputError(
                 f"{name} in {getattr(paths, name)} has {what} {width}, but the transformer in {paths.transformer} "
                 f"expects {expected} ({field}); use components of one model"
             )
@@ -211,9 +212,9 @@ def check_new_folder(out: str | Path) -> Path:
     """``out`` as a folder a command may fill: absent or empty, in a folder that exists."""
     target = Path(out)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise ValueError(f"output folder {str(target)!r} is not empty; choose a new folder")
+        raise InputError(f"output folder {str(target)!r} is not empty; choose a new folder")
     if not target.absolute().parent.is_dir():
-        raise ValueError(f"folder {str(target.absolute().parent)!r} does not exist; create it or choose another --out")
+        raise InputError(f"folder {str(target.absolute().parent)!r} does not exist; create it or choose another --out")
     return target
 
 

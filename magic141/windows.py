@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from magic141.utils import InputError
+
 WINDOW_MODES = ("chained", "parallel")
 
 
@@ -63,17 +65,17 @@ def latent_frames_for(pixel_frames: int, temporal_ratio: int = 4) -> int:
 def frames_for(seconds: float, fps: int) -> int:
     """Frames of a ``seconds`` long video at ``fps``: ``round(seconds * fps)``, at least 1."""
     if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"seconds must be a positive number, got {seconds}")
+        raise InputError(f"seconds must be a positive number, got {seconds}")
     if fps < 1:
-        raise ValueError(f"fps must be >= 1, got {fps}")
+        raise InputError(f"fps must be >= 1, got {fps}")
     return max(1, round(seconds * fps))
 
 
 def _check(num_frames: int, window_latent_frames: int) -> None:
     if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        raise InputError(f"num_frames must be >= 1, got {num_frames}")
     if window_latent_frames < 2:
-        raise ValueError(f"window_latent_frames must be >= 2 to chain windows, got {window_latent_frames}")
+        raise InputError(f"window_latent_frames must be >= 2 to chain windows, got {window_latent_frames}")
 
 
 def plan_chained(num_frames: int, window_latent_frames: int, temporal_ratio: int = 4) -> list[Window]:
@@ -102,7 +104,7 @@ def plan_parallel(
     """Overlapping co-denoising windows over one latent timeline decoding to ``num_frames`` frames."""
     _check(num_frames, window_latent_frames)
     if not 1 <= overlap_latent_frames < window_latent_frames:
-        raise ValueError(
+        raise InputError(
             f"overlap must be between 1 and {window_latent_frames - 1} latent frames "
             f"(window {window_latent_frames}), got {overlap_latent_frames}"
         )
@@ -130,7 +132,7 @@ def plan_windows(
         return plan_chained(num_frames, window_latent_frames, temporal_ratio)
     if mode == "parallel":
         return plan_parallel(num_frames, window_latent_frames, overlap_latent_frames, temporal_ratio)
-    raise ValueError(f"unknown window mode {mode!r}; use one of {', '.join(WINDOW_MODES)}")
+    raise InputError(f"unknown window mode {mode!r}; use one of {', '.join(WINDOW_MODES)}")
 
 
 def _ramp(length: int) -> np.ndarray:

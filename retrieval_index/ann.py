@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from magic141.utils import InputError
+
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
@@ -53,12 +55,12 @@ class IndexPolicy:
 
     def __post_init__(self) -> None:
         if not 0 < self.min_recall <= self.recall_target <= 1:
-            raise ValueError(
+            raise InputError(
                 f"recall target {self.recall_target} and floor {self.min_recall} must satisfy "
                 f"0 < floor <= target <= 1; pass e.g. a target of 0.95"
             )
         if self.recall_k < 1 or self.tune_queries < 1:
-            raise ValueError("recall_k and tune_queries must be at least 1")
+            raise InputError("recall_k and tune_queries must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from magic141.utils import InputError
 
-class RetrievalIndexError(ValueError):
+
+class RetrievalIndexError(InputError):
     """A retrieval-index problem (bad input, missing or corrupt index), told in one line that says what to do."""
 
     def __init__(self, message: str) -> None:

@@ -16,7 +16,7 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,9 @@ from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from magic141.presets import default_preset_name, get_preset
-from magic141.utils import one_line, typed_line
-from tasks.bulk_csv import PromptCsv, ValidRow, content_key, read_prompt_csv
+from magic141.presets import default_preset_name
+from magic141.utils import InputError, one_line, typed_line
+from tasks.bulk_csv import PromptCsv, RowDefaults, ValidRow, content_key, read_prompt_csv
 from tasks.catalog import open_catalog, resolve_catalog_url
 from tasks.catalog.batches import (
     RowRecord,
@@ -40,24 +40,14 @@ from tasks.catalog.batches import (
     start_batch,
 )
 from tasks.inbox import dropped_name
-from tasks.prior import PriorPolicy
-from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, check_prior_settings
-from tasks.produce import VideoJob, produce_video
+from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
+from tasks.produce import produce_video
 from tasks.provenance import combined_fingerprint
-from tasks.request import (
-    GenerateRequest,
-    ModelSpec,
-    check_index_dir,
-    check_low_memory,
-    check_model,
-    check_steps,
-    check_workers,
-    has_guidance_input,
-    printable_text,
-)
+from tasks.request import GenerateRequest, ModelSpec, OutputSpec, PriorSpec, RenderSpec, printable_text
+from tasks.request.checks import check_index_dir
 from tasks.runtime.batch_leases import Recovery, recover_batches
 from tasks.runtime.diskspace import DiskFullError
-from tasks.runtime.model_cache import image_prior, video_pipeline
+from tasks.runtime.model_cache import image_prior, load_model_libraries, video_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -72,27 +62,28 @@ ARTIFACT_CELL_CHARS = 300
 
 @dataclass(frozen=True)
 class BulkSettings:
-    """How every row of a batch is made and where it goes (absolute paths)."""
+    """How every row of a batch is made (``rows``) and where it goes (absolute paths)."""
 
     out_dir: str
     catalog_url: str
-    model: ModelSpec
-    steps: int  # resolved: the preset's when none is given
-    workers: int = 0
-    ray_address: str | None = None
-    index_dir: str | None = None
-    threshold: float = DEFAULT_THRESHOLD
-    strength: float = DEFAULT_STRENGTH
+    rows: RowDefaults
     gpu_limit: str | None = None
+
+    @property
+    def model(self) -> ModelSpec:
+        return self.rows.model
 
 
 @dataclass(frozen=True)
 class RowJob:
-    """One valid row to produce: its content key and the mp4 it becomes."""
+    """One valid row to produce, and its generation request (its output named by its content key)."""
 
     row: ValidRow
-    content_key: str
-    out: str
+    request: GenerateRequest
+
+    @property
+    def content_key(self) -> str:
+        return str(self.request.output.content_key)
 
 
 @dataclass(frozen=True)
@@ -124,41 +115,26 @@ def check_bulk(
     concurrency: int = 1,
     retries: int = 2,
 ) -> BulkSettings:
-    """Check the batch-wide options before any work; raise one ``ValueError`` line naming the problem."""
+    """Check the batch-wide options before any work; raise one ``InputError`` line naming the problem.
+
+    The catalog is not opened here: the flow reads the CSV first, so a refused file creates nothing.
+    The render options every row shares (steps, workers, Ray address, low memory) are checked here with the
+    preset's defaults for the rest, so a bad one refuses the batch instead of every row.
+    """
     folder = Path(out_dir).absolute()
     if not folder.is_dir():
-        raise ValueError(f"output folder {str(folder)!r} does not exist or is not a folder; create it first")
+        raise InputError(f"output folder {str(folder)!r} does not exist or is not a folder; create it first")
     if not os.access(folder, os.W_OK):
-        raise ValueError(f"output folder {str(folder)!r} is not writable; choose another --out-dir")
-    preset = preset or default_preset_name()
-    steps = get_preset(preset).steps if steps is None else steps
-    check_steps(steps)
-    model = check_model(ModelSpec(preset, weights, quantize, low_memory))
-    check_low_memory(low_memory, workers, ray_address)
-    check_workers(workers)
-    if ray_address is not None and workers == 0:
-        raise ValueError("--ray-address renders on a Ray cluster; give --workers N (N >= 1) as well")
+        raise InputError(f"output folder {str(folder)!r} is not writable; choose another --out-dir")
+    model = ModelSpec(preset or default_preset_name(), weights, quantize, low_memory)
+    RenderSpec.resolve(model, steps=steps, workers=workers, ray_address=ray_address)
     if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
+        raise InputError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {concurrency}")
     if not 0 <= retries <= 10:
-        raise ValueError(f"retries must be between 0 and 10, got {retries}")
-    check_prior_settings(threshold, strength)
-    index = None if index_dir is None else check_index_dir(index_dir)
-    url = resolve_catalog_url(catalog_url, folder)
-    open_catalog(url, wait_s=0).close()  # a check before any work: an unreachable catalog fails it at once
-    return BulkSettings(
-        out_dir=str(folder), catalog_url=url, model=model, steps=steps,
-        workers=workers, ray_address=ray_address, index_dir=index, threshold=threshold, strength=strength,
-    )
-
-
-def has_text_to_image(model: ModelSpec) -> bool:
-    """Whether ``model`` can make first frames from text: random preset weights can, a weights folder needs ``prior/``."""
-    if model.weights is None:
-        return True
-    from magic141.weight_paths import WeightPaths
-
-    return WeightPaths.resolve(model.weights).prior is not None
+        raise InputError(f"retries must be between 0 and 10, got {retries}")
+    prior = PriorSpec("auto", None, None if index_dir is None else check_index_dir(index_dir), threshold, strength)
+    return BulkSettings(str(folder), resolve_catalog_url(catalog_url, folder), RowDefaults(model, prior, steps, workers,
+                                                                                         ray_address))
 
 
 def row_output(out_dir: str, row_key: str, key: str) -> str:
@@ -167,32 +143,11 @@ def row_output(out_dir: str, row_key: str, key: str) -> str:
     return str(Path(out_dir) / f"{slug}-{key[:12]}.mp4")
 
 
-def row_policy(row: ValidRow, settings: BulkSettings) -> PriorPolicy:
-    """The prior policy of one row: its mode with the batch's index and settings."""
-    return PriorPolicy(row.prior, settings.index_dir, settings.threshold, settings.strength)
-
-
-def row_request(job: RowJob, settings: BulkSettings) -> GenerateRequest:
-    """The generation request of a planned row (guidance resolved, paths absolute)."""
-    request = job.row.to_request(job.out, settings.catalog_url, settings.model, settings.steps)
-    guidance = get_preset(settings.model.preset).guidance_scale if request.guidance is None else request.guidance
-    return replace(
-        request, guidance=guidance, workers=settings.workers, ray_address=settings.ray_address, prior=job.row.prior,
-        index_dir=settings.index_dir, prior_threshold=settings.threshold, prior_strength=settings.strength,
-    )
-
-
 @task(name="bulk-read")
 def read_prompts(csv_path: str, settings: BulkSettings, image_roots: list[str] | None = None) -> PromptCsv:
-    """Read and validate the prompt CSV (whole-file problems raise one ``ValueError`` line).
-
-    Rows are rejected when they need what the run lacks: a retrieval index for prior ``retrieve``,
-    a text-to-image model (weights without ``prior/``) for ``auto`` or ``generate`` without an image, a
-    guidance input (converted official weights) for a guidance scale other than the preset's.
-    """
-    table = read_prompt_csv(csv_path, image_roots, index_configured=settings.index_dir is not None,
-                            text_to_image=has_text_to_image(settings.model), preset=settings.model.preset,
-                            guidance_input=has_guidance_input(settings.model))
+    """Read and validate the prompt CSV into requests under the batch's settings (whole-file problems raise
+    one ``InputError`` line; rows that need what the run lacks are rejected, see :func:`read_prompt_csv`)."""
+    table = read_prompt_csv(csv_path, image_roots, settings.rows)
     get_run_logger().info("%s: %d valid row(s), %d rejected", table.path, len(table.valid), len(table.rejected))
     return table
 
@@ -211,12 +166,13 @@ def gpu_limit_in_force(name: str | None) -> str | None:
     return name
 
 
-def _video_fingerprint(settings: BulkSettings) -> str:
-    if settings.workers == 0:
-        return video_pipeline(settings.model).weights_fingerprint
+def _video_fingerprint(rows: RowDefaults) -> str:
+    if rows.workers == 0:
+        return video_pipeline(rows.model).weights_fingerprint
+    load_model_libraries()
     from tasks.runtime.render_pool import PoolConfig, get_pool
 
-    return get_pool(PoolConfig(settings.model, settings.workers, settings.ray_address)).fingerprint
+    return get_pool(PoolConfig(rows.model, rows.workers, rows.ray_address)).fingerprint
 
 
 @task(name="bulk-plan")
@@ -225,30 +181,31 @@ def plan_batch(table: PromptCsv, settings: BulkSettings, batch_id: str) -> list[
 
     A row that needs the text-to-image prior when the weights have none is rejected here.
     """
-    video_fingerprint = _video_fingerprint(settings) if table.valid else ""  # no model is loaded for no row
+    video_fingerprint = _video_fingerprint(settings.rows) if table.valid else ""  # no model is loaded for no row
     prior_fingerprint: str | None = None
     prior_problem: str | None = None
-    if any(row_policy(row, settings).may_generate() for row in table.valid):
+    if any(row.prior.may_generate() for row in table.valid):
         try:
             prior_fingerprint = image_prior(settings.model).weights_fingerprint
         except ValueError as exc:
             prior_problem = one_line(exc)
-    preset = get_preset(settings.model.preset)
     jobs: list[RowJob] = []
     records = [RowRecord(row.row_number, row.row_key, "rejected", row.reason) for row in table.rejected]
     for row in table.valid:
-        policy = row_policy(row, settings)
-        if policy.may_generate() and prior_problem is not None:
+        if row.prior.may_generate() and prior_problem is not None:
             records.append(RowRecord(row.row_number, row.row_key, "rejected", prior_problem))
             continue
+        render = row.render
         key = content_key(
-            prompt=row.prompt, negative_prompt=row.negative_prompt, seconds=row.seconds, fps=row.fps, seed=row.seed,
-            guidance=preset.guidance_scale if row.guidance is None else row.guidance, steps=settings.steps,
-            windows=row.windows, prior=row.prior, image_sha256=row.image_sha256, preset=settings.model.preset,
-            model_fingerprint=combined_fingerprint(video_fingerprint, prior_fingerprint if policy.may_generate() else None),
-            prior_settings=policy.settings(), size=row.size,
+            prompt=row.prompt.text, negative_prompt=row.prompt.negative, seconds=render.seconds, fps=render.fps,
+            seed=render.seed, guidance=render.guidance, steps=render.steps, windows=render.windows,
+            prior=row.prior.mode, image_sha256=row.image_sha256, preset=settings.model.preset,
+            model_fingerprint=combined_fingerprint(video_fingerprint, prior_fingerprint if row.prior.may_generate() else None),
+            prior_settings=row.prior.settings(), size=render.size,
         )
-        jobs.append(RowJob(row, key, row_output(settings.out_dir, row.row_key, key)))
+        output = OutputSpec(row_output(settings.out_dir, row.row_key, key), settings.catalog_url, key, batch_id,
+                            thumbnail=True, gpu_limit=settings.gpu_limit)
+        jobs.append(RowJob(row, GenerateRequest(row.prompt, settings.model, render, row.prior, output)))
         records.append(RowRecord(row.row_number, row.row_key, "pending", content_key=key))
     with open_catalog(settings.catalog_url) as catalog:
         start_batch(
@@ -279,9 +236,9 @@ def _attempt() -> int:
 
 
 def _retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a failed row unless its error is a ``ValueError`` (bad input does not get better on retry)."""
+    """Retry a failed row unless its error is an :class:`InputError` (bad input does not get better on retry)."""
     error = state.result(raise_on_failure=False)
-    return not isinstance(error, ValueError)
+    return not isinstance(error, InputError)
 
 
 @task(name="bulk-row", retry_condition_fn=_retry_unless_bad_input)
@@ -304,11 +261,7 @@ def produce_row(job: RowJob, batch_id: str, settings: BulkSettings) -> RowOutcom
         return RowOutcome(row.row_number, "skipped", existing["id"], existing["output_path"],
                           existing["prior_source"], attempt)
     try:
-        video = produce_video(
-            VideoJob(row_request(job, settings), row_policy(row, settings), job.content_key, batch_id, True,
-                     settings.gpu_limit),
-            flow_run.get_id(),
-        )
+        video = produce_video(job.request, flow_run.get_id())
     except Exception as exc:
         reason = str(exc) if isinstance(exc, DiskFullError) else typed_line(exc)
         _record_row(settings, batch_id, row, "failed", reason=reason,
@@ -317,7 +270,7 @@ def produce_row(job: RowJob, batch_id: str, settings: BulkSettings) -> RowOutcom
     status = "done" if video.added else "skipped"
     _record_row(settings, batch_id, row, status, video_id=video.video_id, content_key=job.content_key,
                 attempts=attempt, seconds=time.perf_counter() - started)
-    return RowOutcome(row.row_number, status, video.video_id, video.path, video.prior_source, attempt)
+    return RowOutcome(row.row_number, status, str(video.video_id), video.path, video.prior_source, attempt)
 
 
 def _record_row(settings: BulkSettings, batch_id: str, row: ValidRow, status: str, **values: Any) -> None:

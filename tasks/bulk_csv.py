@@ -30,7 +30,7 @@ The contract (also in the README):
   often carries a notes column that is empty for the rows meant to run).
 - An image with ``prior auto`` means ``user``. A row without a seed gets one derived from its row
   key (:func:`default_seed`), so running the file again reproduces the same videos.
-- The whole file is refused, with one ``ValueError`` line, when it cannot be read, is empty,
+- The whole file is refused, with one ``InputError`` line, when it cannot be read, is empty,
   binary, UTF-16 or otherwise not UTF-8, has broken quoting, names a column twice, or has no
   ``prompt`` column.
 
@@ -49,35 +49,20 @@ import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from magic141.presets import Preset, default_preset_name, get_preset
-from magic141.utils import sha256_file
-from magic141.windows import WINDOW_MODES
-from tasks.prior_policy import PRIOR_MODES
-from tasks.request import (
-    MAX_PROMPT_CHARS,
-    GenerateRequest,
-    ModelSpec,
-    check_duration,
-    check_fps,
-    check_guidance,
-    check_image,
-    check_seconds,
-    check_seed,
-    check_size,
-    clean_prompt,
-)
+from magic141.utils import InputError, sha256_file
+from tasks.request import ModelSpec, PriorSpec, PromptSpec, RenderSpec
+from tasks.request.checks import MAX_PROMPT_CHARS
+from tasks.request.parts import DEFAULT_SECONDS
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("prompt", "id", "image", "seconds", "fps", "seed", "guidance", "negative_prompt", "prior", "windows", "size")
 MAX_ID_LENGTH = 255
 CONTENT_KEY_VERSION = 1
-_REQUEST_DEFAULTS = {f.name: f.default for f in fields(GenerateRequest)}
-DEFAULT_SECONDS: float = _REQUEST_DEFAULTS["seconds"]
 DEFAULT_PRIOR = "auto"
 DEFAULT_WINDOWS = "chained"
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
@@ -85,62 +70,31 @@ _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_CELL_CHARS = MAX_PROMPT_CHARS  # any cell; the prompt's own check names the same limit
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
-RETRIEVE_WITHOUT_INDEX = (
-    "prior 'retrieve' needs a retrieval index and none is configured; pass --index-dir DIR (or set "
-    "MAGIC141_INDEX_DIR) to an index built with `magic141 index build`, or set prior to auto or generate"
-)
-NO_GUIDANCE_INPUT = (
-    "guidance {guidance:g} would do nothing: the model's transformer takes no guidance scale (no guidance embedding); "
-    "empty the guidance cell"
-)
-NO_TEXT_TO_IMAGE = (
-    "prior {prior!r} may make the first frame with the text-to-image model, and the weights have none (prior/); "
-    "fill the image cell or add a prior/ folder to the weights"
-)
+@dataclass(frozen=True)
+class RowDefaults:
+    """What a batch gives every row: the model, the sampler steps, the render pool and the prior's settings.
+
+    ``prior`` holds the batch's retrieval index (checked once for the batch), threshold and strength; each row
+    chooses its own mode and image.
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    prior: PriorSpec = field(default_factory=PriorSpec)
+    steps: int | None = None
+    workers: int = 0
+    ray_address: str | None = None
 
 
 @dataclass(frozen=True)
 class ValidRow:
-    """A row that passed every check, with defaults filled in and the image path made absolute."""
+    """A row that passed every check: the parts of its generation request (defaults filled in, paths absolute)."""
 
     row_number: int
     row_key: str
-    prompt: str
-    negative_prompt: str | None
-    image: str | None
+    prompt: PromptSpec
+    render: RenderSpec
+    prior: PriorSpec
     image_sha256: str | None
-    seconds: float
-    fps: int
-    seed: int
-    guidance: float | None
-    prior: str
-    windows: str
-    size: str = "auto"
-
-    @property
-    def num_frames(self) -> int:
-        return round(self.seconds * self.fps)
-
-    def to_request(self, out: str, catalog_url: str, model: ModelSpec, steps: int) -> GenerateRequest:
-        """The generation request for this row (the image only when the prior is the user's)."""
-        return GenerateRequest(
-            prompt=self.prompt,
-            out=out,
-            catalog_url=catalog_url,
-            image=self.image if self.prior == "user" else None,
-            seconds=self.seconds,
-            fps=self.fps,
-            seed=self.seed,
-            steps=steps,
-            guidance=self.guidance,
-            negative_prompt=self.negative_prompt,
-            preset=model.preset,
-            weights=model.weights,
-            quantize=model.quantize,
-            low_memory=model.low_memory,
-            windows=self.windows,
-            size=self.size,
-        )
 
 
 @dataclass(frozen=True)
@@ -223,19 +177,19 @@ def content_key(
 
 
 def _decode(path: Path, data: bytes) -> str:
-    """The file's text, or one ``ValueError`` saying why it is not a UTF-8 CSV."""
+    """The file's text, or one ``InputError`` saying why it is not a UTF-8 CSV."""
     shown = str(path)
     if not data.strip():
-        raise ValueError(f"prompt CSV {shown!r} is empty; its first row must name the columns, e.g. prompt,seconds,seed")
+        raise InputError(f"prompt CSV {shown!r} is empty; its first row must name the columns, e.g. prompt,seconds,seed")
     if data.startswith(_UTF16_BOMS):
-        raise ValueError(f"prompt CSV {shown!r} is UTF-16 text; save it as UTF-8 CSV")
+        raise InputError(f"prompt CSV {shown!r} is UTF-16 text; save it as UTF-8 CSV")
     if b"\x00" in data:
-        raise ValueError(f"prompt CSV {shown!r} is a binary file, not CSV text; give a UTF-8 CSV file")
+        raise InputError(f"prompt CSV {shown!r} is a binary file, not CSV text; give a UTF-8 CSV file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ValueError(
+        raise InputError(
             f"prompt CSV {shown!r} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8 CSV"
         ) from None
 
@@ -253,7 +207,7 @@ def _records(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            raise ValueError(
+            raise InputError(
                 f"prompt CSV {str(path)!r} is not valid CSV on line {reader.line_num}: {exc}; "
                 f"put cells that hold commas, quotes or line breaks in double quotes, and double inner quotes"
             ) from None
@@ -266,14 +220,14 @@ def _header(path: Path, cells: list[str]) -> tuple[str, ...]:
     seen: set[str] = set()
     for column in columns:
         if column and column in seen:
-            raise ValueError(f"prompt CSV {str(path)!r} names column {column!r} twice in its header; keep one")
+            raise InputError(f"prompt CSV {str(path)!r} names column {column!r} twice in its header; keep one")
         seen.add(column)
     if "prompt" not in columns:
         found = ", ".join(repr(c) for c in columns if c) or "no names"
         hint = ""
         if len(columns) == 1 and (";" in columns[0] or "\t" in columns[0]):
             hint = " (it looks separated by ';' or tabs; CSV cells are separated by commas)"
-        raise ValueError(
+        raise InputError(
             f"prompt CSV {str(path)!r} has no 'prompt' column (header: {found}){hint}; "
             f"make the first row name the columns, e.g. prompt,seconds,seed"
         )
@@ -284,10 +238,10 @@ def _number(column: str, text: str, integer: bool) -> float | int:
     pattern, example = (_INTEGER, "24") if integer else (_DECIMAL, "2.5")
     if not pattern.fullmatch(text):
         kind = "a whole number" if integer else "a number"
-        raise ValueError(f"{column} {text!r} is not {kind}; write e.g. {example}")
+        raise InputError(f"{column} {text!r} is not {kind}; write e.g. {example}")
     value = int(text) if integer else float(text)
     if not integer and not math.isfinite(value):
-        raise ValueError(f"{column} {text!r} is out of range; write e.g. {example}")
+        raise InputError(f"{column} {text!r} is out of range; write e.g. {example}")
     return value
 
 
@@ -300,34 +254,26 @@ def _row_key(cells: Mapping[str, str]) -> str:
 
 
 def _resolve_image(text: str, csv_dir: Path, roots: Sequence[Path]) -> Path:
-    """The image's real path, checked to lie inside an image root and to be a readable image."""
+    """The image's real path, checked to lie inside an image root (its content is checked by the prior)."""
     given = Path(text)
     resolved = (given if given.is_absolute() else csv_dir / given).resolve()
     if not any(resolved.is_relative_to(root) for root in roots):
         folders = ", ".join(str(root) for root in roots)
-        raise ValueError(
+        raise InputError(
             f"image {text!r} resolves to {str(resolved)!r}, outside the image folders ({folders}); "
             f"move it into one of them or add its folder to the image roots"
         )
-    check_image(str(resolved))
     return resolved
 
 
 class _RowChecker:
-    """Validates rows one by one; remembers keys to reject later duplicates."""
+    """Validates rows one by one into request parts; remembers keys to reject later duplicates."""
 
-    def __init__(
-        self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path], index_configured: bool, text_to_image: bool,
-        preset: Preset, default_guidance: float | None = None,
-    ) -> None:
+    def __init__(self, columns: tuple[str, ...], csv_dir: Path, roots: Sequence[Path], defaults: RowDefaults) -> None:
         self.columns = columns
-        self.preset = preset
-        self.default_fps = preset.fps
-        self.default_guidance = default_guidance  # None: the model takes any guidance scale
+        self.defaults = defaults
         self.csv_dir = csv_dir
         self.roots = roots
-        self.index_configured = index_configured
-        self.text_to_image = text_to_image
         self.first_row_of_key: dict[str, int] = {}
 
     def check(self, number: int, raw: list[str]) -> ValidRow | RejectedRow:
@@ -337,8 +283,8 @@ class _RowChecker:
         def attempt(check: Any, *args: Any) -> Any:
             try:
                 return check(*args)
-            except ValueError as exc:
-                problems.append(str(exc))
+            except InputError as exc:
+                problems.append(exc.in_csv)
                 return None
 
         if len(raw) > len(self.columns) and any(raw[len(self.columns):]):
@@ -358,72 +304,40 @@ class _RowChecker:
             )
         key = _row_key({column: cells[column] for column in cells if column in COLUMNS})
         problems.extend(self._key_problems(number, key, cells.get("id", "")))
-
         for column, value in cells.items():
             if len(value) > MAX_CELL_CHARS and column != "prompt":
                 problems.append(f"{column} is {len(value):,} characters; at most {MAX_CELL_CHARS:,}")
-        prompt = attempt(clean_prompt, cells.get("prompt", "")) or ""
-        negative_prompt = None
-        if cells.get("negative_prompt") and len(cells["negative_prompt"]) <= MAX_CELL_CHARS:
-            negative_prompt = attempt(clean_prompt, cells["negative_prompt"], "negative prompt")
-        seconds = attempt(_number, "seconds", cells.get("seconds") or str(DEFAULT_SECONDS), False)
-        fps = attempt(_number, "fps", cells.get("fps") or str(self.default_fps), True)
-        known_problems = len(problems)
-        if seconds is not None:
-            attempt(check_seconds, seconds)
-        if fps is not None:
-            attempt(check_fps, fps)
-        if seconds is not None and fps is not None and len(problems) == known_problems:
-            attempt(check_duration, seconds, fps)
-        seed = default_seed(key) if not cells.get("seed") else attempt(_number, "seed", cells["seed"], True)
-        if seed is not None:
-            attempt(check_seed, seed)
-        guidance = attempt(_number, "guidance", cells["guidance"], False) if cells.get("guidance") else None
-        if guidance is not None:
-            attempt(check_guidance, guidance)
-            if self.default_guidance is not None and guidance != self.default_guidance:
-                problems.append(NO_GUIDANCE_INPUT.format(guidance=guidance))
-        prior = (cells.get("prior") or DEFAULT_PRIOR).lower()
-        if prior not in PRIOR_MODES:
-            problems.append(f"prior {cells['prior']!r} is not one of {', '.join(PRIOR_MODES)}")
-        windows = (cells.get("windows") or DEFAULT_WINDOWS).lower()
-        if windows not in WINDOW_MODES:
-            problems.append(f"windows {cells['windows']!r} is not one of {', '.join(WINDOW_MODES)}")
-        size = attempt(check_size, cells.get("size") or "auto", self.preset.name)
-        image_text = cells.get("image", "")
-        image: Path | None = None
-        if image_text:
-            if prior in ("retrieve", "generate"):
-                problems.append(
-                    f"an image is given but prior {prior!r} would ignore it; empty the image cell or set prior to user"
-                )
-            image = attempt(_resolve_image, image_text, self.csv_dir, self.roots)
-            if prior == "auto":
-                prior = "user"
-        elif prior == "user":
-            problems.append("prior 'user' needs an image; fill the image cell or choose another prior")
-        if prior == "retrieve" and not self.index_configured:
-            problems.append(RETRIEVE_WITHOUT_INDEX)
-        if prior in ("auto", "generate") and not self.text_to_image:
-            problems.append(NO_TEXT_TO_IMAGE.format(prior=prior))
+        negative = cells.get("negative_prompt", "")
+        prompt = attempt(PromptSpec, cells.get("prompt", ""), negative if len(negative) <= MAX_CELL_CHARS else None)
 
-        if problems:
-            return RejectedRow(number, key, "; ".join(problems), cells)
-        return ValidRow(
-            row_number=number,
-            row_key=key,
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            image=None if image is None else str(image),
-            image_sha256=None if image is None else sha256_file(image),
-            seconds=float(seconds),
-            fps=int(fps),
-            seed=int(seed),
-            guidance=guidance,
-            prior=prior,
-            windows=windows,
-            size=size,
+        def number_cell(column: str, integer: bool, default: float | int | None) -> Any:
+            """The cell's number; a bad one is a problem, and the default stands in so later checks still run."""
+            if not cells.get(column):
+                return default
+            value = attempt(_number, column, cells[column], integer)
+            return default if value is None else value
+
+        defaults, model = self.defaults, self.defaults.model
+        render = attempt(
+            lambda: RenderSpec.resolve(
+                model, seconds=number_cell("seconds", False, DEFAULT_SECONDS), fps=number_cell("fps", True, None),
+                seed=number_cell("seed", True, default_seed(key)), guidance=number_cell("guidance", False, None),
+                windows=(cells.get("windows") or DEFAULT_WINDOWS).lower(), size=cells.get("size") or "auto",
+                steps=defaults.steps, workers=defaults.workers, ray_address=defaults.ray_address,
+            )
         )
+        mode = (cells.get("prior") or DEFAULT_PRIOR).lower()
+        image = attempt(_resolve_image, cells["image"], self.csv_dir, self.roots) if cells.get("image") else None
+        if image is not None and mode == "auto":
+            mode = "user"
+        template = defaults.prior
+        prior = attempt(lambda: PriorSpec.choose(
+            model, mode, None if image is None else str(image), template.index_dir, template.threshold,
+            template.strength, index_checked=True,
+        ))
+        if problems or prompt is None or render is None or prior is None:
+            return RejectedRow(number, key, "; ".join(problems), cells)
+        return ValidRow(number, key, prompt, render, prior, None if image is None else sha256_file(image))
 
     def _key_problems(self, number: int, key: str, given_id: str) -> list[str]:
         problems = []
@@ -445,33 +359,27 @@ class _RowChecker:
 def read_prompt_csv(
     path: str | os.PathLike[str],
     image_roots: Sequence[str | os.PathLike[str]] | None = None,
-    *,
-    index_configured: bool = False,
-    text_to_image: bool = True,
-    preset: str | None = None,
-    guidance_input: bool = True,
+    defaults: RowDefaults | None = None,
 ) -> PromptCsv:
-    """Read and validate a prompt CSV; raise one ``ValueError`` line if the file as a whole is unusable.
+    """Read and validate a prompt CSV; raise one ``InputError`` line if the file as a whole is unusable.
 
     ``image_roots`` are the folders row images must lie in after resolving symlinks (default:
-    the CSV's own folder). ``index_configured`` says the run has a retrieval index; without one,
-    rows asking for prior ``retrieve`` are rejected (``auto`` then generates text-to-image).
-    ``text_to_image`` says the run has a text-to-image model; without one, rows without an image
-    whose prior is ``auto`` or ``generate`` are rejected. Rows without an ``fps`` get the frame rate of
-    ``preset`` (default: :func:`magic141.presets.default_preset_name`). ``guidance_input`` says the model
-    takes a guidance scale; without one, rows whose guidance differs from the preset's are rejected.
+    the CSV's own folder). Each valid row becomes the parts of a generation request under ``defaults``
+    (the batch's model, steps, render pool and prior settings; default: the default preset, no retrieval
+    index). So rows are rejected when they need what the run lacks: a retrieval index for prior
+    ``retrieve``, a text-to-image model (weights without ``prior/``) for ``auto`` or ``generate`` without an
+    image, a guidance input (converted official weights) for a guidance scale other than the preset's.
     """
-    chosen = get_preset(preset or default_preset_name())
-    default_guidance = None if guidance_input else chosen.guidance_scale
+    defaults = RowDefaults() if defaults is None else defaults
     file = Path(path).absolute()
     try:
         data = file.read_bytes()
     except FileNotFoundError:
-        raise ValueError(f"prompt CSV {str(path)!r} does not exist; give the path of a CSV file") from None
+        raise InputError(f"prompt CSV {str(path)!r} does not exist; give the path of a CSV file") from None
     except IsADirectoryError:
-        raise ValueError(f"prompt CSV {str(path)!r} is a folder; give the path of a CSV file") from None
+        raise InputError(f"prompt CSV {str(path)!r} is a folder; give the path of a CSV file") from None
     except OSError as exc:
-        raise ValueError(f"prompt CSV {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
+        raise InputError(f"prompt CSV {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
     text = _decode(file, data)
     csv_dir = file.parent.resolve()
     roots = [csv_dir] if image_roots is None else [Path(root).absolute().resolve() for root in image_roots]
@@ -484,7 +392,7 @@ def read_prompt_csv(
             continue
         if columns is None or checker is None:
             columns = _header(file, raw)
-            checker = _RowChecker(columns, csv_dir, roots, index_configured, text_to_image, chosen, default_guidance)
+            checker = _RowChecker(columns, csv_dir, roots, defaults)
             continue
         row = checker.check(number, raw)
         if isinstance(row, ValidRow):
@@ -492,7 +400,7 @@ def read_prompt_csv(
         else:
             rejected.append(row)
     if columns is None:
-        raise ValueError(f"prompt CSV {str(path)!r} is empty; its first row must name the columns, e.g. prompt,seconds,seed")
+        raise InputError(f"prompt CSV {str(path)!r} is empty; its first row must name the columns, e.g. prompt,seconds,seed")
     unknown = tuple(column for column in columns if column and column not in COLUMNS)
     if unknown:
         logger.warning("prompt CSV %s has unknown column(s) %s; rows with values there are rejected", file, ", ".join(unknown))

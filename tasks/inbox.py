@@ -28,6 +28,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
+from magic141.utils import InputError
 from tasks.runtime.leases import lease_expiry, read_lease, write_lease
 
 PROCESSING_SUFFIX = ".processing"
@@ -151,7 +152,7 @@ def claim_next(inbox: str, settle_s: float = DEFAULT_SETTLE_S) -> str | None:
     """
     folder = Path(inbox)
     if not folder.is_dir():
-        raise ValueError(f"inbox {inbox!r} does not exist or is not a folder; create it or fix the deployment")
+        raise InputError(f"inbox {inbox!r} does not exist or is not a folder; create it or fix the deployment")
     with _inbox_lock(folder):
         taken = _take_over_dead_claim(folder)
         if taken is not None:

@@ -18,40 +18,12 @@ import PIL.Image
 from prefect import get_run_logger, task
 
 from magic141.utils import sha256_file
-from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD, RetrievalMatch, StaleMatch, decide_prior
-from tasks.request import ModelSpec
+from tasks.prior_policy import RetrievalMatch, StaleMatch, decide_prior
+from tasks.request import GenerateRequest
 from tasks.runtime.model_cache import image_prior
 from tasks.runtime.publish import PRIOR_FILE
 
 RETRIEVAL_K = 5
-
-
-@dataclass(frozen=True)
-class PriorPolicy:
-    """How to choose the first frame: ``mode`` (auto, user, retrieve, generate) and its settings.
-
-    ``index_dir`` is the retrieval index folder, or None when no index is configured (then
-    ``auto`` generates text-to-image and ``retrieve`` fails).
-    """
-
-    mode: str = "auto"
-    index_dir: str | None = None
-    threshold: float = DEFAULT_THRESHOLD
-    strength: float = DEFAULT_STRENGTH
-
-    def settings(self) -> dict[str, float | str] | None:
-        """What of this policy shapes the video beyond the mode (part of a bulk row's content key)."""
-        if self.mode != "auto":
-            return None
-        return {
-            "threshold": self.threshold,
-            "strength": self.strength,
-            "retrieval": "index" if self.index_dir is not None else "none",
-        }
-
-    def may_generate(self) -> bool:
-        """Whether the text-to-image model may make the first frame under this policy."""
-        return self.mode in ("auto", "generate")
 
 
 @dataclass(frozen=True)
@@ -106,27 +78,15 @@ def _checked(
 
 
 @task(name="prior")
-def prepare_prior(
-    prompt: str,
-    seed: int,
-    model: ModelSpec,
-    work_dir: str,
-    image: str | None = None,
-    negative_prompt: str | None = None,
-    policy: PriorPolicy | None = None,
-) -> PriorResult:
-    """Choose and make the first frame; a generated one is saved as :data:`PRIOR_FILE` in ``work_dir``.
-
-    Without ``policy``: ``image`` if given, else text-to-image (the ``generate`` command's behaviour).
-    """
+def prepare_prior(request: GenerateRequest, work_dir: str) -> PriorResult:
+    """Choose and make the first frame of ``request``; a generated one is saved as :data:`PRIOR_FILE` in ``work_dir``."""
     run_logger = get_run_logger()
     started = time.perf_counter()
-    if policy is None:
-        policy = PriorPolicy(mode="user" if image is not None else "generate")
-    needs_index = policy.index_dir is not None and image is None and policy.mode in ("auto", "retrieve")
-    matches, stale = _checked(_matches(prompt, policy.index_dir), run_logger) if needs_index else (None, [])
+    prior, prompt, seed = request.prior, request.prompt.text, request.render.seed
+    searched = prior.index_dir is not None
+    matches, stale = _checked(_matches(prompt, prior.index_dir), run_logger) if searched else (None, [])
     decision = decide_prior(
-        policy.mode, image=image, matches=matches, threshold=policy.threshold, strength=policy.strength, stale=stale
+        prior.mode, image=prior.image, matches=matches, threshold=prior.threshold, strength=prior.strength, stale=stale
     )
     run_logger.info("prior: %s", decision.details["reason"])
     if decision.image is not None:
@@ -134,21 +94,22 @@ def prepare_prior(
         return PriorResult(
             decision.source, path, sha256_file(path), time.perf_counter() - started, 0.0, details=decision.details
         )
-    prior = image_prior(model)
+    model = image_prior(request.model)
+    negative_prompt = request.prompt.negative
     model_started = time.perf_counter()
     if decision.conditioning == "img2img" and decision.init_image is not None and decision.strength is not None:
         with PIL.Image.open(decision.init_image) as init:
-            picture = prior.from_image(init.convert("RGB"), prompt, seed, decision.strength, negative_prompt)
+            picture = model.from_image(init.convert("RGB"), prompt, seed, decision.strength, negative_prompt)
     else:
-        picture = prior(prompt, seed=seed, negative_prompt=negative_prompt)
+        picture = model(prompt, seed=seed, negative_prompt=negative_prompt)
     model_seconds = time.perf_counter() - model_started
     path = Path(work_dir) / PRIOR_FILE
     picture.save(path)
     run_logger.info(
-        "prior: generated %dx%d image with the %s text-to-image model (%s)", *picture.size, model.preset,
+        "prior: generated %dx%d image with the %s text-to-image model (%s)", *picture.size, request.model.preset,
         decision.conditioning,
     )
     return PriorResult(
         "generate", str(path), sha256_file(path), time.perf_counter() - started, model_seconds,
-        prior.weights_fingerprint, decision.details,
+        model.weights_fingerprint, decision.details,
     )

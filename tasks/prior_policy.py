@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from magic141.utils import InputError
+
 PRIOR_MODES = ("auto", "user", "retrieve", "generate")
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_STRENGTH = 0.6
@@ -97,21 +99,21 @@ def _stale_summary(stale: Sequence[StaleMatch]) -> str:
 def check_prior_mode(mode: str) -> None:
     """Raise ``ValueError`` unless ``mode`` is one of :data:`PRIOR_MODES`."""
     if mode not in PRIOR_MODES:
-        raise ValueError(f"prior {mode!r} is not one of {', '.join(PRIOR_MODES)}; choose one of them")
+        raise InputError(f"prior {mode!r} is not one of {', '.join(PRIOR_MODES)}; choose one of them")
 
 
 def check_prior_settings(threshold: float, strength: float) -> None:
     """Raise ``ValueError`` unless the ``auto`` threshold is a cosine score and the img2img strength is in (0, 1]."""
     if not math.isfinite(threshold) or not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"retrieval threshold must be a cosine score in [-1, 1], got {threshold}")
+        raise InputError(f"retrieval threshold must be a cosine score in [-1, 1], got {threshold}")
     if not math.isfinite(strength) or not 0.0 < strength <= 1.0:
-        raise ValueError(f"img2img strength must be in (0, 1], got {strength}")
+        raise InputError(f"img2img strength must be in (0, 1], got {strength}")
 
 
 def _ranked(matches: Sequence[RetrievalMatch]) -> list[RetrievalMatch]:
     for match in matches:
         if not math.isfinite(match.score):
-            raise ValueError(f"retrieval match {str(match.path)!r} has score {match.score}; rebuild the index")
+            raise InputError(f"retrieval match {str(match.path)!r} has score {match.score}; rebuild the index")
     return sorted(matches, key=lambda match: -match.score)
 
 
@@ -151,25 +153,25 @@ def decide_prior(
 
     if mode == "user" or (mode == "auto" and image is not None):
         if image is None:
-            raise ValueError("prior 'user' needs an image; give the row an image or choose another prior")
+            raise InputError("prior 'user' needs an image; give the row an image or choose another prior")
         return decided("user", "none", "the row gives its own image", image=Path(image))
     if image is not None:
-        raise ValueError(f"prior {mode!r} would ignore the given image; drop the image or choose prior 'user'")
+        raise InputError(f"prior {mode!r} would ignore the given image; drop the image or choose prior 'user'")
     if mode == "generate":
         return decided("generate", "none", "prior 'generate' asked")
     if mode == "retrieve":
         if matches is None:
-            raise ValueError(
+            raise InputError(
                 "prior 'retrieve' needs a retrieval index and none is configured; "
                 "give an index folder (--index-dir) or choose prior 'generate'"
             )
         if not ranked and stale:
-            raise ValueError(
+            raise InputError(
                 f"prior 'retrieve' found no usable match in the retrieval index: {_stale_summary(stale)}; "
                 f"rebuild the index (magic141 index build) or choose prior 'generate'"
             )
         if not ranked:
-            raise ValueError(
+            raise InputError(
                 "prior 'retrieve' found no match in the retrieval index; "
                 "add images to the corpus or choose prior 'generate'"
             )

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
 from prefect import get_run_logger, task
 
-from magic141.presets import get_preset, parse_size
+from magic141.presets import parse_size
 from magic141.utils import sha256_file
-from tasks.request import ModelSpec
+from tasks.record import VideoRecord
+from tasks.request import GenerateRequest, ModelSpec, RenderSpec
 from tasks.runtime.ffmpeg import VideoWriter, probe
-from tasks.runtime.model_cache import video_pipeline
+from tasks.runtime.model_cache import load_model_libraries, video_pipeline
 from tasks.runtime.progress import StageProgress
 from tasks.runtime.stitch import Stitcher
 
@@ -28,91 +28,53 @@ if TYPE_CHECKING:  # torch, diffusers and ray load when a video is rendered, not
     from magic141.executor import WindowExecutor
 
 
-@dataclass(frozen=True)
-class RenderSettings:
-    """How to render: window mode and overlap, and where (in process, or a Ray pool of ``workers``)."""
-
-    model: ModelSpec
-    steps: int
-    guidance: float
-    true_cfg: float = 1.0
-    windows: str = "chained"
-    overlap: int | None = None
-    workers: int = 0
-    ray_address: str | None = None
-    size: str = "auto"  # one of the preset's sizes as WxH, or auto: the one nearest the first frame's aspect ratio
-
-
-@dataclass(frozen=True)
-class RenderResult:
-    """The finished mp4, its windows' provenance and layout, and the model that made it."""
-
-    path: str
-    sha256: str
-    bytes: int
-    frames: int
-    fps: int
-    width: int
-    height: int
-    windows: list[dict[str, Any]]
-    window_layout: list[dict[str, int]]
-    fingerprint: str
-    seconds: float
-    model_seconds: float  # summed over windows: time the model spent sampling and decoding
-
-
-def _executor(settings: RenderSettings) -> WindowExecutor:
+def _executor(model: ModelSpec, render: RenderSpec) -> WindowExecutor:
     """The model in this process (``workers`` 0), else the Ray render pool of ``workers`` actors."""
-    if settings.workers == 0:
+    if render.workers == 0:
         from magic141.executor import LocalExecutor
 
-        return LocalExecutor(video_pipeline(settings.model))
+        return LocalExecutor(video_pipeline(model))
+    load_model_libraries()
     from tasks.runtime.render_pool import PoolConfig, PoolExecutor, get_pool
 
-    return PoolExecutor(get_pool(PoolConfig(settings.model, settings.workers, settings.ray_address)))
+    return PoolExecutor(get_pool(PoolConfig(model, render.workers, render.ray_address)))
 
 
 @task(name="render")
-def render_video(
-    prompt: str,
-    prior_path: str,
-    out: str,
-    num_frames: int,
-    fps: int,
-    seed: int,
-    settings: RenderSettings,
-    negative_prompt: str | None = None,
-) -> RenderResult:
-    """Render ``num_frames`` frames from the first frame at ``prior_path`` into the mp4 ``out``."""
+def render_video(request: GenerateRequest, prior_path: str, out: str) -> VideoRecord:
+    """Render the request's frames from the first frame at ``prior_path`` into the mp4 ``out``."""
     from magic141.executor import RenderJob, render_windows
     from magic141.pipeline import fit_image, plan_video
     from magic141.sampler import SamplerConfig
 
     logger = get_run_logger()
     started = time.perf_counter()
-    preset = get_preset(settings.model.preset)
+    render = request.render
+    num_frames, fps = render.num_frames, render.fps
+    preset = request.model.config
     sampler = SamplerConfig(
-        steps=settings.steps,
-        guidance_scale=settings.guidance,
-        true_cfg_scale=settings.true_cfg,
+        steps=render.steps,
+        guidance_scale=render.guidance,
+        true_cfg_scale=render.true_cfg,
         flow_shift=preset.flow_shift,
     )
-    plan = plan_video(preset, num_frames, settings.windows, settings.overlap)
-    where = "in this process" if settings.workers == 0 else f"on {settings.workers} Ray worker(s)"
-    progress = StageProgress("render", f"Rendering {num_frames} frames in {len(plan)} {settings.windows} windows {where}")
-    executor = _executor(settings)
+    plan = plan_video(preset, num_frames, render.windows, render.overlap)
+    where = "in this process" if render.workers == 0 else f"on {render.workers} Ray worker(s)"
+    progress = StageProgress("render", f"Rendering {num_frames} frames in {len(plan)} {render.windows} windows {where}")
+    executor = _executor(request.model, render)
     with PIL.Image.open(prior_path) as image:  # the VLM reads it as given under the official convention
-        size = parse_size(settings.size) or preset.nearest_size(*image.size)
+        size = parse_size(render.size) or preset.nearest_size(*image.size)
         preset = preset.at_size(size)
         if executor.convention == "official":
             reference = image.convert("RGB")
         else:
             reference = fit_image(image, preset.width, preset.height)
-    job = RenderJob(f"{out}:{seed}", prompt, negative_prompt, np.asarray(reference), seed, sampler, size)
+    job = RenderJob(f"{out}:{render.seed}", request.prompt.text, request.prompt.negative, np.asarray(reference),
+                    render.seed, sampler, size)
     records = []
     with VideoWriter(out, preset.width, preset.height, fps, expected_frames=num_frames, preset="veryfast") as writer:
         stitcher = Stitcher(writer, plan)
-        for rendered in render_windows(executor, job, plan, settings.windows, progress.update):
+        for rendered in render_windows(executor, job, plan, render.windows, progress.update):
             stitcher.add(rendered.window.index, rendered.frames)
             records.append(rendered.record)
     records.sort(key=lambda record: record.window.index)
@@ -130,9 +92,9 @@ def render_video(
             "%(seconds).2f s, %(attempts)d attempt(s)",
             window,
         )
-    return RenderResult(
+    return VideoRecord(
         out, sha256_file(out), os.path.getsize(out), info.frames, fps, info.width, info.height,
-        windows, [window.as_dict() for window in plan], executor.fingerprint, time.perf_counter() - started,
-        sum(record.seconds for record in records),
+        windows, [window.as_dict() for window in plan], executor.fingerprint,
+        {"render": time.perf_counter() - started, "render_model": sum(record.seconds for record in records)},
     )
 

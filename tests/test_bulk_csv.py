@@ -9,19 +9,23 @@ from pathlib import Path
 import PIL.Image
 import pytest
 
+from magic141.presets import get_preset
 from magic141.toy_world import Caption
 from magic141.utils import sha256_file
 from tasks.bulk_csv import (
     COLUMNS,
-    DEFAULT_SECONDS,
     PromptCsv,
+    RowDefaults,
     content_key,
     default_seed,
     read_prompt_csv,
 )
-from tasks.request import GenerateRequest, ModelSpec, validate_request
+from tasks.request import GenerateRequest, ModelSpec, OutputSpec, PriorSpec
+from tasks.request.parts import DEFAULT_SECONDS
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "prompts.csv"
+# A batch with a retrieval index (checked once per batch, so rows take it as it is).
+INDEXED = PriorSpec(index_dir="index")
 
 
 def write_csv(folder: Path, text: str, name: str = "prompts.csv", encoding: str = "utf-8") -> Path:
@@ -38,15 +42,15 @@ def picture(tmp_path: Path) -> Path:
 
 
 def test_example_file_has_good_rows_and_one_rejected() -> None:
-    parsed = read_prompt_csv(EXAMPLE, index_configured=True, preset="toy")
+    parsed = read_prompt_csv(EXAMPLE, defaults=RowDefaults(ModelSpec("toy"), INDEXED))
 
     assert [row.row_key for row in parsed.valid] == ["retrieved", "generated", "user-image", "long"]
-    assert [row.prior for row in parsed.valid] == ["retrieve", "generate", "user", "auto"]
-    assert {row.fps for row in parsed.valid} == {8}, "an empty fps is the preset's"
+    assert [row.prior.mode for row in parsed.valid] == ["retrieve", "generate", "user", "auto"]
+    assert {row.render.fps for row in parsed.valid} == {8}, "an empty fps is the preset's"
     user = parsed.valid[2]
-    assert user.image == str(EXAMPLE.parent / "yellow-triangle.png")
+    assert user.prior.image == str(EXAMPLE.parent / "yellow-triangle.png")
     assert user.image_sha256 == sha256_file(EXAMPLE.parent / "yellow-triangle.png")
-    assert all(Caption.parse(row.prompt) for row in parsed.valid), "the prompts speak the toy world's language"
+    assert all(Caption.parse(row.prompt.text) for row in parsed.valid), "the prompts speak the toy world's language"
     assert [(row.row_number, row.row_key) for row in parsed.rejected] == [(6, "too-long")]
     assert "seconds must be at most 600" in parsed.rejected[0].reason
     assert parsed.sha256 == sha256_file(EXAMPLE) and parsed.path == str(EXAMPLE)
@@ -56,7 +60,7 @@ def test_example_file_has_good_rows_and_one_rejected() -> None:
 def test_a_quoted_cell_may_span_lines_and_stays_one_row(tmp_path: Path) -> None:
     parsed = read_prompt_csv(write_csv(tmp_path, 'id,prompt\nboat,"a paper boat,\nlit by neon signs"\ncat,a cat\n'))
 
-    assert [row.prompt for row in parsed.valid] == ["a paper boat,\nlit by neon signs", "a cat"]
+    assert [row.prompt.text for row in parsed.valid] == ["a paper boat,\nlit by neon signs", "a cat"]
     assert [row.row_number for row in parsed.valid] == [2, 3], "a multi-line cell is one spreadsheet row"
 
 
@@ -65,10 +69,13 @@ def test_defaults_fill_empty_cells(tmp_path: Path) -> None:
     parsed = read_prompt_csv(csv_file)
 
     (row,) = parsed.valid
-    assert (row.seconds, row.fps, row.prior, row.windows) == (DEFAULT_SECONDS, 24, "auto", "chained")  # tiny's fps
-    assert read_prompt_csv(csv_file, preset="toy").valid[0].fps == 8  # the frame rate the toy model was trained at
-    assert row.guidance is None and row.negative_prompt is None and row.image is None
-    assert row.seed == default_seed(row.row_key) and 0 <= row.seed < 2**31
+    render = row.render
+    assert (render.seconds, render.fps, row.prior.mode, render.windows) == (DEFAULT_SECONDS, 24, "auto", "chained")
+    toy = read_prompt_csv(csv_file, defaults=RowDefaults(ModelSpec("toy"))).valid[0].render
+    assert toy.fps == 8  # the frame rate the toy model was trained at
+    assert render.guidance == get_preset("tiny").guidance_scale  # tiny's fps and guidance
+    assert row.prompt.negative is None and row.prior.image is None
+    assert render.seed == default_seed(row.row_key) and 0 <= render.seed < 2**31
     assert row.row_key.startswith("row-") and len(row.row_key) == 20
 
 
@@ -87,7 +94,7 @@ def test_bom_crlf_quotes_and_blank_rows(tmp_path: Path) -> None:
 
     assert with_bom.rejected == plain.rejected == ()
     assert with_bom.valid == plain.valid
-    assert [(r.row_number, r.row_key, r.prompt, r.seconds) for r in plain.valid] == [
+    assert [(r.row_number, r.row_key, r.prompt.text, r.render.seconds) for r in plain.valid] == [
         (3, "a", "a fox, in snow", 1.0),
         (6, "b", 'line one\nline "two"', 2.0),
         (8, "c", "plain", 3.0),
@@ -163,7 +170,11 @@ def test_rows_that_may_need_text_to_image_are_rejected_when_the_weights_have_non
                                "made,a red fox,generate,\nchosen,a blue boat,auto,\nplain,a cat,,\n"
                                "given,a wall,,first.png\nmine,a wall,user,first.png\nfound,a fox,retrieve,\n")
 
-    parsed = read_prompt_csv(path, index_configured=True, text_to_image=False)
+    from magic141.components import build_i2v_components
+    from magic141.weights import save_i2v_components
+
+    weights = save_i2v_components(build_i2v_components(get_preset("tiny")), tmp_path / "weights")  # no prior/
+    parsed = read_prompt_csv(path, defaults=RowDefaults(ModelSpec("tiny", str(weights)), INDEXED))
 
     assert [row.row_key for row in parsed.valid] == ["given", "mine", "found"]
     reasons = {row.row_key: row.reason for row in parsed.rejected}
@@ -176,13 +187,13 @@ def test_retrieve_rows_need_an_index_and_auto_rows_do_not(tmp_path: Path) -> Non
     path = write_csv(tmp_path, "id,prompt,prior\nfound,a red fox,retrieve\nchosen,a blue boat,auto\nplain,a cat,\n")
 
     without = read_prompt_csv(path)
-    with_index = read_prompt_csv(path, index_configured=True)
+    with_index = read_prompt_csv(path, defaults=RowDefaults(prior=INDEXED))
 
     assert [row.row_key for row in without.valid] == ["chosen", "plain"], "auto falls back to text-to-image"
     (rejected,) = without.rejected
     assert rejected.row_key == "found" and rejected.reason.startswith("prior 'retrieve' needs a retrieval index")
     assert "--index-dir" in rejected.reason and "\n" not in rejected.reason
-    assert [(row.row_key, row.prior) for row in with_index.valid] == [
+    assert [(row.row_key, row.prior.mode) for row in with_index.valid] == [
         ("found", "retrieve"), ("chosen", "auto"), ("plain", "auto")]
     assert with_index.rejected == ()
 
@@ -222,7 +233,7 @@ def test_duplicate_ids_and_repeated_rows(tmp_path: Path) -> None:
 def test_unknown_column_left_empty_is_harmless(tmp_path: Path) -> None:
     parsed = read_prompt_csv(write_csv(tmp_path, "prompt,notes,,\na cat,,,\na dog,walk it,,\n"))
 
-    assert [row.prompt for row in parsed.valid] == ["a cat"]
+    assert [row.prompt.text for row in parsed.valid] == ["a cat"]
     assert parsed.unknown_columns == ("notes",)
     assert "unknown column(s) 'notes'" in parsed.rejected[0].reason
 
@@ -239,7 +250,7 @@ def test_images_resolve_from_the_csv_folder_not_the_working_folder(
     parsed = read_prompt_csv(Path("batch") / "prompts.csv")
 
     assert parsed.path == str(path)
-    assert [(row.prior, row.image) for row in parsed.valid] == [("user", str(folder / "images" / "a.png"))] * 2
+    assert [(row.prior.mode, row.prior.image) for row in parsed.valid] == [("user", str(folder / "images" / "a.png"))] * 2
     assert parsed.valid[0].image_sha256 == sha256_file(picture)
 
 
@@ -253,7 +264,7 @@ def test_configured_image_roots_replace_the_csv_folder(tmp_path: Path, picture: 
 
     parsed = read_prompt_csv(path, image_roots=[library])
 
-    assert [row.prompt for row in parsed.valid] == ["from the library"]
+    assert [row.prompt.text for row in parsed.valid] == ["from the library"]
     assert "outside the image folders" in parsed.rejected[0].reason
 
 
@@ -263,7 +274,7 @@ def test_keys_and_default_seeds_do_not_depend_on_row_order(tmp_path: Path) -> No
     backward = read_prompt_csv(write_csv(tmp_path, "prompt,seconds\n\n\n" + "\n".join(rows[::-1]), "b.csv"))
 
     def by_prompt(parsed: PromptCsv) -> dict[str, tuple[str, int]]:
-        return {row.prompt: (row.row_key, row.seed) for row in parsed.valid}
+        return {row.prompt.text: (row.row_key, row.render.seed) for row in parsed.valid}
 
     assert by_prompt(forward) == by_prompt(backward)
     assert len({key for key, _ in by_prompt(forward).values()}) == 3
@@ -312,13 +323,14 @@ def test_valid_row_becomes_a_valid_generate_request(tmp_path: Path, picture: Pat
     catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
 
     requests = [
-        validate_request(row.to_request(str(tmp_path / f"{row.row_number}.mp4"), catalog, ModelSpec("tiny"), 4))
+        GenerateRequest(row.prompt, ModelSpec("tiny"), row.render, row.prior,
+                        OutputSpec(str(tmp_path / f"{row.row_number}.mp4"), catalog))
         for row in parsed.valid
     ]
 
-    assert [(r.prompt, r.image, r.num_frames, r.seed, r.windows) for r in requests] == [
+    assert [(r.prompt.text, r.prior.image, r.render.num_frames, r.render.seed, r.render.windows) for r in requests] == [
         ("a cat", str(tmp_path / "first.png"), 8, 3, "chained"),
-        ("a dog", None, 16, parsed.valid[1].seed, "parallel"),
+        ("a dog", None, 16, parsed.valid[1].render.seed, "parallel"),
     ]
 
 
@@ -409,15 +421,15 @@ def test_prompts_lose_escape_sequences_and_must_keep_some_text(tmp_path: Path):
     assert rejected.row_key == "noise"
     assert rejected.reason.startswith("prompt has no printable text (only control characters or escape sequences)")
     [valid] = table.valid
-    assert valid.prompt == "a bold dog on grass"
+    assert valid.prompt.text == "a bold dog on grass"
 
 
 def test_generate_cleans_its_prompt_and_checks_its_length(tmp_path: Path):
     out = str(tmp_path / "v.mp4")
     catalog = f"sqlite:///{tmp_path / 'c.db'}"
-    checked = validate_request(GenerateRequest(prompt="a \x1b[31mred\x1b[0m kite", out=out, catalog_url=catalog))
-    assert checked.prompt == "a red kite"
+    checked = GenerateRequest.from_options("a \x1b[31mred\x1b[0m kite", out, catalog)
+    assert checked.prompt.text == "a red kite"
     with pytest.raises(ValueError, match=r"^prompt is 10,001 characters; at most 10,000; shorten it$"):
-        validate_request(GenerateRequest(prompt="k" * 10_001, out=out, catalog_url=catalog))
+        GenerateRequest.from_options("k" * 10_001, out, catalog)
     with pytest.raises(ValueError, match=r"^prompt has no printable text"):
-        validate_request(GenerateRequest(prompt="\x1b[2J\x07", out=out, catalog_url=catalog))
+        GenerateRequest.from_options("\x1b[2J\x07", out, catalog)

@@ -177,7 +177,7 @@ def test_generate_loads_the_student_as_a_weights_folder_and_catalogs_its_teacher
     student = train(stage, _settings(tmp_path / "run", 1), dataset_size=8).final
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     PIL.Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "first.png")
-    result = generate(GenerateRequest(prompt="a red circle moving left on a black background", out=str(tmp_path / "v.mp4"),
+    result = generate(GenerateRequest.from_options(prompt="a red circle moving left on a black background", out=str(tmp_path / "v.mp4"),
                                       catalog_url=url, image=str(tmp_path / "first.png"), seconds=0.5, steps=2,
                                       preset="tiny", weights=str(student)))
     with open_catalog(url) as catalog:

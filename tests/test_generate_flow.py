@@ -22,7 +22,7 @@ from tasks.runtime.leases import LEASE_S
 
 def test_generated_video_is_complete_and_catalogued(prefect_api, catalog_url: str, tmp_path: Path):
     out = tmp_path / "fox.mp4"
-    result = generate(GenerateRequest(prompt="a red fox in snow", out=str(out), catalog_url=catalog_url,
+    result = generate(GenerateRequest.from_options(prompt="a red fox in snow", out=str(out), catalog_url=catalog_url,
                                       seconds=2.5, fps=12, seed=9))
 
     info = probe(out)
@@ -59,7 +59,7 @@ def catalog_windows(url: str, video_id: str) -> list[dict]:
 
 def test_parallel_windows_give_the_exact_frame_count(prefect_api, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    result = generate(GenerateRequest(prompt="a river", out=str(tmp_path / "r.mp4"), catalog_url=url,
+    result = generate(GenerateRequest.from_options(prompt="a river", out=str(tmp_path / "r.mp4"), catalog_url=url,
                                       seconds=3.5, fps=24, seed=2, windows="parallel", overlap=3))
     assert probe(tmp_path / "r.mp4").frames == result.frames == 84
     with open_catalog(url) as catalog:
@@ -78,7 +78,7 @@ def test_user_image_and_same_seed_reproduce_the_same_file(prefect_api, tmp_path:
     PIL.Image.new("RGB", (200, 120), (200, 40, 40)).save(image)
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     runs = [
-        generate(GenerateRequest(prompt="a red wall", out=str(tmp_path / f"{n}.mp4"), catalog_url=url,
+        generate(GenerateRequest.from_options(prompt="a red wall", out=str(tmp_path / f"{n}.mp4"), catalog_url=url,
                                  image=str(image), seconds=1, fps=24, seed=5))
         for n in ("a", "b")
     ]
@@ -92,7 +92,7 @@ def test_user_image_and_same_seed_reproduce_the_same_file(prefect_api, tmp_path:
 
 
 def test_progress_artifact_is_published(prefect_api, tmp_path: Path):
-    result = generate(GenerateRequest(prompt="clouds", out=str(tmp_path / "c.mp4"),
+    result = generate(GenerateRequest.from_options(prompt="clouds", out=str(tmp_path / "c.mp4"),
                                       catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}", seconds=1, seed=1))
     with open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}") as catalog:
         flow_run_id = catalog.get_video(result.video_id)["flow_run_id"]
@@ -111,7 +111,7 @@ def test_progress_artifact_is_published(prefect_api, tmp_path: Path):
 
 def test_bad_request_inside_the_flow_fails_before_any_work(prefect_api, tmp_path: Path):
     with pytest.raises(ValueError, match="fps must be between 1 and 120"):
-        generate(GenerateRequest(prompt="x", out=str(tmp_path / "x.mp4"),
+        generate(GenerateRequest.from_options(prompt="x", out=str(tmp_path / "x.mp4"),
                                  catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}", fps=500))
     assert list(tmp_path.iterdir()) == []
 
@@ -124,7 +124,7 @@ def test_work_folders_abandoned_in_the_output_folder_are_removed(prefect_api, tm
     for path in (abandoned / "prior.png", abandoned):
         os.utime(path, (time.time() - LEASE_S - 1,) * 2)
 
-    generate(GenerateRequest(prompt="dunes", out=str(tmp_path / "d.mp4"),
+    generate(GenerateRequest.from_options(prompt="dunes", out=str(tmp_path / "d.mp4"),
                              catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}", seconds=1, seed=1))
 
     assert not abandoned.exists(), "a work folder nobody touched for the lease time is removed"

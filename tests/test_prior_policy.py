@@ -16,9 +16,9 @@ from magic141.prior import ImagePrior
 from retrieval_index import build_index, open_index
 from retrieval_index.demo import make_demo_corpus
 from tasks import prior as prior_stage
-from tasks.prior import PriorPolicy, prepare_prior
+from tasks.prior import prepare_prior
 from tasks.prior_policy import PRIOR_MODES, StaleMatch, decide_prior
-from tasks.request import ModelSpec
+from tasks.request import GenerateRequest
 from tasks.runtime.publish import PRIOR_FILE
 
 
@@ -145,7 +145,9 @@ def index(tmp_path: Path) -> Path:
 
 def run_prior(index: Path, mode: str, work_dir: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(prior_stage, "get_run_logger", lambda: logging.getLogger("prior-test"))
-    return prepare_prior.fn("a red circle", 3, ModelSpec(), str(work_dir), policy=PriorPolicy(mode, str(index)))
+    request = GenerateRequest.from_options("a red circle", str(work_dir / "video.mp4"), "sqlite://", seed=3, prior=mode,
+                                           index_dir=str(index), create_folder=True)
+    return prepare_prior.fn(request, str(work_dir))
 
 
 def test_prior_stage_skips_matches_whose_file_is_gone_or_changed(

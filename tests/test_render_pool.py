@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -29,13 +30,20 @@ WORKERS = 2
 
 def test_a_model_the_actors_cannot_load_is_one_line_naming_the_cause(tmp_path: Path):
     """Runs first, on its own Ray instance: an actor whose model load fails is not restarted forever."""
+    from magic141.components import build_i2v_components
+    from magic141.presets import get_preset
+    from magic141.weights import save_i2v_components
+
+    weights = save_i2v_components(build_i2v_components(get_preset("tiny")), tmp_path / "gone")
+    model = ModelSpec("tiny", weights=str(weights))
+    shutil.rmtree(weights)  # gone between the request's check and the actors' load
     try:
         with pytest.raises(PoolError) as error:
-            get_pool(PoolConfig(ModelSpec("tiny", weights=str(tmp_path / "gone")), 1))
+            get_pool(PoolConfig(model, 1))
     finally:
         shutdown_pools()
     message = str(error.value)
-    assert message.startswith("render actors could not load the model: ValueError: weights folder "), message
+    assert message.startswith("render actors could not load the model: magic141.utils.InputError: weights folder "), message
     assert "gone' does not exist" in message and "\n" not in message
 
 
@@ -125,7 +133,7 @@ def test_killed_actor_loses_no_window_and_changes_nothing(pool: RenderPool, prio
 def test_flow_on_the_pool_records_every_window(pool: RenderPool, prefect_api, tmp_path: Path):
     pool.refresh()  # both actors up, after the restarts of the kill tests
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    result = generate(GenerateRequest(prompt="a harbour at dawn", out=str(tmp_path / "h.mp4"), catalog_url=url,
+    result = generate(GenerateRequest.from_options(prompt="a harbour at dawn", out=str(tmp_path / "h.mp4"), catalog_url=url,
                                       seconds=5, fps=24, seed=3, windows="parallel", workers=WORKERS))
     assert probe(tmp_path / "h.mp4").frames == 120
     with open_catalog(url) as catalog:

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks.request import GenerateRequest, validate_request
+from tasks.request import GenerateRequest
 
 
 def request(tmp_path: Path, **fields) -> GenerateRequest:
-    return GenerateRequest(prompt="a cat", out=str(tmp_path / "v.mp4"), catalog_url="sqlite://", **fields)
+    return GenerateRequest.from_options("a cat", str(tmp_path / "v.mp4"), "sqlite://", **fields)
 
 
 @pytest.mark.parametrize(
@@ -24,11 +24,11 @@ def request(tmp_path: Path, **fields) -> GenerateRequest:
 )
 def test_bad_window_options_are_refused(tmp_path: Path, fields: dict, message: str):
     with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
-        validate_request(request(tmp_path, **fields))
+        request(tmp_path, **fields)
 
 
 def test_good_window_options_pass(tmp_path: Path):
-    checked = validate_request(request(tmp_path, windows="parallel", overlap=3, workers=2, ray_address="auto"))
+    checked = request(tmp_path, windows="parallel", overlap=3, workers=2, ray_address="auto").render
     assert (checked.windows, checked.overlap, checked.workers, checked.ray_address) == ("parallel", 3, 2, "auto")
 
 
@@ -62,7 +62,7 @@ def test_bad_prior_options_are_refused(tmp_path: Path, first_frame: str, fields:
     fields = {name: {"IMAGE": first_frame, "MISSING": str(tmp_path / "none")}.get(value, value)
               for name, value in fields.items()}
     with pytest.raises(ValueError) as info:
-        validate_request(request(tmp_path, **fields))
+        request(tmp_path, **fields)
     assert str(info.value).startswith(message.replace("MISSING", str(tmp_path / "none"))), str(info.value)
     assert "\n" not in str(info.value)
 
@@ -70,7 +70,7 @@ def test_bad_prior_options_are_refused(tmp_path: Path, first_frame: str, fields:
 def test_an_index_is_checked_only_when_the_prior_searches_it(tmp_path: Path, first_frame: str):
     missing = str(tmp_path / "none")
     for fields in ({}, {"prior": "generate"}, {"prior": "auto", "image": first_frame}):
-        assert validate_request(request(tmp_path, index_dir=missing, **fields)).index_dir is None
+        assert request(tmp_path, index_dir=missing, **fields).prior.index_dir is None
 
 
 def test_a_guidance_scale_for_weights_without_a_guidance_input_is_refused_for_generate_and_bulk_rows(
@@ -84,7 +84,8 @@ def test_a_guidance_scale_for_weights_without_a_guidance_input_is_refused_for_ge
     from magic141.components import build_i2v_components
     from magic141.presets import get_preset
     from magic141.weights import save_i2v_components
-    from tasks.bulk_csv import read_prompt_csv
+    from tasks.bulk_csv import RowDefaults, read_prompt_csv
+    from tasks.request import ModelSpec
 
     tiny = get_preset("tiny")
     plain = tiny.replace(transformer=dataclasses.replace(tiny.transformer, guidance_embeds=False))
@@ -92,13 +93,13 @@ def test_a_guidance_scale_for_weights_without_a_guidance_input_is_refused_for_ge
     PIL.Image.new("RGB", (64, 48)).save(tmp_path / "first.png")
     given = {"preset": "tiny", "weights": str(weights), "image": str(tmp_path / "first.png")}
     with pytest.raises(ValueError, match="^guidance 2 would do nothing: this model's transformer takes no guidance"):
-        validate_request(request(tmp_path, guidance=2.0, **given))
-    assert validate_request(request(tmp_path, guidance=tiny.guidance_scale, **given)).guidance == tiny.guidance_scale
-    assert validate_request(request(tmp_path, **given)).guidance == tiny.guidance_scale
-    assert validate_request(request(tmp_path, guidance=2.0, preset="tiny", image=given["image"])).guidance == 2.0
-    (tmp_path / "rows.csv").write_text("prompt,guidance\na red circle,2\na blue square,\n")
-    table = read_prompt_csv(tmp_path / "rows.csv", preset="tiny", guidance_input=False)
-    assert [row.prompt for row in table.valid] == ["a blue square"]
+        request(tmp_path, guidance=2.0, **given)
+    assert request(tmp_path, guidance=tiny.guidance_scale, **given).render.guidance == tiny.guidance_scale
+    assert request(tmp_path, **given).render.guidance == tiny.guidance_scale
+    assert request(tmp_path, guidance=2.0, preset="tiny", image=given["image"]).render.guidance == 2.0
+    (tmp_path / "rows.csv").write_text("prompt,guidance,image\na red circle,2,first.png\na blue square,,first.png\n")
+    table = read_prompt_csv(tmp_path / "rows.csv", defaults=RowDefaults(ModelSpec("tiny", str(weights))))
+    assert [row.prompt.text for row in table.valid] == ["a blue square"]
     (rejected,) = table.rejected
     assert rejected.reason == ("guidance 2 would do nothing: the model's transformer takes no guidance scale (no guidance "
                                "embedding); empty the guidance cell")

@@ -11,9 +11,9 @@ import pytest
 from flows.generate import generate
 from magic141.presets import get_preset, parse_size
 from magic141.sampler import SamplerConfig
-from tasks.bulk_csv import content_key, read_prompt_csv
+from tasks.bulk_csv import RowDefaults, content_key, read_prompt_csv
 from tasks.catalog import open_catalog
-from tasks.request import GenerateRequest, validate_request
+from tasks.request import GenerateRequest, ModelSpec
 from tasks.runtime.ffmpeg import probe
 
 PORTRAIT = (48, 64)
@@ -33,12 +33,11 @@ def test_auto_picks_the_size_nearest_the_image_and_the_taller_on_a_tie() -> None
 
 
 def test_an_unlisted_size_is_refused_with_the_valid_ones(tmp_path: Path) -> None:
-    request = GenerateRequest(prompt="a fox", out=str(tmp_path / "f.mp4"), catalog_url="sqlite:///c.db",
-                              preset="tiny", size="50x50")
+    options = dict(prompt="a fox", out=str(tmp_path / "f.mp4"), catalog_url="sqlite:///c.db", preset="tiny")
     with pytest.raises(ValueError) as error:
-        validate_request(request)
+        GenerateRequest.from_options(**options, size="50x50")
     assert str(error.value) == "size 50x50 is not one of the tiny preset's sizes; choose auto or one of: 64x48, 48x64"
-    assert validate_request(GenerateRequest(**{**request.__dict__, "size": "48X64"})).size == "48x64"
+    assert GenerateRequest.from_options(**options, size="48X64").render.size == "48x64"
 
 
 @pytest.mark.parametrize("windows", ["chained", "parallel"])
@@ -56,14 +55,14 @@ def test_a_portrait_image_gives_a_portrait_video(prefect_api, tmp_path: Path, wi
     image = tmp_path / "tall.png"
     PIL.Image.new("RGB", (300, 700), (40, 40, 200)).save(image)
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    result = generate(GenerateRequest(prompt="a blue wall", out=str(tmp_path / "v.mp4"), catalog_url=url,
+    result = generate(GenerateRequest.from_options(prompt="a blue wall", out=str(tmp_path / "v.mp4"), catalog_url=url,
                                       image=str(image), seconds=2, fps=12, seed=4, windows=windows))
     info = probe(tmp_path / "v.mp4")
     assert (info.width, info.height, info.frames) == (48, 64, 24)
     with open_catalog(url) as catalog:
         row = catalog.get_video(result.video_id)
     assert (row["width"], row["height"]) == PORTRAIT
-    forced = generate(GenerateRequest(prompt="a blue wall", out=str(tmp_path / "wide.mp4"), catalog_url=url,
+    forced = generate(GenerateRequest.from_options(prompt="a blue wall", out=str(tmp_path / "wide.mp4"), catalog_url=url,
                                       image=str(image), seconds=1, fps=12, seed=4, windows=windows, size="64x48"))
     assert (forced.width, forced.height) == (64, 48)
 
@@ -71,8 +70,8 @@ def test_a_portrait_image_gives_a_portrait_video(prefect_api, tmp_path: Path, wi
 def test_a_bulk_row_names_its_size_or_is_rejected_with_the_valid_ones(tmp_path: Path) -> None:
     path = tmp_path / "rows.csv"
     path.write_text("id,prompt,size\nwide,a cat,64x48\ntall,a dog,48x64\nauto,a cow,\nodd,a hen,50x50\n")
-    table = read_prompt_csv(path, preset="tiny")
-    assert {row.row_key: row.size for row in table.valid} == {"wide": "64x48", "tall": "48x64", "auto": "auto"}
+    table = read_prompt_csv(path, defaults=RowDefaults(ModelSpec("tiny")))
+    assert {row.row_key: row.render.size for row in table.valid} == {"wide": "64x48", "tall": "48x64", "auto": "auto"}
     [odd] = table.rejected
     assert odd.row_key == "odd" and "size 50x50 is not one of the tiny preset's sizes" in odd.reason
     assert "64x48, 48x64" in odd.reason
@@ -88,7 +87,6 @@ def test_the_size_asked_is_part_of_a_rows_content_key_and_auto_keeps_older_keys(
 
 def test_the_pool_renders_a_portrait_job_as_the_library_does(tiny_pipeline) -> None:
     from magic141.executor import RenderJob, render_windows
-    from tasks.request import ModelSpec
     from tasks.runtime.render_pool import PoolConfig, PoolExecutor, get_pool, shutdown_pools
 
     image = np.asarray(PIL.Image.new("RGB", (30, 70), (40, 160, 40)))

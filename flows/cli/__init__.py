@@ -24,14 +24,14 @@ import typer
 
 from flows.cli.bulk import bulk
 from flows.cli.catalog import catalog_app
-from flows.cli.common import UserError, configure_cli, stderr
+from flows.cli.common import configure_cli, stderr
 from flows.cli.evaluate import evaluate
 from flows.cli.generate import generate
 from flows.cli.index import index_app
 from flows.cli.model import model_app
 from flows.cli.service import service_app
 from flows.cli.train import train_app
-from magic141.utils import one_line
+from magic141.utils import InputError, one_line
 from tasks.runtime.services import ServiceStartError
 
 # Exit status of a command whose own services (Prefect's temporary server, a local Ray) did not start: try again
@@ -70,8 +70,8 @@ def run(commands: typer.Typer, argv: list[str] | None, prog_name: str) -> int:
     command = typer.main.get_command(commands)
     try:
         status = command.main(args=argv, prog_name=prog_name, standalone_mode=False)
-    except UserError as exc:
-        stderr.print(f"{prog_name}: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+    except InputError as exc:
+        stderr.print(f"{prog_name}: error: {one_line(exc)}", highlight=False, markup=False, soft_wrap=True)
         return 2
     except ServiceStartError as exc:
         stderr.print(f"{prog_name}: error: {exc}", highlight=False, markup=False, soft_wrap=True)

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from flows.cli.common import (
-    UserError,
+    bad_input_from_flow,
     cell,
     prefect_api,
     print_fields,
@@ -24,7 +24,7 @@ from flows.cli.common import (
     quiet_model_libraries,
     stdout,
 )
-from magic141.utils import one_line
+from magic141.utils import InputError, one_line
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
 
 DEFAULT_OUT_DIR = Path("out")
@@ -63,25 +63,20 @@ def bulk(
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch as JSON.")] = False,
 ) -> None:
     """Generate one video per valid row of FILE.csv; rows already made (same content key) are skipped."""
-    from tasks.bulk_csv import read_prompt_csv
     from tasks.catalog import CatalogError
 
     if not csv_file.is_file():
-        raise UserError(f"prompt CSV {str(csv_file)!r} does not exist or is not a file; give the path of a CSV file")
+        raise InputError(f"prompt CSV {str(csv_file)!r} does not exist or is not a file; give the path of a CSV file")
     if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output folder {str(out_dir)!r} is not a folder; choose another --out-dir")
+        raise InputError(f"output folder {str(out_dir)!r} is not a folder; choose another --out-dir")
     if not out_dir.absolute().parent.is_dir():
-        raise UserError(f"parent of the output folder {str(out_dir)!r} does not exist; create it first")
+        raise InputError(f"parent of the output folder {str(out_dir)!r} does not exist; create it first")
     roots = None if not image_root else [str(root) for root in image_root]
     rows_at_once = concurrency if concurrency is not None else max(1, workers)
     created = not out_dir.exists()
     try:
         if retry_delay < 0:
-            raise ValueError(f"retry delay must be >= 0 seconds, got {retry_delay}")
-        # The file is read before the models' libraries are imported, and only a row to make needs them (the rows
-        # are not kept: the flow reads them again).
-        if read_prompt_csv(csv_file, roots, index_configured=index_dir is not None, preset=preset).valid:
-            quiet_model_libraries(ray=workers > 0)
+            raise InputError(f"retry delay must be >= 0 seconds, got {retry_delay}")
         from tasks.bulk import check_bulk
 
         out_dir.mkdir(exist_ok=True)
@@ -91,29 +86,31 @@ def bulk(
             index_dir=None if index_dir is None else str(index_dir), threshold=threshold, strength=strength,
             concurrency=rows_at_once, retries=retries,
         )
-    except (ValueError, CatalogError) as exc:
-        if created:  # check_bulk needs the folder; bad input leaves none behind (rmdir keeps a non-empty one)
+        from tasks.runtime.model_cache import before_model_libraries
+
+        before_model_libraries(lambda: quiet_model_libraries(ray=workers > 0))  # when a row is to be made
+        from flows.bulk import batch_of, bulk_generate
+        from tasks.catalog import hide_password
+
+        with prefect_api(), bad_input_from_flow(InputError, CatalogError), progress_bars({"bulk": "rows"}):
+            try:
+                result = batch_of(bulk_generate(
+                    str(csv_file.absolute()), settings.out_dir, hide_password(settings.catalog_url),
+                    settings.rows.prior.index_dir, roots, preset=preset, weights=settings.model.weights,
+                    quantize=quantize, low_memory=low_memory, steps=steps, workers=workers, ray_address=ray_address,
+                    concurrency=rows_at_once, retries=retries, retry_delay_s=retry_delay, threshold=threshold,
+                    strength=strength, return_state=True,
+                ))
+            finally:
+                if workers:
+                    from tasks.runtime.render_pool import shutdown_pools
+
+                    shutdown_pools()
+    except (InputError, CatalogError) as exc:
+        if created:  # bad input (the options, the CSV, the catalog) leaves no folder behind (rmdir keeps a non-empty one)
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
-        raise UserError(one_line(exc)) from None
-    from flows.bulk import batch_of, bulk_generate
-    from tasks.catalog import hide_password
-
-    with prefect_api(), progress_bars({"bulk": "rows"}):
-        try:
-            result = batch_of(bulk_generate(
-                str(csv_file.absolute()), settings.out_dir, hide_password(settings.catalog_url), settings.index_dir,
-                roots,
-                preset=preset, weights=settings.model.weights, quantize=quantize, low_memory=low_memory, steps=steps,
-                workers=workers,
-                ray_address=ray_address, concurrency=rows_at_once, retries=retries, retry_delay_s=retry_delay,
-                threshold=threshold, strength=strength, return_state=True,
-            ))
-        finally:
-            if workers:
-                from tasks.runtime.render_pool import shutdown_pools
-
-                shutdown_pools()
+        raise InputError(one_line(exc)) from None
     _print_summary(result, as_json)
     failed = result.counts.get("failed", 0) + result.counts.get("pending", 0)
     if failed or (strict and result.counts.get("rejected", 0)):

@@ -12,8 +12,8 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from flows.cli.common import DEFAULT_OUT_DIR, UserError, cell, print_fields, stdout
-from magic141.utils import atomic_file, one_line
+from flows.cli.common import DEFAULT_OUT_DIR, cell, print_fields, stdout
+from magic141.utils import InputError, atomic_file, one_line
 from tasks.catalog import CATALOG_URL_ENV, Catalog, CatalogError, open_catalog, redact, resolve_catalog_url
 from tasks.catalog.batches import list_rows
 from tasks.catalog.models import ROW_STATUSES
@@ -27,7 +27,7 @@ EXPORT_FORMATS = ("jsonl",)
 def check_row_status(status: str) -> None:
     """Refuse a status that batch rows never have."""
     if status not in ROW_STATUSES:
-        raise UserError(f"unknown row status {status!r}; use one of {', '.join(ROW_STATUSES)}")
+        raise InputError(f"unknown row status {status!r}; use one of {', '.join(ROW_STATUSES)}")
 
 
 def print_batch_rows(store: Catalog, status: str, limit: int, as_json: bool) -> None:
@@ -35,7 +35,7 @@ def print_batch_rows(store: Catalog, status: str, limit: int, as_json: bool) -> 
     try:
         rows = list_rows(store, status=status, limit=limit)
     except CatalogError as exc:
-        raise UserError(str(exc)) from None
+        raise InputError(str(exc)) from None
     if as_json:
         stdout.print_json(json.dumps(rows))
         return
@@ -55,14 +55,14 @@ def print_batch_rows(store: Catalog, status: str, limit: int, as_json: bool) -> 
 def check_export(export_format: str, out: Path | None) -> None:
     """Refuse an unknown format or an output file that cannot be created, before any work."""
     if export_format not in EXPORT_FORMATS:
-        raise UserError(f"unknown export format {export_format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+        raise InputError(f"unknown export format {export_format!r}; use one of {', '.join(EXPORT_FORMATS)}")
     if out is None:
         return
     folder = out.absolute().parent
     if not folder.is_dir():
-        raise UserError(f"output folder {str(folder)!r} does not exist; create it first")
+        raise InputError(f"output folder {str(folder)!r} does not exist; create it first")
     if out.is_dir():
-        raise UserError(f"output {str(out)!r} is a folder; give a file name such as catalog.jsonl")
+        raise InputError(f"output {str(out)!r} is a folder; give a file name such as catalog.jsonl")
 
 
 def _write_lines(store: Catalog, sink: IO[str]) -> int:
@@ -85,9 +85,9 @@ def export_catalog(store: Catalog, out: Path | None) -> None:
         with atomic_file(target, "w") as sink:
             count = _write_lines(store, sink)
     except CatalogError as exc:
-        raise UserError(str(exc)) from None
+        raise InputError(str(exc)) from None
     except OSError as exc:
-        raise UserError(f"cannot write the export to {str(out)!r}: {exc.strerror or exc}; check the folder") from None
+        raise InputError(f"cannot write the export to {str(out)!r}: {exc.strerror or exc}; check the folder") from None
     stdout.print(f"exported {count} videos to {target}", highlight=False, soft_wrap=True, markup=False)
 
 
@@ -105,11 +105,11 @@ def _open(catalog: str | None) -> Any:
     """The catalog the read-only commands read; a SQLite catalog file that does not exist is refused, not created."""
     url = resolve_catalog_url(catalog, DEFAULT_OUT_DIR.absolute())
     if _missing_sqlite_file(url):
-        raise UserError(f"catalog {redact(url)} does not exist; check --catalog or ${CATALOG_URL_ENV}")
+        raise InputError(f"catalog {redact(url)} does not exist; check --catalog or ${CATALOG_URL_ENV}")
     try:
         return open_catalog(url, wait_s=0)
     except CatalogError as exc:
-        raise UserError(str(exc)) from None
+        raise InputError(str(exc)) from None
 
 
 CatalogOption = Annotated[
@@ -164,9 +164,9 @@ def catalog_sheet(
     from tasks.runtime.thumbnails import write_videos_sheet
 
     if limit < 1 or frames < 1:
-        raise UserError(f"--limit and --frames must be >= 1, got {limit} and {frames}")
+        raise InputError(f"--limit and --frames must be >= 1, got {limit} and {frames}")
     if not out.absolute().parent.is_dir():
-        raise UserError(f"folder {str(out.absolute().parent)!r} does not exist; create it or choose another --out")
+        raise InputError(f"folder {str(out.absolute().parent)!r} does not exist; create it or choose another --out")
     with _open(catalog) as store:
         rows = store.list_videos(limit=limit)
     videos = [(f"{printable_text(row['prompt'])[:90]} ({row['prior_source']} first frame, {row['frames']} frames)",
@@ -174,7 +174,7 @@ def catalog_sheet(
     try:
         stdout.print(str(write_videos_sheet(videos, out, frames)))
     except (ValueError, ProbeError) as exc:
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
 
 
 @catalog_app.command("show")
@@ -188,7 +188,7 @@ def catalog_show(
         try:
             row = store.get_video(video_id)
         except CatalogError as exc:
-            raise UserError(str(exc)) from None
+            raise InputError(str(exc)) from None
         windows = store.video_windows(row["id"])
     if as_json:
         stdout.print_json(json.dumps({**row, "windows": windows}))

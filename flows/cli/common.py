@@ -1,4 +1,4 @@
-"""What every ``magic141`` subcommand shares: the output consoles, the user-error type, logging and how flows are run."""
+"""What every ``magic141`` subcommand shares: the output consoles, logging and how flows are run."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from magic141.utils import one_line
+from magic141.utils import InputError, one_line
 from tasks.runtime.services import ServiceStartError
 
 DEFAULT_OUT_DIR = Path("out")  # the videos and catalog of generate, and the catalog the catalog commands read
@@ -34,10 +34,6 @@ def _fit_consoles() -> None:
             console.width = int(columns)
         elif not console.is_terminal:
             console.width = UNLIMITED_WIDTH
-
-
-class UserError(Exception):
-    """A problem with what the user asked for: reported as one line, exit status 2."""
 
 
 LOG_FILE_ENV = "MAGIC141_LOG_FILE"
@@ -258,7 +254,7 @@ class _Held(logging.Filter):
 
 @contextlib.contextmanager
 def bad_input_from_flow(*kinds: type[BaseException]) -> Iterator[None]:
-    """Run a flow in the block, turning the errors of ``kinds`` it raises (bad input found inside it) into a UserError.
+    """Run a flow in the block, turning the errors of ``kinds`` it raises (bad input found inside it) into an InputError.
 
     Prefect's console log lines are held back while the block runs. If it raises one of ``kinds``,
     they are dropped (with the failed run's tracebacks) and the user reads one line; otherwise
@@ -277,7 +273,7 @@ def bad_input_from_flow(*kinds: type[BaseException]) -> Iterator[None]:
         yield
     except kinds as exc:
         shown = False
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
     finally:
         for handler, kept in held.items():
             handler.removeFilter(kept)

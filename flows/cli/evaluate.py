@@ -10,8 +10,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from flows.cli.common import UserError, quiet_model_libraries, stderr, stdout
-from magic141.utils import one_line
+from flows.cli.common import quiet_model_libraries, stderr, stdout
+from magic141.utils import InputError, one_line
 from tasks.runtime.adherence import AdherenceSettings
 
 ROWS = (("colour", "colour", "%"), ("shape", "shape", "%"), ("background", "background", "%"),
@@ -36,17 +36,17 @@ def evaluate(
 ) -> None:
     """Sample toy-world captions and read colour, shape, background and motion off the frames (no model needed)."""
     from magic141.presets import default_preset_name
-    from tasks.request import ModelSpec, check_model, check_steps
+    from tasks.request import ModelSpec, check_steps
 
     try:
         settings = AdherenceSettings(split, count, seconds, windows, steps, first_frame, seed)
         if steps is not None:
             check_steps(steps)
-        model = check_model(ModelSpec(preset or default_preset_name(), None if weights is None else str(weights)))
+        model = ModelSpec(preset or default_preset_name(), None if weights is None else str(weights))
         if out is not None and not out.absolute().parent.is_dir():
-            raise ValueError(f"folder {str(out.absolute().parent)!r} does not exist; create it or choose another --out")
+            raise InputError(f"folder {str(out.absolute().parent)!r} does not exist; create it or choose another --out")
     except ValueError as exc:
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
     quiet_model_libraries()
     from magic141.pipeline import Magic141Pipeline
     from magic141.prior import ImagePrior
@@ -64,7 +64,7 @@ def evaluate(
         try:
             result = evaluate_adherence(pipeline, settings, prior, lambda done, total: progress.update(bar, completed=done))
         except ValueError as exc:
-            raise UserError(one_line(exc)) from None
+            raise InputError(one_line(exc)) from None
     result["model"] = {"preset": model.preset, "weights": model.weights, "fingerprint": pipeline.weights_fingerprint}
     if out is not None:
         partial = out.with_name(out.name + ".partial")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -13,18 +12,17 @@ import typer
 
 from flows.cli.common import (
     DEFAULT_OUT_DIR,
-    UserError,
+    bad_input_from_flow,
     prefect_api,
     print_fields,
     progress_bars,
     quiet_model_libraries,
     stdout,
 )
-from magic141.presets import default_preset_name
-from magic141.utils import one_line
-from tasks.catalog import CatalogError, default_catalog_url, open_catalog, redact, resolve_catalog_url
+from magic141.utils import InputError
+from tasks.catalog import CatalogError, default_catalog_url, hide_password, open_catalog, redact, resolve_catalog_url
 from tasks.prior_policy import DEFAULT_STRENGTH, DEFAULT_THRESHOLD
-from tasks.request import GenerateRequest, check_output, check_prior, validate_request
+from tasks.request import GenerateRequest
 
 
 def _slug(text: str, limit: int = 40) -> str:
@@ -43,44 +41,21 @@ def default_output(prompt: str, seed: int) -> Path:
     return candidate
 
 
-def _check_prior_options(
-    prior: str | None, image: Path | None, index_dir: Path | None, threshold: float | None, strength: float | None
-) -> None:
-    """Refuse bad first-frame options before anything (even the default output folder) is created."""
+def _check_prior_options(prior: str | None, threshold: float | None, strength: float | None) -> None:
+    """The options of ``--prior auto`` are refused with another prior."""
     for flag, value in (("--prior-threshold", threshold), ("--prior-strength", strength)):
         if value is not None and prior != "auto":
-            raise UserError(f"{flag} applies to --prior auto; add --prior auto or drop {flag}")
+            raise InputError(f"{flag} applies to --prior auto; add --prior auto or drop {flag}")
+
+
+def _check_catalog(url: str, in_new_folder: bool) -> None:
+    """Reach the catalog before any work; one in the default output folder still to be made is created with it."""
+    if in_new_folder:
+        return
     try:
-        check_prior(
-            prior, image=None if image is None else str(image), index_dir=None if index_dir is None else str(index_dir),
-            threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
-            strength=DEFAULT_STRENGTH if strength is None else strength,
-        )
-    except ValueError as exc:
-        raise UserError(one_line(exc)) from None
-
-
-def _checked(request: GenerateRequest, default_out: bool) -> GenerateRequest:
-    """The validated request, its catalog reachable; with ``default_out`` the default output folder is created last.
-
-    The catalog is opened before that folder is created, except the default catalog, which lives in it.
-    """
-    catalog_in_new_folder = (
-        default_out and not DEFAULT_OUT_DIR.exists()
-        and request.catalog_url == default_catalog_url(DEFAULT_OUT_DIR.absolute())
-    )
-    try:
-        request = validate_request(request, check_out=not default_out)
-        if not catalog_in_new_folder:
-            open_catalog(request.catalog_url, wait_s=0).close()
-        if default_out:
-            DEFAULT_OUT_DIR.mkdir(exist_ok=True)
-            check_output(request.out)
-        if catalog_in_new_folder:
-            open_catalog(request.catalog_url, wait_s=0).close()
-    except (ValueError, CatalogError) as exc:
-        raise UserError(str(exc)) from None
-    return request
+        open_catalog(url, wait_s=0).close()
+    except CatalogError as exc:
+        raise InputError(str(exc)) from None
 
 
 def generate(
@@ -112,46 +87,46 @@ def generate(
 ) -> None:
     """Generate one video from a prompt (and optionally a first-frame image), and catalogue it."""
     seed = secrets.randbelow(2**31) if seed is None else seed
-    _check_prior_options(prior, image, index_dir, prior_threshold, prior_strength)
+    _check_prior_options(prior, prior_threshold, prior_strength)
     out_path = out if out is not None else default_output(prompt, seed)
-    request = _checked(
-        GenerateRequest(
-            prompt=prompt,
-            out=str(out_path),
-            catalog_url=resolve_catalog_url(catalog, out_path.absolute().parent),
-            image=None if image is None else str(image),
-            seconds=seconds,
-            fps=fps,
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            true_cfg=true_cfg,
-            negative_prompt=negative_prompt,
-            preset=preset or default_preset_name(),
-            weights=None if weights is None else str(weights),
-            quantize=quantize,
-            low_memory=low_memory,
-            windows=windows,
-            overlap=overlap,
-            size=size,
-            workers=workers,
-            ray_address=ray_address,
-            prior=prior,
-            index_dir=None if index_dir is None else str(index_dir),
-            prior_threshold=DEFAULT_THRESHOLD if prior_threshold is None else prior_threshold,
-            prior_strength=DEFAULT_STRENGTH if prior_strength is None else prior_strength,
-        ),
-        default_out=out is None,
+    catalog_url = resolve_catalog_url(catalog, out_path.absolute().parent)
+    request = GenerateRequest.from_options(
+        prompt,
+        str(out_path),
+        hide_password(catalog_url),  # run parameters never hold a password
+        image=None if image is None else str(image),
+        negative_prompt=negative_prompt,
+        preset=preset,
+        weights=None if weights is None else str(weights),
+        quantize=quantize,
+        low_memory=low_memory,
+        prior=prior,
+        index_dir=None if index_dir is None else str(index_dir),
+        prior_threshold=DEFAULT_THRESHOLD if prior_threshold is None else prior_threshold,
+        prior_strength=DEFAULT_STRENGTH if prior_strength is None else prior_strength,
+        create_folder=out is None,
+        seconds=seconds,
+        fps=fps,
+        seed=seed,
+        steps=steps,
+        guidance=guidance,
+        true_cfg=true_cfg,
+        windows=windows,
+        overlap=overlap,
+        size=size,
+        workers=workers,
+        ray_address=ray_address,
     )
-    quiet_model_libraries(ray=request.workers > 0)
+    _check_catalog(catalog_url, out is None and not DEFAULT_OUT_DIR.exists()
+                   and catalog_url == default_catalog_url(DEFAULT_OUT_DIR.absolute()))
+    quiet_model_libraries(ray=request.render.workers > 0)
     from flows.generate import generate as generate_flow
-    from tasks.catalog import hide_password
 
-    with prefect_api(), progress_bars():
+    with prefect_api(), bad_input_from_flow(InputError), progress_bars():
         try:
-            result = generate_flow(replace(request, catalog_url=hide_password(request.catalog_url)))
+            result = generate_flow(request)
         finally:
-            if request.workers:
+            if request.render.workers:
                 from tasks.runtime.render_pool import shutdown_pools
 
                 shutdown_pools()
@@ -162,9 +137,9 @@ def generate(
         "frames": result.frames,
         "fps": result.fps,
         "size": f"{result.width}x{result.height}",
-        "seed": request.seed,
+        "seed": request.render.seed,
         "prior": result.prior_source,
-        "catalog": redact(result.catalog_url),
+        "catalog": redact(catalog_url),
     }
     if as_json:
         stdout.print_json(json.dumps(summary))

@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from flows.cli.common import (
-    UserError,
     bad_input_from_flow,
     cell,
     prefect_api,
@@ -19,7 +18,7 @@ from flows.cli.common import (
     quiet_model_libraries,
     stdout,
 )
-from magic141.utils import one_line
+from magic141.utils import InputError, one_line
 
 index_app = typer.Typer(help="Build, query and inspect the CLIP/FAISS retrieval index.", no_args_is_help=True)
 
@@ -68,7 +67,7 @@ def index_build(
             None if pretrained is None else str(pretrained), incremental, recall_target,
         )
     except (ValueError, CatalogError) as exc:
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
     from flows.rebuild_index import rebuild_index
 
     with prefect_api(), bad_input_from_flow(CorpusError), progress_bars(STAGE_LABELS):
@@ -111,7 +110,7 @@ def _reader(index_dir: Path | None) -> Any:
     try:
         return open_index(resolve_index_dir(index_dir))
     except RetrievalIndexError as exc:
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
 
 
 @index_app.command("query")
@@ -125,12 +124,12 @@ def index_query(
     from retrieval_index import RetrievalIndexError
 
     if not text.strip():
-        raise UserError("query text is empty; give a description of the image to find")
+        raise InputError("query text is empty; give a description of the image to find")
     reader = _reader(index_dir)
     try:
         matches = reader.search_text(text, k)
     except RetrievalIndexError as exc:
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
     rows = [
         {"rank": rank, "score": round(match.score, 6), "path": str(match.path), "sha256": match.sha256, "row": match.row}
         for rank, match in enumerate(matches, start=1)
@@ -158,7 +157,7 @@ def index_info(
         version, folder, manifest = store.open_current(folder_of_index)
         store.verify(folder, manifest, sorted(manifest["files"]))
     except RetrievalIndexError as exc:
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
     info = {
         "index_dir": str(folder_of_index),
         "version": version,

@@ -9,8 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from flows.cli.common import UserError, quiet_model_libraries, stdout
-from magic141.utils import one_line
+from flows.cli.common import quiet_model_libraries, stdout
+from magic141.utils import InputError, one_line
 from tasks.request import QUANTIZATION_LEVELS
 
 model_app = typer.Typer(help="Convert, quantize and inspect model weights.", no_args_is_help=True)
@@ -20,7 +20,7 @@ def _user_errors(action: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return action(*args, **kwargs)
     except (ValueError, OSError) as exc:
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
 
 
 @model_app.command("convert")
@@ -44,7 +44,7 @@ def model_convert(
         try:
             axes = tuple(int(part) for part in rope_axes.split(","))
         except ValueError:
-            raise UserError(f"--rope-axes {rope_axes!r} is not three integers T,H,W such as 16,56,56") from None
+            raise InputError(f"--rope-axes {rope_axes!r} is not three integers T,H,W such as 16,56,56") from None
     written, guidance = _user_errors(convert_official_checkpoint, official, out, rope_axes_dim=axes,
                                      keep_guidance=keep_guidance)
     stdout.print(f"converted transformer written to {written}", highlight=False, soft_wrap=True, markup=False)
@@ -79,7 +79,7 @@ def model_report_command(
 
     preset_config = _user_errors(get_preset, preset)
     if quantize is not None and quantize not in QUANTIZATION_LEVELS:
-        raise UserError(f"unknown quantization level {quantize!r}; choose one of: {', '.join(QUANTIZATION_LEVELS)}")
+        raise InputError(f"unknown quantization level {quantize!r}; choose one of: {', '.join(QUANTIZATION_LEVELS)}")
     quiet_model_libraries()
     from magic141.report import model_report
 

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import typer
 
 from deployments.schedules import INBOX_CRON, NIGHTLY_CRON
-from flows.cli.common import UserError, configure_cli, quiet_model_libraries, stdout
+from flows.cli.common import configure_cli, quiet_model_libraries, stdout
 from magic141.presets import default_preset_name
-from magic141.utils import first_line
+from magic141.utils import InputError, first_line
 from tasks.request import QUANTIZATION_LEVELS
 
 START_SERVER = (
@@ -94,10 +94,10 @@ def apply(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     problems = [name for name, value in (("--catalog", catalog), ("--index-dir", index_dir)) if not value]
     if problems or not corpus:
-        raise UserError("give " + ", ".join(problems + ([] if corpus else ["--corpus"])))
+        raise InputError("give " + ", ".join(problems + ([] if corpus else ["--corpus"])))
     api_url = PREFECT_API_URL.value()
     if not api_url:
-        raise UserError(f"PREFECT_API_URL is not set, so there is no Prefect server to deploy to; {START_SERVER}")
+        raise InputError(f"PREFECT_API_URL is not set, so there is no Prefect server to deploy to; {START_SERVER}")
     config = ServiceConfig(
         inbox=inbox, out_dir=out_dir, catalog_url=catalog, corpus=tuple(corpus), index_dir=Path(index_dir),
         inbox_cron=inbox_cron, index_cron=index_cron, timezone=timezone, preset=preset or default_preset_name(),
@@ -111,11 +111,11 @@ def apply(
         _first_run(config)
         applied = apply_service(config)
     except (ValueError, CatalogError) as exc:
-        raise UserError(first_line(exc)) from None
+        raise InputError(first_line(exc)) from None
     except httpx.TransportError as exc:
-        raise UserError(f"cannot reach the Prefect API at {api_url} ({first_line(exc)}); {START_SERVER}") from None
+        raise InputError(f"cannot reach the Prefect API at {api_url} ({first_line(exc)}); {START_SERVER}") from None
     except (httpx.HTTPError, PrefectException) as exc:
-        raise UserError(
+        raise InputError(
             f"the Prefect API at {api_url} refused the request ({first_line(exc)}); check that PREFECT_API_URL "
             f"is the server's API address (ending in /api) and the server is healthy"
         ) from None

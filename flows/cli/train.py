@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from flows.cli.common import UserError, print_fields, quiet_model_libraries, stderr, stdout
-from magic141.utils import one_line
+from flows.cli.common import print_fields, quiet_model_libraries, stderr, stdout
+from magic141.utils import InputError, one_line
 from tasks.runtime.training import DEFAULTS, PRIOR_AUTOENCODER_STEPS, SAMPLES
 
 train_app = typer.Typer(help="Train the toy world's models (see the README's 'Training' section).", no_args_is_help=True)
@@ -68,7 +68,7 @@ def _check_settings(settings: dict[str, Any]) -> Any:
         check_folder(checked)
         return checked
     except TrainingError as exc:
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
 
 
 def _train(
@@ -98,7 +98,7 @@ def _train(
             result = train(stage, checked, address=ray_address, on_step=on_step, dataset_size=dataset_size,
                            command=_command(context))
         except TrainingError as exc:
-            raise UserError(one_line(exc)) from None
+            raise InputError(one_line(exc)) from None
     summary = {"stage": stage.name, "steps": result.steps, "first_loss": result.first_loss,
                "last_loss": result.last_loss, "final": str(result.final), "curve": str(result.out / "loss.png")}
     if as_json:
@@ -185,7 +185,7 @@ def train_prior(
     """
     settings = _run_settings(locals())
     if max_steps <= autoencoder_steps:
-        raise UserError(f"--max-steps {max_steps} leaves no step for the UNet after {autoencoder_steps} autoencoder "
+        raise InputError(f"--max-steps {max_steps} leaves no step for the UNet after {autoencoder_steps} autoencoder "
                         "steps; raise --max-steps or lower --autoencoder-steps")
     stage = _stage("prior", preset, autoencoder_steps=autoencoder_steps)
     _train(context, lambda: stage, settings, ray_address, as_json)
@@ -205,7 +205,7 @@ def _stage(name: str, preset: str, **options: Any) -> Any:
         try:
             return make_stage(name, preset, on_cache=on_cache, **options)
         except ValueError as exc:
-            raise UserError(one_line(exc)) from None
+            raise InputError(one_line(exc)) from None
 
 
 VaeOption = Annotated[Path | None, typer.Option("--vae", help="Trained VAE folder (final/ of 'train vae').")]
@@ -368,7 +368,7 @@ def train_dmd2(
     try:
         levels = None if sigmas is None else tuple(float(value) for value in sigmas.split(","))
     except ValueError:
-        raise UserError(f"--sigmas {sigmas!r} is not a comma-separated list of numbers") from None
+        raise InputError(f"--sigmas {sigmas!r} is not a comma-separated list of numbers") from None
     distillation = {"steps": steps, "sigmas": levels, "fake": fake, "lora_rank": lora_rank, "real_shift": real_shift,
                     "fake_updates": fake_updates, "fake_lr_scale": fake_lr_scale, "w_min": w_min, "w_max": w_max,
                     "regression_weight": regression_weight, "backward_simulation": backward_simulation}
@@ -386,7 +386,7 @@ def _check_distillation(kind: str, distillation: dict[str, Any]) -> None:
     try:
         (CfgSettings if kind == "cfg" else Dmd2Settings)(**distillation)
     except TrainingError as exc:
-        raise UserError(one_line(exc)) from None
+        raise InputError(one_line(exc)) from None
 
 
 @train_app.command("all")
@@ -410,7 +410,7 @@ def train_all(
 
     unknown = sorted(set(stage or ()) - set(STAGES))
     if unknown:
-        raise UserError(f"unknown training stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
+        raise InputError(f"unknown training stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")
     quiet_model_libraries(diffusers=False, ray=workers > 1)
     from flows.train import train_toy_world
 

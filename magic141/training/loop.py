@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from magic141.utils import InputError
+
 logger = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2
@@ -40,7 +42,7 @@ SCHEDULES = ("constant", "cosine")
 StepCallback = Callable[[int, int, float], None]
 
 
-class TrainingError(ValueError):
+class TrainingError(InputError):
     """Settings or an output folder that a run refuses before any compute."""
 
 

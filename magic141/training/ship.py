@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from magic141.utils import InputError
+
 logger = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 
@@ -92,7 +94,7 @@ def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict
         record = json.loads((run / "run.json").read_text())
         final = run / "final"
         if not final.is_dir():
-            raise ValueError(f"{run} has no final/ folder; let the run finish (or --resume it) first")
+            raise InputError(f"{run} has no final/ folder; let the run finish (or --resume it) first")
         for source, target in _targets(record["stage"], final, to):
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)

@@ -19,6 +19,7 @@ import numpy as np
 import PIL.Image
 
 from magic141.toy_world import render_frame, sample_scene, split_captions
+from magic141.utils import InputError
 from magic141.windows import WINDOW_MODES
 
 if TYPE_CHECKING:
@@ -49,17 +50,17 @@ class AdherenceSettings:
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
-            raise ValueError(f"unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}")
+            raise InputError(f"unknown split {self.split!r}; choose one of: {', '.join(SPLITS)}")
         if self.first_frame not in FIRST_FRAMES:
-            raise ValueError(f"unknown first frame {self.first_frame!r}; choose one of: {', '.join(FIRST_FRAMES)}")
+            raise InputError(f"unknown first frame {self.first_frame!r}; choose one of: {', '.join(FIRST_FRAMES)}")
         if self.count < 1:
-            raise ValueError(f"the case count must be >= 1, got {self.count}")
+            raise InputError(f"the case count must be >= 1, got {self.count}")
         if self.windows not in WINDOW_MODES:
-            raise ValueError(f"unknown window mode {self.windows!r}; choose one of: {', '.join(WINDOW_MODES)}")
+            raise InputError(f"unknown window mode {self.windows!r}; choose one of: {', '.join(WINDOW_MODES)}")
         if self.seconds is not None and not self.seconds > 0:
-            raise ValueError(f"seconds must be > 0, got {self.seconds}")
+            raise InputError(f"seconds must be > 0, got {self.seconds}")
         if self.true_cfg < 1:
-            raise ValueError(f"true CFG must be >= 1 (1 disables it), got {self.true_cfg}")
+            raise InputError(f"true CFG must be >= 1 (1 disables it), got {self.true_cfg}")
 
 
 class _Frames:
@@ -103,11 +104,11 @@ def evaluate_adherence(
 
     preset = pipeline.preset
     if settings.first_frame == "prior" and prior is None:
-        raise ValueError("first frames from the prior need the text-to-image prior; pass one")
+        raise InputError("first frames from the prior need the text-to-image prior; pass one")
     num_frames = preset.window_frames if settings.seconds is None else round(settings.seconds * preset.fps)
-    sampler = SamplerConfig(steps=preset.steps if settings.steps is None else settings.steps,
-                            guidance_scale=preset.guidance_scale if settings.guidance is None else settings.guidance,
-                            true_cfg_scale=settings.true_cfg, flow_shift=preset.flow_shift)
+    steps, guidance = preset.sampling(settings.steps, settings.guidance)
+    sampler = SamplerConfig(steps=steps, guidance_scale=guidance, true_cfg_scale=settings.true_cfg,
+                            flow_shift=preset.flow_shift)
     negative = "" if settings.true_cfg > 1 else None
     captions = split_captions(settings.split)
     cases = []

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from prefect.concurrency.sync import concurrency
 
+from magic141.utils import InputError
 from tasks.catalog import open_catalog, redact
 from tasks.request import prior_image_path
 from tasks.runtime.leases import LEASE_S, Lease, held_lease, lease_expiry, read_lease
@@ -151,7 +152,7 @@ def claim(staged: Path, out: Path, catalog_url: str, content_key: str | None) ->
             return None
         except FileExistsError:
             if content_key is None:
-                raise ValueError(f"output {str(out)!r} appeared while rendering; choose another --out") from None
+                raise InputError(f"output {str(out)!r} appeared while rendering; choose another --out") from None
         with open_catalog(catalog_url) as catalog:
             existing = catalog.find_video(content_key)
         if existing is not None:

@@ -33,7 +33,7 @@ from ray.exceptions import ActorDiedError, RayActorError
 from magic141.executor import Decoded, LocalExecutor, ProgressCallback, RenderJob, WindowWork, WorkerInfo
 from magic141.pipeline import Conditioning, Magic141Pipeline
 from magic141.presets import get_preset
-from magic141.utils import last_line
+from magic141.utils import InputError, last_line
 from magic141.windows import Window
 from tasks.request import ModelSpec
 from tasks.runtime.services import ray_address, start_local_ray
@@ -54,9 +54,9 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         if self.workers < 1:
-            raise ValueError(f"a render pool needs at least one worker, got {self.workers}")
+            raise InputError(f"a render pool needs at least one worker, got {self.workers}")
         if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"torch_threads must be >= 1, got {self.torch_threads}")
+            raise InputError(f"torch_threads must be >= 1, got {self.torch_threads}")
 
 
 class RenderWorker:

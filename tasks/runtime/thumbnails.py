@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 
-from magic141.utils import atomic_file
+from magic141.utils import InputError, atomic_file
 from tasks.runtime.ffmpeg import ProbeError, ffmpeg_exe, probe
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def write_contact_sheet(
     """
     for name, value, least in (("frames", frames, 1), ("columns", columns, 1), ("tile_width", tile_width, 2)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+            raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
     source = Path(video).absolute()
     info = probe(source)
     indices = frame_indices(info.frames, frames)
@@ -101,7 +101,7 @@ def write_videos_sheet(
     import PIL.ImageFont
 
     if not videos:
-        raise ValueError("no videos to put on a contact sheet")
+        raise InputError("no videos to put on a contact sheet")
     font = PIL.ImageFont.load_default()
     label_height = 14
     rows = []

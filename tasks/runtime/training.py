@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from magic141.utils import InputError
+
 STAGES = ("clip", "vae", "prior", "t2v", "i2v", "cfg", "dmd2")
 
 
@@ -40,7 +42,7 @@ PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, 
 def check_weights_folder(option: str, folder: Path | None) -> None:
     """Refuse a folder that is not a diffusers model folder, naming the option that gave it."""
     if folder is not None and not (Path(folder) / "config.json").is_file():
-        raise ValueError(f"{option} {folder} is not a weights folder (no config.json); pass the final/ folder of its run")
+        raise InputError(f"{option} {folder} is not a weights folder (no config.json); pass the final/ folder of its run")
 
 
 def make_stage(
@@ -65,7 +67,7 @@ def make_stage(
     from magic141.presets import get_preset
 
     if name not in STAGES:
-        raise ValueError(f"unknown training stage {name!r}; choose one of: {', '.join(STAGES)}")
+        raise InputError(f"unknown training stage {name!r}; choose one of: {', '.join(STAGES)}")
     preset = get_preset(preset_name)
     if name == "clip":
         from magic141.training.clip import ClipStage
@@ -79,7 +81,7 @@ def make_stage(
         from magic141.training.prior import PriorStage
 
         if autoencoder_steps < 1:
-            raise ValueError(f"--autoencoder-steps must be >= 1, got {autoencoder_steps}")
+            raise InputError(f"--autoencoder-steps must be >= 1, got {autoencoder_steps}")
         return PriorStage(preset, autoencoder_steps)
     from magic141.training.transformer import TransformerStage, build_cache, cache_path, encoders
 
@@ -89,18 +91,18 @@ def make_stage(
         settings = CfgSettings(**(distillation or {})) if name == "cfg" else Dmd2Settings(**(distillation or {}))
         teacher = teacher if teacher is not None else preset.weights_folder
         if teacher is None:
-            raise ValueError(f"preset {preset.name!r} ships no weights to distil; pass the teacher with --teacher")
+            raise InputError(f"preset {preset.name!r} ships no weights to distil; pass the teacher with --teacher")
         checked = Teacher.check(teacher, preset)
         if "vae" in checked.components:
             vae = checked.components["vae"]
         elif vae is None:
-            raise ValueError(f"--teacher {teacher} is a bare transformer; pass the VAE its cache is encoded with (--vae)")
+            raise InputError(f"--teacher {teacher} is a bare transformer; pass the VAE its cache is encoded with (--vae)")
     check_weights_folder("--vae", vae)
     check_weights_folder("--t2v", t2v)
     if name == "i2v" and t2v is None:
-        raise ValueError("the I2V stage starts from the T2V teacher; pass its final/ folder with --t2v")
+        raise InputError("the I2V stage starts from the T2V teacher; pass its final/ folder with --t2v")
     if samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {samples}")
+        raise InputError(f"--samples must be >= 1, got {samples}")
     components = encoders(preset, vae)
     path, fingerprint = cache_path(cache_dir, components, samples, seed)
     if not path.is_file():
