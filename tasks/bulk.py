@@ -47,7 +47,7 @@ from tasks.request import GenerateRequest, ModelSpec, OutputSpec, PriorSpec, Ren
 from tasks.request.checks import check_index_dir
 from tasks.runtime.batch_leases import Recovery, recover_batches
 from tasks.runtime.diskspace import DiskFullError
-from tasks.runtime.model_cache import image_prior, load_model_libraries, video_pipeline
+from tasks.runtime.model_cache import image_prior, video_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,6 @@ def gpu_limit_in_force(name: str | None) -> str | None:
 def _video_fingerprint(rows: RowDefaults) -> str:
     if rows.workers == 0:
         return video_pipeline(rows.model).weights_fingerprint
-    load_model_libraries()
     from tasks.runtime.render_pool import PoolConfig, get_pool
 
     return get_pool(PoolConfig(rows.model, rows.workers, rows.ray_address)).fingerprint

@@ -48,6 +48,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ from tasks.request.checks import MAX_PROMPT_CHARS
 from tasks.request.parts import DEFAULT_SECONDS
 
 logger = logging.getLogger(__name__)
+_last_read: dict[tuple[Any, ...], PromptCsv] = {}  # this process's last reading (see read_prompt_csv)
+_last_read_lock = threading.Lock()
 
 COLUMNS = ("prompt", "id", "image", "seconds", "fps", "seed", "guidance", "negative_prompt", "prior", "windows", "size")
 MAX_ID_LENGTH = 255
@@ -369,6 +372,10 @@ def read_prompt_csv(
     index). So rows are rejected when they need what the run lacks: a retrieval index for prior
     ``retrieve``, a text-to-image model (weights without ``prior/``) for ``auto`` or ``generate`` without an
     image, a guidance input (converted official weights) for a guidance scale other than the preset's.
+
+    The file is parsed once per process: reading the same content again (its sha256) with the same roots and
+    defaults returns the same reading. So ``magic141 bulk`` reads the CSV before it starts the flow (a refused
+    file stops it at once, and only a row to make loads the models), and the flow's read takes that reading.
     """
     defaults = RowDefaults() if defaults is None else defaults
     file = Path(path).absolute()
@@ -380,6 +387,22 @@ def read_prompt_csv(
         raise InputError(f"prompt CSV {str(path)!r} is a folder; give the path of a CSV file") from None
     except OSError as exc:
         raise InputError(f"prompt CSV {str(path)!r} cannot be read ({exc.strerror}); check its permissions") from None
+    roots_key = None if image_roots is None else tuple(str(root) for root in image_roots)
+    identity = (str(file), hashlib.sha256(data).hexdigest(), roots_key, defaults)
+    with _last_read_lock:
+        if identity in _last_read:
+            return _last_read[identity]
+    table = _parse(file, path, data, identity[1], image_roots, defaults)
+    with _last_read_lock:
+        _last_read.clear()
+        _last_read[identity] = table
+    return table
+
+
+def _parse(
+    file: Path, path: str | os.PathLike[str], data: bytes, sha256: str,
+    image_roots: Sequence[str | os.PathLike[str]] | None, defaults: RowDefaults,
+) -> PromptCsv:
     text = _decode(file, data)
     csv_dir = file.parent.resolve()
     roots = [csv_dir] if image_roots is None else [Path(root).absolute().resolve() for root in image_roots]
@@ -407,7 +430,7 @@ def read_prompt_csv(
     logger.info("read prompt CSV %s: %d valid row(s), %d rejected", file, len(valid), len(rejected))
     return PromptCsv(
         path=str(file),
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sha256,
         columns=columns,
         unknown_columns=unknown,
         valid=tuple(valid),

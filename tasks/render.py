@@ -20,7 +20,7 @@ from magic141.utils import sha256_file
 from tasks.record import VideoRecord
 from tasks.request import GenerateRequest, ModelSpec, RenderSpec
 from tasks.runtime.ffmpeg import VideoWriter, probe
-from tasks.runtime.model_cache import load_model_libraries, video_pipeline
+from tasks.runtime.model_cache import video_pipeline
 from tasks.runtime.progress import StageProgress
 from tasks.runtime.stitch import Stitcher
 
@@ -34,7 +34,6 @@ def _executor(model: ModelSpec, render: RenderSpec) -> WindowExecutor:
         from magic141.executor import LocalExecutor
 
         return LocalExecutor(video_pipeline(model))
-    load_model_libraries()
     from tasks.runtime.render_pool import PoolConfig, PoolExecutor, get_pool
 
     return PoolExecutor(get_pool(PoolConfig(model, render.workers, render.ray_address)))

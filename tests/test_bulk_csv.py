@@ -433,3 +433,13 @@ def test_generate_cleans_its_prompt_and_checks_its_length(tmp_path: Path):
         GenerateRequest.from_options("k" * 10_001, out, catalog)
     with pytest.raises(ValueError, match=r"^prompt has no printable text"):
         GenerateRequest.from_options("\x1b[2J\x07", out, catalog)
+
+
+def test_a_file_is_parsed_once_per_process_until_its_content_changes(tmp_path: Path) -> None:
+    """The CLI reads a CSV before starting the flow, and the flow's read takes that reading."""
+    path = write_csv(tmp_path, "prompt\na cat\n")
+    first = read_prompt_csv(path)
+    assert read_prompt_csv(path) is first
+    assert read_prompt_csv(path, defaults=RowDefaults(ModelSpec("toy"))) is not first, "other settings, other rows"
+    path.write_text("prompt\na dog\n")  # the same size, maybe the same modification time
+    assert [row.prompt.text for row in read_prompt_csv(path).valid] == ["a dog"]

@@ -78,6 +78,7 @@ def bulk(
         if retry_delay < 0:
             raise InputError(f"retry delay must be >= 0 seconds, got {retry_delay}")
         from tasks.bulk import check_bulk
+        from tasks.bulk_csv import read_prompt_csv
 
         out_dir.mkdir(exist_ok=True)
         settings = check_bulk(
@@ -86,9 +87,10 @@ def bulk(
             index_dir=None if index_dir is None else str(index_dir), threshold=threshold, strength=strength,
             concurrency=rows_at_once, retries=retries,
         )
-        from tasks.runtime.model_cache import before_model_libraries
-
-        before_model_libraries(lambda: quiet_model_libraries(ray=workers > 0))  # when a row is to be made
+        # Read here, a refused file stops the command before Prefect starts, and only a row to make loads the
+        # model libraries; the flow's read takes this reading (read_prompt_csv parses a file once per process).
+        if read_prompt_csv(csv_file.absolute(), roots, settings.rows).valid:
+            quiet_model_libraries(ray=workers > 0)
         from flows.bulk import batch_of, bulk_generate
         from tasks.catalog import hide_password
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from magic141.utils import InputError
 from tasks.request import ModelSpec
 
 if TYPE_CHECKING:  # the model libraries load on a model's first use, not at import (a CSV is checked first)
@@ -15,23 +13,6 @@ if TYPE_CHECKING:  # the model libraries load on a model's first use, not at imp
     from magic141.prior import ImagePrior
 
 _build_lock = threading.Lock()
-_hooks_lock = threading.Lock()
-_before_model_libraries: list[Callable[[], None]] = []
-
-
-def before_model_libraries(hook: Callable[[], None]) -> None:
-    """Run ``hook`` once, before this process first loads the model libraries (torch, diffusers, Ray) to build a
-    model or start a render pool: the CLI quiets their terminal output this way, and a batch whose rows are all
-    rejected never imports them."""
-    with _hooks_lock:
-        _before_model_libraries.append(hook)
-
-
-def load_model_libraries() -> None:
-    """Run the hooks of :func:`before_model_libraries` (once each); call before importing the model libraries."""
-    with _hooks_lock:
-        while _before_model_libraries:
-            _before_model_libraries.pop(0)()
 
 
 def default_device() -> str:
@@ -58,19 +39,17 @@ def _prior(spec: ModelSpec, device: str) -> ImagePrior:
         return ImagePrior.from_preset(spec.preset, device)
     folder = WeightPaths.resolve(spec.weights).prior
     if folder is None:
-        raise InputError(f"weights {spec.weights!r} have no text-to-image prior (prior/); pass --image or add one")
+        raise ValueError(f"weights {spec.weights!r} have no text-to-image prior (prior/); pass --image or add one")
     return ImagePrior.from_pretrained(folder, spec.preset, device)
 
 
 def video_pipeline(spec: ModelSpec) -> Magic141Pipeline:
     """The image-to-video pipeline of ``spec`` on this worker's device, built on first use."""
-    load_model_libraries()
     with _build_lock:
         return _pipeline(spec, default_device())
 
 
 def image_prior(spec: ModelSpec) -> ImagePrior:
     """The text-to-image prior of ``spec`` on this worker's device, built on first use."""
-    load_model_libraries()
     with _build_lock:
         return _prior(spec, default_device())
