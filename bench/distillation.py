@@ -147,7 +147,8 @@ from pathlib import Path
 from magic141.presets import get_preset, TransformerConfig
 from magic141.components import build_i2v_components
 from magic141.weights import save_i2v_components
-from magic141.training.distill import DistillStage, Dmd2Settings, Teacher
+from magic141.training.distill import DistillStage, Dmd2Settings
+from magic141.training.distill_data import Teacher
 from magic141.training.transformer import build_cache, cache_path, encoders
 torch.set_num_threads(2)
 fake, work = sys.argv[1], Path(sys.argv[2])
@@ -209,7 +210,8 @@ def _sample_students(transformer, components, preset, image_to_video: bool, coun
     from magic141.conditioning import image_condition
     from magic141.prompt_encoding import vlm_image_tokens
     from magic141.toy_eval import adherence
-    from magic141.training.distill import Condition, Dmd2Settings, velocity
+    from magic141.training.distill import Dmd2Settings, velocity
+    from magic141.training.distill_data import Condition
     from magic141.training.transformer import encode_text
 
     vae, scale = components.vae, components.vae.config.scaling_factor

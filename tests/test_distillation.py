@@ -16,16 +16,14 @@ from magic141.presets import get_preset
 from magic141.training.distill import (
     CfgSettings,
     CfgTrainee,
-    Condition,
-    DistillBatch,
     DistillStage,
     Dmd2Settings,
-    Teacher,
     cfg_target,
     dmd_gradient,
     dmd_loss,
     lora_weight,
 )
+from magic141.training.distill_data import Condition, DistillBatch, Teacher
 from magic141.training.loop import TrainingError, TrainSettings, read_losses
 from magic141.weights import read_distillation, save_i2v_components
 from tasks.runtime.train_pool import train

@@ -2,7 +2,8 @@
 step distillation (Eq. 4-5) with a LoRA fake model, so the student samples in 4 steps of one forward pass each.
 
 Both read the teachers' latent cache (:mod:`magic141.training.transformer`): training windows, first-frame
-latents, VLM image tokens and every caption's text states, the empty prompt's included.
+latents, VLM image tokens and every caption's text states, the empty prompt's included; their batches and the
+teacher folder are :mod:`magic141.training.distill_data`.
 
 **Guidance.** The transformer's guidance input is the guidance scale ``s = 1 + w`` (embedded as ``s * 1000``,
 diffusers' HunyuanVideo convention and the sampler's ``--guidance``); ``s = 1`` (``w = 0``) is the plain
@@ -43,11 +44,8 @@ or the full fake) and a resumed run rebuilds the rest from the teacher folder, w
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -57,17 +55,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from magic141.conditioning import image_condition, model_input
+from magic141.conditioning import model_input
 from magic141.presets import Preset
 from magic141.sampler import flow_sigmas
-from magic141.training.loop import TrainingError, sample_rng
-from magic141.training.transformer import IMAGE_DROPOUT, _load_cache
+from magic141.training.distill_data import (
+    Condition,
+    DistillBatch,
+    Teacher,
+    distill_batch,
+    judge_level,
+    step_level,
+    training_level,
+)
+from magic141.training.loop import TrainingError
 
 GUIDANCE_EMBEDDING = 1000.0  # the guidance embedder sees s * 1000
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                 "proj_mlp", "proj_out")
 FAKE_MODELS = ("lora", "full")
-DMD_SIGMA_RANGE = (0.02, 0.98)  # the noise levels, before the flow shift, at which the real and fake models judge
 
 
 @dataclass(frozen=True)
@@ -135,100 +140,6 @@ class Dmd2Settings:
         return torch.tensor(flow_shift * sigmas / (1 + (flow_shift - 1) * sigmas), dtype=torch.float32)
 
 
-def shifted(u: float, flow_shift: float) -> float:
-    return flow_shift * u / (1 + (flow_shift - 1) * u)
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """sha256 over a model folder's config and safetensors files (names and bytes)."""
-    digest = hashlib.sha256()
-    for path in sorted([*folder.glob("*.json"), *folder.glob("*.safetensors")]):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class Teacher:
-    """A teacher whose transformer fits the preset: a weights folder or a JSON file naming its components (the I2V
-    teacher, or a CFG-distilled one), or a bare transformer folder (the T2V teacher, final/ of 'train t2v')."""
-
-    source: Path
-    transformer_folder: Path
-    fingerprint: str
-    image_to_video: bool
-
-    @property
-    def components(self) -> dict[str, Path]:
-        """The folders of the teacher's other components (VAE, encoders, prior); none for a bare transformer."""
-        if self.transformer_folder == self.source:
-            return {}
-        from magic141.weights import WeightPaths
-
-        paths = WeightPaths.resolve(self.source)
-        return {f.name: Path(getattr(paths, f.name)) for f in dataclasses.fields(paths)
-                if f.name != "transformer" and getattr(paths, f.name) is not None}
-
-    @classmethod
-    def check(cls, source: Path, preset: Preset) -> Teacher:
-        """Refuse a source that holds no transformer, or one of another geometry than ``preset``."""
-        source = Path(source)
-        if (source / "config.json").is_file():
-            transformer = source
-        else:
-            from magic141.weights import WeightPaths
-
-            try:
-                transformer = Path(WeightPaths.resolve(source).transformer)
-            except ValueError:
-                transformer = source / "transformer"
-        if not (transformer / "config.json").is_file():
-            raise TrainingError(f"--teacher {source} holds no transformer (no transformer/config.json); pass the "
-                                "final/ folder of 'magic141 train i2v' or 'train cfg'")
-        config = json.loads((transformer / "config.json").read_text())
-        latent = preset.transformer.latent_channels
-        expected = {**asdict(preset.transformer), "out_channels": latent}
-        wrong = [f"{key} {config.get(key)!r} there, {value!r} in the preset"
-                 for key, value in expected.items()
-                 if key in config and (list(value) if isinstance(value, tuple) else value) != config[key]]
-        if config.get("in_channels") not in (latent, 2 * latent + 1):
-            wrong.append(f"in_channels {config.get('in_channels')} is neither {latent} nor {2 * latent + 1}")
-        if not config.get("guidance_embeds", False):
-            wrong.append("it has no guidance embedding, which the student's guidance input needs")
-        if wrong:
-            raise TrainingError(f"--teacher {source} is of another geometry than preset {preset.name!r} "
-                                f"({'; '.join(wrong[:3])}); pass a teacher of that preset or choose its --preset")
-        return cls(source, transformer, folder_fingerprint(transformer), config["in_channels"] != latent)
-
-    def transformer(self) -> torch.nn.Module:
-        from diffusers import HunyuanVideoTransformer3DModel
-
-        return HunyuanVideoTransformer3DModel.from_pretrained(str(self.transformer_folder), torch_dtype=torch.float32)
-
-
-@dataclass(frozen=True)
-class Condition:
-    """What the transformer sees beside the noisy latent: the first-frame channels (None for a T2V model) and
-    the text tokens (the VLM image tokens first, for an I2V model)."""
-
-    image: torch.Tensor | None  # (B, C, T, h, w)
-    mask: torch.Tensor | None  # (B, 1, T, h, w)
-    text: torch.Tensor  # (B, L, D)
-    text_mask: torch.Tensor  # (B, L)
-    pooled: torch.Tensor  # (B, D_pooled)
-
-
-@dataclass(frozen=True)
-class DistillBatch:
-    latents: torch.Tensor  # (B, C, T, h, w) training windows x_0
-    cond: Condition  # the caption
-    uncond: Condition  # the empty prompt, same image
-    guidance: torch.Tensor  # (B,) guidance scale s = 1 + w
-    sigmas: torch.Tensor  # (B, K) the step's noise levels, one per use
-    noises: torch.Tensor  # (B, K, C, T, h, w) the noises that go with them
-    generator_step: bool = False
-
-
 def _inputs(latents: torch.Tensor, sigma: torch.Tensor, condition: Condition, guidance: torch.Tensor) -> dict[str, Any]:
     hidden = latents if condition.image is None else model_input(latents, condition.image, condition.mask)
     return {"hidden_states": hidden, "timestep": sigma * 1000.0, "encoder_hidden_states": condition.text,
@@ -268,75 +179,6 @@ def dmd_gradient(x0: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor)
 def dmd_loss(x0: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
     """The surrogate whose gradient with respect to ``x0`` is ``gradient / x0.numel()``."""
     return 0.5 * F.mse_loss(x0, (x0 - gradient).detach())
-
-
-def _conditions(cache: dict[str, torch.Tensor], index: int, caption: int, image_to_video: bool, drop_image: bool,
-                frames: int) -> tuple[Condition, Condition]:
-    def text(caption_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        states, mask = cache[f"text.{caption_id}"], cache[f"text_mask.{caption_id}"]
-        if not image_to_video:
-            return states, mask
-        tokens = cache["image_tokens"][index]
-        return torch.cat([tokens, states]), torch.cat([torch.ones(tokens.shape[0]), mask])
-
-    image = mask = None
-    if image_to_video:
-        image, mask = image_condition(cache["first_latents"][index][None], frames)
-        image, mask = image[0], mask[0]
-        if drop_image:
-            image, mask = torch.zeros_like(image), torch.zeros_like(mask)
-    cond_text, uncond_text = text(caption), text(0)
-    return (Condition(image, mask, *cond_text, cache[f"pooled.{caption}"]),
-            Condition(image, mask, *uncond_text, cache["pooled.0"]))
-
-
-def _stack(conditions: Sequence[Condition]) -> Condition:
-    def stacked(name: str) -> torch.Tensor | None:
-        values = [getattr(c, name) for c in conditions]
-        return None if values[0] is None else torch.stack(values)
-
-    return Condition(stacked("image"), stacked("mask"), stacked("text"), stacked("text_mask"), stacked("pooled"))
-
-
-def _float(rng: torch.Generator) -> float:
-    return float(torch.rand(1, generator=rng))
-
-
-def _training_level(shift: float, rng: torch.Generator) -> float:
-    """A noise level as the teachers were trained at: uniform, then shifted."""
-    return shifted(_float(rng), shift)
-
-
-def _judge_level(shift: float, rng: torch.Generator) -> float:
-    """A noise level at which the real and fake models judge a generator sample."""
-    low, high = DMD_SIGMA_RANGE
-    return shifted(low + (high - low) * _float(rng), shift)
-
-
-def _step_level(schedule: torch.Tensor, rng: torch.Generator) -> float:
-    """One of the generator's own sampling steps."""
-    return float(schedule[int(torch.randint(len(schedule), (1,), generator=rng))])
-
-
-def distill_batch(cache_path: Path, samples: Sequence[int], seed: int, step: int, *, image_to_video: bool,
-                  w_range: tuple[float, float], sigma_draws: Sequence[Callable[[torch.Generator], float]],
-                  generator_step: bool = False) -> DistillBatch:
-    """The batch of ``samples`` at ``step``: each sample's image dropout, guidance scale, and one noise level and
-    noise per entry of ``sigma_draws`` (a callable of the sample's generator), all from ``sample_rng``."""
-    cache = _load_cache(str(cache_path))
-    rows = []
-    for index in samples:
-        rng = sample_rng(seed, step, index)
-        x0 = cache["latents"][index]
-        drop_image = _float(rng) < IMAGE_DROPOUT
-        guidance = 1 + w_range[0] + (w_range[1] - w_range[0]) * _float(rng)
-        sigmas = [float(draw(rng)) for draw in sigma_draws]
-        noises = torch.stack([torch.randn(x0.shape, generator=rng) for _ in sigma_draws])
-        cond, uncond = _conditions(cache, index, int(cache["captions"][index]), image_to_video, drop_image, x0.shape[1])
-        rows.append((x0, cond, uncond, guidance, sigmas, noises))
-    x0, cond, uncond, guidance, sigmas, noises = zip(*rows)
-    return DistillBatch(torch.stack(x0), _stack(cond), _stack(uncond), torch.tensor(guidance), torch.tensor(sigmas),
-                        torch.stack(noises), generator_step)
 
 
 class CfgTrainee(torch.nn.Module):
@@ -556,9 +398,9 @@ class DistillStage:
         shift = self.preset.flow_shift
         if self.kind == "cfg":
             return distill_batch(self.cache, samples, seed, step, image_to_video=self.teacher.image_to_video,
-                                 w_range=(self.cfg.w_min, self.cfg.w_max), sigma_draws=[partial(_training_level, shift)])
-        draws = [partial(_step_level, self.dmd2.schedule(shift)), partial(_judge_level, shift),
-                 partial(_training_level, shift)]
+                                 w_range=(self.cfg.w_min, self.cfg.w_max), sigma_draws=[partial(training_level, shift)])
+        draws = [partial(step_level, self.dmd2.schedule(shift)), partial(judge_level, shift),
+                 partial(training_level, shift)]
         return distill_batch(self.cache, samples, seed, step, image_to_video=self.teacher.image_to_video,
                              w_range=(self.dmd2.w_min, self.dmd2.w_max), sigma_draws=draws,
                              generator_step=step % self.dmd2.fake_updates == 0)

@@ -86,7 +86,8 @@ def make_stage(
     from magic141.training.transformer import TransformerStage, build_cache, cache_path, encoders
 
     if name in ("cfg", "dmd2"):
-        from magic141.training.distill import CfgSettings, DistillStage, Dmd2Settings, Teacher
+        from magic141.training.distill import CfgSettings, DistillStage, Dmd2Settings
+        from magic141.training.distill_data import Teacher
 
         settings = CfgSettings(**(distillation or {})) if name == "cfg" else Dmd2Settings(**(distillation or {}))
         teacher = teacher if teacher is not None else preset.weights_folder
