@@ -38,6 +38,7 @@ from magic141.utils import InputError
 logger = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2
+LOSS_PLOT_POINTS = 50  # the running mean of a loss plot spans this fraction of the logged steps
 SCHEDULES = ("constant", "cosine")
 StepCallback = Callable[[int, int, float], None]
 
@@ -275,7 +276,8 @@ def _truncate_losses(out: Path, step: int) -> None:
 
 
 def plot_losses(out: Path, title: str) -> Path:
-    """Write ``loss.png``: every logged value against the step, on a log scale where all are positive."""
+    """Write ``loss.png``: every logged value against the step, on a log scale where all are positive, faint, with
+    its running mean over a fiftieth of the run drawn over it (a batch's loss is noisy; the mean shows the trend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,7 +288,14 @@ def plot_losses(out: Path, title: str) -> Path:
     names = list(dict.fromkeys(k for e in entries for k in e if k != "step"))
     for name in names:  # a value logged on some steps only (a generator's loss) is drawn over those steps
         logged = [e for e in entries if name in e]
-        axis.plot([e["step"] for e in logged], [e[name] for e in logged], label=name, linewidth=1)
+        steps, values = [e["step"] for e in logged], [e[name] for e in logged]
+        window = len(values) // LOSS_PLOT_POINTS
+        if window < 2:
+            axis.plot(steps, values, label=name, linewidth=1)
+            continue
+        (raw,) = axis.plot(steps, values, linewidth=0.6, alpha=0.3)
+        mean = np.convolve(values, np.ones(window) / window, mode="valid")
+        axis.plot(steps[window - 1:], mean, color=raw.get_color(), linewidth=1.6, label=f"{name} (mean of {window})")
     if entries and all(e.get(n, 1) > 0 for e in entries for n in names):
         axis.set_yscale("log")
     axis.set_xlabel("step")
