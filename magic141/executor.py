@@ -31,7 +31,7 @@ import PIL.Image
 import torch
 
 from magic141.presets import Preset
-from magic141.sampler import SamplerConfig, sample_codenoise, start_noise_level
+from magic141.sampler import SamplerConfig, anchors_first_frame, sample_codenoise, start_noise_level
 from magic141.windows import Window
 
 if TYPE_CHECKING:
@@ -242,7 +242,8 @@ def render_windows(
 
     noise = timeline_noise(executor.preset.at_size(job.size), job.seed, plan[-1].latent_stop)
     latents = sample_codenoise(
-        noise, image_latents, plan, job.sampler, predict, noise_level=start_noise_level(executor.convention)
+        noise, image_latents, plan, job.sampler, predict, noise_level=start_noise_level(executor.convention),
+        anchor=anchors_first_frame(executor.convention, job.sampler),
     )
     inputs = [(window, latents[:, :, window.latent_start : window.latent_stop].clone()) for window in plan]
     for done, (window, frames, work) in enumerate(executor.decode(job, inputs), start=1):

@@ -37,7 +37,14 @@ from magic141.executor import (
 from magic141.presets import Preset, get_preset
 from magic141.prompt_encoding import encode_magic141
 from magic141.quantization import QUANTIZED_COMPONENTS, quantize_weights
-from magic141.sampler import PromptEmbeddings, SamplerConfig, denoise, sample_window, start_noise_level
+from magic141.sampler import (
+    PromptEmbeddings,
+    SamplerConfig,
+    anchors_first_frame,
+    denoise,
+    sample_window,
+    start_noise_level,
+)
 from magic141.utils import InputError
 from magic141.weights import WeightPaths, load_i2v_components
 from magic141.windows import Window, plan_windows
@@ -332,6 +339,7 @@ class Magic141Pipeline:
             conditioning.negative,
             on_step,
             self.noise_level,
+            anchors_first_frame(self.components.convention, sampler),
         )
         return self.decode_window(latents, window)
 

@@ -49,6 +49,7 @@ class SamplerConfig:
     guidance_scale: float = 6.0
     true_cfg_scale: float = 1.0
     flow_shift: float = 7.0
+    first_frame_anchor: bool | None = None  # the first latent frame := the image's; None: as the convention says
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -71,6 +72,24 @@ def _scheduler(config: SamplerConfig, device: torch.device) -> FlowMatchEulerDis
 def start_noise_level(convention: str) -> float:
     """How much of the starting point is noise: :data:`NOISE_LEVEL` (``diffusers``), or all of it (``official``)."""
     return 1.0 if convention == "official" else NOISE_LEVEL
+
+
+def anchors_first_frame(convention: str, config: SamplerConfig | None = None) -> bool:
+    """Whether sampling ends with the first latent frame set to the first frame's own latent: as ``config``
+    asks, else by the convention (``diffusers``: yes, the video starts with the image it was given, and
+    diffusers' pipeline drops the generated frame 0 for the same reason; ``official``: the generated one stays)."""
+    if config is not None and config.first_frame_anchor is not None:
+        return config.first_frame_anchor
+    return convention != "official"
+
+
+def anchored(latents: torch.Tensor, image_latents: torch.Tensor) -> torch.Tensor:
+    """``latents`` (B, C, T, h, w) with latent frame 0 replaced by the first frame's latent (B, C, 1, h, w).
+
+    The causal video VAE encodes a video's first frame on its own, so its latent is exactly the first latent
+    frame of the video; the later frames are left as sampled.
+    """
+    return torch.cat([image_latents.to(latents.dtype), latents[:, :, 1:]], dim=2)
 
 
 def initial_latents(noise: torch.Tensor, image_latents: torch.Tensor, noise_level: float = NOISE_LEVEL) -> torch.Tensor:
@@ -135,11 +154,13 @@ def sample_window(
     negative: PromptEmbeddings | None = None,
     on_step: Callable[[int, int], None] | None = None,
     noise_level: float = NOISE_LEVEL,
+    anchor: bool = False,
 ) -> torch.Tensor:
     """Sample one window's latents from ``noise`` (B, C, T, h, w), float32, with ``config.steps`` Euler steps.
 
     ``image_latents`` (B, C, 1, h, w) is the scaled VAE latent of the first frame; sampling starts at
-    :func:`initial_latents` with ``noise_level``.
+    :func:`initial_latents` with ``noise_level``; with ``anchor`` the result's first latent frame is that
+    latent (:func:`anchored`).
     """
     scheduler = _scheduler(config, noise.device)
     latents = initial_latents(noise, image_latents, noise_level)
@@ -157,7 +178,7 @@ def sample_window(
         latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
         if on_step is not None:
             on_step(index + 1, config.steps)
-    return latents
+    return anchored(latents, image_latents) if anchor else latents
 
 
 WindowPredictor = Callable[[int, torch.Tensor, list[tuple[Window, torch.Tensor]]], list[torch.Tensor]]
@@ -172,12 +193,14 @@ def sample_codenoise(
     predict: WindowPredictor,
     on_step: Callable[[int, int], None] | None = None,
     noise_level: float = NOISE_LEVEL,
+    anchor: bool = False,
 ) -> torch.Tensor:
     """Co-denoise the timeline ``noise`` (1, C, L, h, w) covered by ``windows``; float32 latents.
 
     ``predict(step, timestep, [(window, latents), ...])`` returns one velocity per window, each
     (1, C, T, h, w); window 0 carries the image condition. The result does not depend on how
     ``predict`` groups or places the windows as long as each prediction is a function of its input.
+    With ``anchor`` the timeline's first latent frame is the first frame's latent (:func:`anchored`).
     """
     if noise.shape[2] != windows[-1].latent_stop or windows[0].latent_start != 0:
         raise ValueError(
@@ -197,4 +220,4 @@ def sample_codenoise(
         latents = scheduler.step(fused, timestep, latents, return_dict=False)[0]
         if on_step is not None:
             on_step(index + 1, config.steps)
-    return latents
+    return anchored(latents, image_latents) if anchor else latents

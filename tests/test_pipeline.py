@@ -8,7 +8,7 @@ import torch
 from magic141.pipeline import Magic141Pipeline, fit_image
 from magic141.presets import PRESETS, get_preset
 from magic141.prior import ImagePrior
-from magic141.sampler import SamplerConfig, sample_codenoise, sample_window
+from magic141.sampler import SamplerConfig, anchors_first_frame, sample_codenoise, sample_window
 
 
 def render(
@@ -33,9 +33,25 @@ def test_one_parallel_window_is_the_single_window_sampler(tiny_pipeline, prior_i
     conditioning = pipe.prepare(prior_image, "waves")
     (window,) = pipe.plan(pipe.preset.window_frames, "parallel")
     noise = pipe.timeline_noise(11, window.latent_frames)
-    expected = sample_window(pipe.components.transformer, noise, conditioning.image_latents, conditioning.positive, sampler)
+    expected = sample_window(pipe.components.transformer, noise, conditioning.image_latents, conditioning.positive, sampler,
+                             anchor=True)
     (rendered,) = pipe(prior_image, "waves", num_frames=pipe.preset.window_frames, seed=11, sampler=sampler, windows="parallel")
     assert np.array_equal(rendered.frames, pipe.decode_window(expected, window))
+
+
+def test_a_video_starts_with_the_latent_of_its_first_frame_and_the_rest_is_as_sampled(tiny_pipeline, prior_image):
+    """Under the ``diffusers`` convention the first latent frame is the image's own (the causal VAE encodes a
+    video's first frame alone); frames 1 on are untouched, so they keep their parity with diffusers."""
+    pipe = tiny_pipeline
+    conditioning = pipe.prepare(prior_image, "waves")
+    (window,) = pipe.plan(pipe.preset.window_frames, "chained")
+    args = (pipe.components.transformer, pipe.noise(3, window), conditioning.image_latents, conditioning.positive,
+            SamplerConfig(steps=2))
+    free, anchored = sample_window(*args), sample_window(*args, anchor=True)
+    assert torch.equal(anchored[:, :, :1], conditioning.image_latents)
+    assert torch.equal(anchored[:, :, 1:], free[:, :, 1:])
+    assert not torch.equal(free[:, :, :1], conditioning.image_latents), "the sampler alone does not reproduce it"
+    assert anchors_first_frame(pipe.components.convention) and not anchors_first_frame("official")
 
 
 def test_co_denoising_does_not_depend_on_how_windows_are_grouped(tiny_pipeline, prior_image):

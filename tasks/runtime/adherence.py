@@ -47,6 +47,7 @@ class AdherenceSettings:
     seed: int = 0
     guidance: float | None = None  # the guidance input; None: the preset's
     true_cfg: float = 1.0  # > 1: classifier-free guidance in two passes, against the empty prompt
+    first_frame_anchor: bool | None = None  # None: as the weights' convention says (magic141.sampler)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -108,7 +109,7 @@ def evaluate_adherence(
     num_frames = preset.window_frames if settings.seconds is None else round(settings.seconds * preset.fps)
     steps, guidance = preset.sampling(settings.steps, settings.guidance)
     sampler = SamplerConfig(steps=steps, guidance_scale=guidance, true_cfg_scale=settings.true_cfg,
-                            flow_shift=preset.flow_shift)
+                            flow_shift=preset.flow_shift, first_frame_anchor=settings.first_frame_anchor)
     negative = "" if settings.true_cfg > 1 else None
     captions = split_captions(settings.split)
     cases = []
