@@ -15,6 +15,7 @@ In both, the pooled vector comes from the CLIP text encoder.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import PIL.Image
@@ -70,17 +71,21 @@ def _subsequence_end(sequence: list[int], pattern: list[int]) -> int:
 
 
 @torch.no_grad()
-def vlm_image_tokens(components: I2VComponents, image: PIL.Image.Image, device: torch.device) -> torch.Tensor:
-    """(1, N, D) last-layer VLM states of the user turn of :data:`VLM_IMAGE_PROMPT`, every 4th image token kept."""
+def vlm_image_tokens(
+    components: I2VComponents, image: PIL.Image.Image | Sequence[PIL.Image.Image], device: torch.device
+) -> torch.Tensor:
+    """(B, N, D) last-layer VLM states of the user turn of :data:`VLM_IMAGE_PROMPT`, every 4th image token kept,
+    for one image (B = 1) or a batch of them (every image's prompt is the same, so none is padded)."""
+    images = [image] if isinstance(image, PIL.Image.Image) else list(image)
     tokenizer, vlm = components.tokenizer, components.text_encoder
     image_id = vlm.config.image_token_index
     ids = tokenizer(VLM_IMAGE_PROMPT).input_ids
     at = ids.index(image_id)
     ids = ids[:at] + [image_id] * vlm.config.image_seq_length + ids[at + 1 :]
-    pixels = components.image_processor(image, return_tensors="pt").pixel_values
+    pixels = components.image_processor(images, return_tensors="pt").pixel_values
     states = vlm(
-        input_ids=torch.tensor([ids], device=device),
-        attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=device),
+        input_ids=torch.tensor([ids] * len(images), device=device),
+        attention_mask=torch.ones(len(images), len(ids), dtype=torch.long, device=device),
         pixel_values=pixels.to(device, vlm.dtype),
         output_hidden_states=True,
     ).hidden_states[-1]

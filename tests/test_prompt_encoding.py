@@ -91,3 +91,16 @@ def test_a_window_renders_with_the_official_conditioning(official: Magic141Pipel
     default = np.concatenate([w.frames for w in tiny_pipeline(start, "a fox in the snow", num_frames=12, seed=3,
                                                               sampler=SamplerConfig())])
     assert not np.array_equal(frames, default), "the conditioning reaches the transformer"
+
+
+def test_a_batch_of_images_gets_each_image_s_own_tokens(official: Magic141Pipeline):
+    """The latent cache encodes its windows' first frames in batches: the same states as one at a time."""
+    from magic141.prompt_encoding import vlm_image_tokens
+
+    images = [PIL.Image.new("RGB", (64, 48), colour) for colour in ((200, 30, 30), (20, 40, 220), (240, 220, 20))]
+    cpu = torch.device("cpu")
+    batched = vlm_image_tokens(official.components, images, cpu)
+    single = torch.cat([vlm_image_tokens(official.components, image, cpu) for image in images])
+    assert batched.shape[0] == 3
+    torch.testing.assert_close(batched, single)
+    assert not torch.equal(batched[0], batched[1])

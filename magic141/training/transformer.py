@@ -98,9 +98,9 @@ def build_cache(
         pixels = torch.from_numpy(np.stack([video for _, video, _ in windows])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         latents.append(vae.encode(pixels).latent_dist.mean * _scale(vae))  # (B, C, T, h, w)
         firsts.append(vae.encode(pixels[:, :, :1]).latent_dist.mean * _scale(vae))  # (B, C, 1, h, w)
-        for caption, _, first in windows:
-            tokens.append(vlm_image_tokens(components, PIL.Image.fromarray(first), torch.device("cpu"))[0])
-            caption_ids.append(text_index[caption.text])
+        firsts_seen = [PIL.Image.fromarray(first) for _, _, first in windows]
+        tokens.extend(vlm_image_tokens(components, firsts_seen, torch.device("cpu")))
+        caption_ids.extend(text_index[caption.text] for caption, _, _ in windows)
         if on_progress is not None:
             on_progress(chunk + len(windows), samples)
     tensors = {
