@@ -22,13 +22,15 @@ SEED = 7
 
 
 class _Recorder:
-    """Stands in for a component, records its first positional argument on every call, and delegates."""
+    """Stands in for a component, records its first positional argument on every call (each item of a batch),
+    and delegates."""
 
     def __init__(self, wrapped, seen: list) -> None:
         self.wrapped, self.seen = wrapped, seen
 
     def __call__(self, *args, **kwargs):
-        self.seen.append(args[0] if args else next(iter(kwargs.values())))
+        given = args[0] if args else next(iter(kwargs.values()))
+        self.seen.extend(given if isinstance(given, list) else [given])
         return self.wrapped(*args, **kwargs)
 
     def __getattr__(self, name):
