@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks.catalog import plain_url
 from tasks.produce import produce_video
 from tasks.record import VideoRecord
 from tasks.request import GenerateRequest
@@ -25,9 +23,7 @@ def generate(request: GenerateRequest) -> VideoRecord:
     The request was checked when it was built (:class:`GenerateRequest`). The prior's decision is recorded as
     ``prior_details``. Work folders that dead runs left in the output folder are removed first.
     """
-    output = request.output
-    folder = Path(output.path).parent
+    folder = Path(request.output.path).parent
     folder.mkdir(exist_ok=True)  # a folder to create was allowed when the output was built
-    request = replace(request, output=replace(output, catalog_url=plain_url(output.catalog_url)))
-    sweep_work_dirs(folder, request.output.catalog_url)
+    sweep_work_dirs(folder, request.output.url)
     return produce_video(request, flow_run.get_id())

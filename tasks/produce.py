@@ -42,14 +42,14 @@ def _produce_video(request: GenerateRequest, flow_run_id: str | None) -> VideoRe
     started = time.perf_counter()
     output = request.output
     out = Path(output.path)
-    with work_folder(out, output.catalog_url) as work_dir:
+    with work_folder(out, output.url) as work_dir:
         prior = prepare_prior(request, str(work_dir))
         staged = work_dir / STAGED_VIDEO
         with gpu_slot(output.gpu_limit):
             rendered = render_video(request, prior.path, str(staged))
         sheet = write_contact_sheet(staged) if output.thumbnail else None
         inode = staged.stat().st_ino
-        winner = claim(staged, out, output.catalog_url, output.content_key)
+        winner = claim(staged, out, output.url, output.content_key)
         video = replace(rendered, path=str(out), prior=prior, prior_path=prior.path)
         if winner is not None:
             logger.info("video %s already has content key %s; discarding this copy", winner, output.content_key)
@@ -66,9 +66,9 @@ def _produce_video(request: GenerateRequest, flow_run_id: str | None) -> VideoRe
             request, flow_run_id)
         try:
             if output.content_key is None:
-                video_id, added = record_video(output.catalog_url, fields, rendered.windows), True
+                video_id, added = record_video(output.url, fields, rendered.windows), True
             else:
-                video_id, added = record_video_once(output.catalog_url, fields, rendered.windows)
+                video_id, added = record_video_once(output.url, fields, rendered.windows)
         except BaseException:
             remove_if_ours(published)
             raise

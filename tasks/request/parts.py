@@ -354,6 +354,11 @@ class OutputSpec:
         if self.content_key is None:
             check_output_free(self.path, self.create_folder)
 
+    @property
+    def url(self) -> str:
+        """The catalog URL itself (``catalog_url`` keeps a password out of run parameters as a ``SecretStr``)."""
+        return self.catalog_url if isinstance(self.catalog_url, str) else self.catalog_url.get_secret_value()
+
 
 @dataclass(frozen=True)
 class GenerateRequest:
