@@ -15,7 +15,6 @@ for smooth edges: the same (caption, seed) always gives the same frames, on any 
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 from dataclasses import dataclass
@@ -50,7 +49,6 @@ SIZE_RANGE = (0.11, 0.19)  # an object's half-extent at rest, as a fraction of t
 GROW_RANGE = (0.07, 0.24)  # the half-extents a growing or shrinking object oscillates between
 GROW_PERIOD_S = 3.0  # seconds from small to large and back
 SUPERSAMPLE = 4
-MIN_CONTRAST = 64  # a recoloured object differs from its background by at least this much in one channel
 
 _CAPTION = re.compile(
     rf"a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) ({'|'.join(MOTIONS)}) on a ({'|'.join(BACKGROUNDS)}) background"
@@ -130,8 +128,6 @@ class Scene:
     y: float
     size: float  # half-extent at t = 0
     speed: float  # px per second (translation) or half-extent px per second (growing, shrinking)
-    object_rgb: tuple[int, int, int]  # the caption's colour, unless recoloured
-    background_rgb: tuple[int, int, int]
 
 
 def sample_scene(caption: Caption, width: int, height: int, seed: int) -> Scene:
@@ -147,8 +143,7 @@ def sample_scene(caption: Caption, width: int, height: int, seed: int) -> Scene:
             size = large - (size - small)
         speed = rng.uniform(0.8, 1.2) * 2 * span / GROW_PERIOD_S
         margin = large + 1
-        x, y = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
-        return Scene(caption, x, y, size, speed, COLOURS[caption.colour], BACKGROUNDS[caption.background])
+        return Scene(caption, rng.uniform(margin, width - margin), rng.uniform(margin, height - margin), size, speed)
     size = rng.uniform(*SIZE_RANGE) * side
     dx, dy = DIRECTIONS.get(caption.motion, (0, 0))
     extent = width if dx else height
@@ -156,18 +151,7 @@ def sample_scene(caption: Caption, width: int, height: int, seed: int) -> Scene:
     # Start where one second of travel stays inside the frame.
     xs = _start_range(width, size, dx * speed)
     ys = _start_range(height, size, dy * speed)
-    return Scene(caption, rng.uniform(*xs), rng.uniform(*ys), size, speed, COLOURS[caption.colour],
-                 BACKGROUNDS[caption.background])
-
-
-def recolour(scene: Scene, rng: np.random.Generator) -> Scene:
-    """``scene`` with an object and a background of random RGB colours, at least ``MIN_CONTRAST`` apart in some
-    channel: the same shapes and motions in colours outside the grammar (a VAE decoder trained on them decodes
-    any colour it is given, not only the world's)."""
-    while True:
-        obj, background = (tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(2))
-        if max(abs(a - b) for a, b in zip(obj, background)) >= MIN_CONTRAST:
-            return dataclasses.replace(scene, object_rgb=obj, background_rgb=background)
+    return Scene(caption, rng.uniform(*xs), rng.uniform(*ys), size, speed)
 
 
 def _start_range(extent: int, size: float, travel: float) -> tuple[float, float]:
@@ -219,8 +203,8 @@ def render_frame(scene: Scene, t: float, width: int, height: int) -> np.ndarray:
     """The frame at ``t`` seconds, (H, W, 3) uint8."""
     x, y, size = scene_state(scene, t, width, height)
     alpha = _coverage(scene.caption.shape, x, y, size, width, height)[..., None]
-    colour = np.asarray(scene.object_rgb, np.float32)
-    background = np.asarray(scene.background_rgb, np.float32)
+    colour = np.asarray(COLOURS[scene.caption.colour], np.float32)
+    background = np.asarray(BACKGROUNDS[scene.caption.background], np.float32)
     return np.rint(alpha * colour + (1 - alpha) * background).astype(np.uint8)
 
 

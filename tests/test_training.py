@@ -109,35 +109,6 @@ def test_a_stage_described_by_tuples_resumes(tmp_path: Path) -> None:
     assert len(result.losses) == 4 and (tmp_path / "vae" / "final" / "config.json").is_file()
 
 
-def test_a_decoder_fine_tune_trains_only_the_decoder_and_keeps_the_encoder_s_latents_and_scale(tmp_path: Path) -> None:
-    from magic141.presets import get_preset
-    from magic141.training.vae import VaeStage
-
-    preset = get_preset("tiny")
-    base = train(VaeStage(preset.vae, preset.width, preset.height, preset.fps),
-                 _settings(tmp_path / "vae", 2, batch_size=2)).final
-    stage = VaeStage(preset.vae, preset.width, preset.height, preset.fps, decoder_of=base, random_colours=0.5)
-    tuned = train(stage, _settings(tmp_path / "decoder", 3, batch_size=2)).final
-    before, after = load_file(base / "diffusion_pytorch_model.safetensors"), load_file(
-        tuned / "diffusion_pytorch_model.safetensors")
-    encoder = [key for key in before if key.startswith(("encoder.", "quant_conv."))]
-    decoder = [key for key in before if key.startswith(("decoder.", "post_quant_conv."))]
-    assert encoder and decoder and len(encoder) + len(decoder) == len(before)
-    assert all(torch.equal(before[key], after[key]) for key in encoder)
-    assert sum(not torch.equal(before[key], after[key]) for key in decoder) > len(decoder) // 2
-    scale = [json.loads((folder / "config.json").read_text())["scaling_factor"] for folder in (base, tuned)]
-    assert scale[0] == scale[1] != preset.vae.scaling_factor  # measured once, on the encoder's latents, then kept
-    assert stage.describe()["decoder_of"] != VaeStage(preset.vae, preset.width, preset.height, preset.fps,
-                                                      decoder_of=tuned).describe()["decoder_of"]
-    toy = get_preset("toy")
-    with pytest.raises(TrainingError, match="is a VAE of another geometry \\(block_out_channels"):
-        VaeStage(toy.vae, toy.width, toy.height, toy.fps, decoder_of=base)
-    with pytest.raises(TrainingError, match="holds no VAE \\(no config.json\\)"):
-        VaeStage(preset.vae, preset.width, preset.height, preset.fps, decoder_of=tmp_path)
-    with pytest.raises(TrainingError, match="--random-colours must be a share between 0 and 1, got 1.5"):
-        VaeStage(preset.vae, preset.width, preset.height, preset.fps, random_colours=1.5)
-
-
 def test_two_ray_train_workers_follow_the_loss_curve_of_one(tmp_path: Path) -> None:
     one = train(_stage(), _settings(tmp_path / "one", 4))
     seen: list[int] = []

@@ -138,15 +138,6 @@ PresetOption = Annotated[str, typer.Option("--preset", help="Preset whose archit
 def train_vae(
     context: typer.Context,
     preset: PresetOption = "toy",
-    decoder_of: Annotated[
-        Path | None,
-        typer.Option("--decoder-of", help="Fine-tune only the decoder of this trained VAE: its encoder, latents and "
-                     "scaling factor stay as they are, so latent caches and transformers trained on them stay valid."),
-    ] = None,
-    random_colours: Annotated[
-        float, typer.Option("--random-colours", help="Share of clips drawn in random RGB object and background colours "
-                            "instead of the world's named ones.")
-    ] = 0.0,
     out: OutOption = Path("out/train/vae"),
     max_steps: StepsOption = DEFAULTS["vae"].max_steps,
     seed: SeedOption = 0,
@@ -164,7 +155,7 @@ def train_vae(
     Its final/ folder is a diffusers AutoencoderKLHunyuanVideo, with the scaling factor measured on its latents.
     """
     settings = _run_settings(locals())
-    stage = _stage("vae", preset, decoder_of=decoder_of, random_colours=random_colours)
+    stage = _stage("vae", preset)
     _train(context, lambda: stage, settings, ray_address, as_json)
 
 

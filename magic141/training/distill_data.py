@@ -8,6 +8,7 @@ drawn from ``sample_rng`` so that a resumed run draws what an uninterrupted one 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -17,7 +18,7 @@ import torch
 
 from magic141.conditioning import image_condition
 from magic141.presets import Preset
-from magic141.training.loop import TrainingError, folder_fingerprint, sample_rng
+from magic141.training.loop import TrainingError, sample_rng
 from magic141.training.transformer import IMAGE_DROPOUT, _load_cache
 
 DMD_SIGMA_RANGE = (0.02, 0.98)  # the noise levels, before the flow shift, at which the real and fake models judge
@@ -25,6 +26,15 @@ DMD_SIGMA_RANGE = (0.02, 0.98)  # the noise levels, before the flow shift, at wh
 
 def shifted(u: float, flow_shift: float) -> float:
     return flow_shift * u / (1 + (flow_shift - 1) * u)
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 over a model folder's config and safetensors files (names and bytes)."""
+    digest = hashlib.sha256()
+    for path in sorted([*folder.glob("*.json"), *folder.glob("*.safetensors")]):
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

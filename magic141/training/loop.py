@@ -19,7 +19,6 @@ and passes ``wrap`` (DistributedDataParallel); rank 0 alone writes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -123,15 +122,6 @@ class Stage(Protocol):
 
     def save(self, trainee: torch.nn.Module, folder: Path) -> None:
         """Write the trainee as a loadable weights folder."""
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """sha256 over a model folder's config and safetensors files (names and bytes)."""
-    digest = hashlib.sha256()
-    for path in sorted([*folder.glob("*.json"), *folder.glob("*.safetensors")]):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def sample_rng(seed: int, step: int, sample: int) -> torch.Generator:

@@ -10,17 +10,10 @@ posterior's mean, which is what the pipelines encode (its variance is not traine
 is not meaningful for this VAE), and a small penalty on the mean, the KL term's, keeps the latents near unit
 scale. The saved folder's ``scaling_factor`` is measured on training clips (one over the latents' standard
 deviation), as Stable Diffusion's and HunyuanVideo's are, so the transformer sees latents of unit variance.
-
-A decoder fine-tune (``decoder_of``) trains only the decoder of a trained VAE: its encoder, hence its latents,
-its scaling factor, every latent cache and every transformer trained on them, stay valid. With
-``random_colours`` a share of its clips shows the world's shapes and motions in random RGB colours, so the
-decoder learns to draw what the latent holds rather than the few scenes it saw (a VAE trained on the training
-captions alone draws rings and wrong hues around held-out combinations).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,12 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKLHunyuanVideo
 
 from magic141.components import build_vae
 from magic141.presets import VAEConfig
-from magic141.toy_world import recolour, render_video, sample_scene, split_captions
-from magic141.training.loop import TrainingError, folder_fingerprint, sample_rng
+from magic141.toy_world import render_video, sample_scene, split_captions
+from magic141.training.loop import sample_rng
 
 LATENT_PENALTY = 1e-3  # weight of the mean squared latent (the KL divergence's mean term)
 OBJECT_DISTANCE = 0.1  # a pixel whose channels differ this much from its frame's corner pixel is the object's
@@ -60,17 +52,13 @@ def reconstruction_errors(decoded: torch.Tensor, pixels: torch.Tensor) -> tuple[
 
 
 class VaeTrainee(torch.nn.Module):
-    def __init__(self, vae: torch.nn.Module, train_encoder: bool = True) -> None:
+    def __init__(self, vae: torch.nn.Module) -> None:
         super().__init__()
         self.vae = vae
-        self.train_encoder = train_encoder
-        vae.encoder.requires_grad_(train_encoder)
-        vae.quant_conv.requires_grad_(train_encoder)
 
     def forward(self, batch: VideoBatch) -> tuple[torch.Tensor, dict[str, float]]:
         pixels = batch.pixels
-        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
-            latents = self.vae.encode(pixels).latent_dist.mean  # (B, C, T, h, w)
+        latents = self.vae.encode(pixels).latent_dist.mean  # (B, C, T, h, w)
         decoded = self.vae.decode(latents).sample  # (B, 3, F, H, W)
         object_error, background_error = reconstruction_errors(decoded, pixels)
         penalty = latents.pow(2).mean()
@@ -87,59 +75,27 @@ def _frames_tensor(videos: Sequence[np.ndarray]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class VaeStage:
-    """The toy world's video VAE at the preset's frame size and frame rate, trained whole from a seed, or only the
-    decoder of the VAE in ``decoder_of``; ``random_colours`` of the clips are recoloured at random."""
+    """The toy world's video VAE at the preset's frame size and frame rate."""
 
     config: VAEConfig
     width: int
     height: int
     fps: int
-    decoder_of: Path | None = None
-    random_colours: float = 0.0
     name: str = "vae"
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.random_colours <= 1.0:
-            raise TrainingError(f"--random-colours must be a share between 0 and 1, got {self.random_colours}")
-        if self.decoder_of is not None:
-            self._check_decoder_of(self.decoder_of)
-
-    def _check_decoder_of(self, folder: Path) -> None:
-        """Refuse a folder that holds no VAE, or a VAE of another geometry than the preset's."""
-        config_file = Path(folder) / "config.json"
-        if not config_file.is_file():
-            raise TrainingError(f"--decoder-of {folder} holds no VAE (no config.json); pass the final/ folder of "
-                                "'magic141 train vae' or a weights folder's vae/")
-        config = json.loads(config_file.read_text())
-        expected = {key: value for key, value in asdict(self.config).items() if key != "scaling_factor"}
-        wrong = [f"{key} {config.get(key)!r} there, {value!r} in the preset" for key, value in expected.items()
-                 if config.get(key) != (list(value) if isinstance(value, tuple) else value)]
-        if wrong:
-            raise TrainingError(f"--decoder-of {folder} is a VAE of another geometry ({'; '.join(wrong)}); pass a VAE "
-                                "trained for this preset")
-
     def describe(self) -> dict[str, Any]:
-        described = {"vae": asdict(self.config), "frame": [self.width, self.height], "fps": self.fps,
-                     "clips": CLIP_FRAMES, "random_colours": self.random_colours}
-        if self.decoder_of is not None:
-            described["decoder_of"] = folder_fingerprint(self.decoder_of)
-        return described
+        return {"vae": asdict(self.config), "frame": [self.width, self.height], "fps": self.fps, "clips": CLIP_FRAMES}
 
     def build(self, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        if self.decoder_of is None:
-            return VaeTrainee(build_vae(self.config))
-        return VaeTrainee(AutoencoderKLHunyuanVideo.from_pretrained(str(self.decoder_of)), train_encoder=False)
+        return VaeTrainee(build_vae(self.config))
 
     def _sample(self, seed: int, step: int, index: int, frames: int) -> np.ndarray:
         rng = sample_rng(seed, step, index)
         captions = split_captions("train")
         caption = captions[int(torch.randint(len(captions), (1,), generator=rng))]
         start = float(torch.rand(1, generator=rng)) * 3.0
-        scene_seed = int(torch.randint(2**31, (1,), generator=rng))
-        scene = sample_scene(caption, self.width, self.height, scene_seed)
-        if float(torch.rand(1, generator=rng)) < self.random_colours:
-            scene = recolour(scene, np.random.default_rng(scene_seed))
+        scene = sample_scene(caption, self.width, self.height, int(torch.randint(2**31, (1,), generator=rng)))
         return render_video(scene, frames, self.fps, self.width, self.height, start=start)
 
     def batch(self, seed: int, step: int, samples: Sequence[int]) -> VideoBatch:
@@ -156,6 +112,5 @@ class VaeStage:
 
     def save(self, trainee: torch.nn.Module, folder: Path) -> None:
         vae = trainee.vae.eval()
-        if self.decoder_of is None:  # a decoder fine-tune keeps its encoder's latents, hence their scale
-            vae.register_to_config(scaling_factor=self.scaling_factor(vae))
+        vae.register_to_config(scaling_factor=self.scaling_factor(vae))
         vae.save_pretrained(folder, safe_serialization=True)

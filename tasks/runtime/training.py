@@ -57,16 +57,13 @@ def make_stage(
     autoencoder_steps: int = PRIOR_AUTOENCODER_STEPS,
     teacher: Path | None = None,
     distillation: dict[str, Any] | None = None,
-    decoder_of: Path | None = None,
-    random_colours: float = 0.0,
     on_cache: Callable[[int, int], None] | None = None,
 ) -> Any:
     """The stage ``name`` of ``preset_name``; a transformer stage's latent cache is built first when missing.
 
     The distillations (``cfg``, ``dmd2``) take their ``teacher`` (default: the preset's own weights folder) and
     their ``distillation`` settings (:class:`magic141.training.distill.CfgSettings` or ``Dmd2Settings`` fields);
-    their cache is encoded by the teacher's VAE (or ``vae`` for a bare T2V teacher). The VAE stage trains only the
-    decoder of ``decoder_of`` when given, on clips of which ``random_colours`` are recoloured at random."""
+    their cache is encoded by the teacher's VAE (or ``vae`` for a bare T2V teacher)."""
     from magic141.presets import get_preset
 
     if name not in STAGES:
@@ -79,7 +76,7 @@ def make_stage(
     if name == "vae":
         from magic141.training.vae import VaeStage
 
-        return VaeStage(preset.vae, preset.width, preset.height, preset.fps, decoder_of, random_colours)
+        return VaeStage(preset.vae, preset.width, preset.height, preset.fps)
     if name == "prior":
         from magic141.training.prior import PriorStage
 
