@@ -36,6 +36,7 @@ bench: $(VENV)/.synced
 	$(VENV)/bin/python bench/quantization.py
 	$(VENV)/bin/python bench/long_video.py
 	$(VENV)/bin/python bench/toy_world.py
+	$(VENV)/bin/python bench/text_reading.py
 	$(VENV)/bin/python bench/retrieval.py   # about 30 min on 2 cores; creates bench/.autofaiss-venv
 
 # The shipped toy-world weights (magic141/toy_weights), every stage trained from scratch on this machine's CPUs
