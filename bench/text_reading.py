@@ -41,16 +41,17 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from diffusers import HunyuanVideoTransformer3DModel
+    from safetensors.torch import load_file
 
     from magic141.pipeline import Magic141Pipeline
-    from magic141.training.transformer import FlowTrainee, TransformerStage, _load_cache, build_cache
+    from magic141.training.transformer import FlowTrainee, TransformerStage, build_cache
 
     pipeline = Magic141Pipeline.from_preset("toy", weights=args.weights)
     preset = pipeline.preset
     batches = max(1, args.windows // BATCH)
     with tempfile.TemporaryDirectory() as scratch:
         path = build_cache(pipeline.components, preset, batches * BATCH, CACHE_SEED, Path(scratch) / "windows.safetensors")
-        cache = _load_cache(str(path))
+        cache = load_file(path)
         stage = TransformerStage(preset, "i2v", path, "bench")
         image_tokens = cache["image_tokens"].shape[1]
         rows = []
