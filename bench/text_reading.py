@@ -1,10 +1,12 @@
 """How much the shipped transformers read their prompt: the flow-matching loss on training windows with their
-own captions, with the batch's captions rotated by one, and with the empty prompt.
+own captions, with the batch's captions rotated by one, with the empty prompt, and (on the windows whose motion is
+a direction) with the opposite direction (``moving left`` for ``moving right``, the rest of the caption kept).
 
     python bench/text_reading.py [--weights DIR] [--windows 256] [--no-write]
 
 A transformer that reads its text predicts worse with another window's caption; one that ignores the text
-scores the same with any. Each window keeps its first-frame latent and VLM image tokens: only the text tokens
+scores the same with any. Another caption changes colour, shape and background too, which a first frame shows;
+the opposite direction changes only what no frame shows, the motion. Each window keeps its first-frame latent and VLM image tokens: only the text tokens
 and the pooled text vector change. The windows are encoded by the weights folder's own VAE and text encoders
 (seeded 1,000,003, a cache no training run drew). Writes the ``text_reading`` section of BENCHMARKS.md.
 """
@@ -28,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "magic141" / "toy_weights"
 CACHE_SEED = 1_000_003
 BATCH = 32
+OPPOSITE = {"moving left": "moving right", "moving right": "moving left", "moving up": "moving down",
+            "moving down": "moving up"}
 TRANSFORMERS = (("the default (DMD2 student)", "transformer"), ("CFG-distilled teacher", "teacher/transformer"),
                 ("I2V teacher", "i2v/transformer"))
 
@@ -44,7 +48,11 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from magic141.pipeline import Magic141Pipeline
+    from magic141.toy_world import all_captions
     from magic141.training.transformer import FlowTrainee, TransformerStage, build_cache
+
+    captions = all_captions()  # a caption's text states are cached under its position here, plus one
+    caption_ids = {caption: number + 1 for number, caption in enumerate(captions)}
 
     pipeline = Magic141Pipeline.from_preset("toy", weights=args.weights)
     preset = pipeline.preset
@@ -59,7 +67,8 @@ def main() -> None:
             if not (args.weights / folder / "config.json").is_file():
                 continue
             trainee = FlowTrainee(HunyuanVideoTransformer3DModel.from_pretrained(str(args.weights / folder)).eval())
-            losses = {"own": 0.0, "rotated": 0.0, "empty": 0.0}
+            losses = {"own": 0.0, "rotated": 0.0, "empty": 0.0, "direction": 0.0, "opposite": 0.0}
+            directed = 0
             with torch.no_grad():
                 for step in range(batches):
                     batch = stage.batch(0, step, range(step * BATCH, (step + 1) * BATCH))
@@ -73,6 +82,21 @@ def main() -> None:
                         batch, text=text, text_mask=mask, pooled=batch.pooled[rotated]))) / batches
                     losses["empty"] += float(trainee(dataclasses.replace(
                         batch, text=empty_text, text_mask=empty_mask, pooled=cache["pooled.0"].expand_as(batch.pooled)))) / batches
+                    chosen, opposite = _directed(cache, batch, step, image_tokens, captions, caption_ids)
+                    if chosen:
+                        picked = {name: getattr(batch, name)[chosen] for name in ("hidden", "target", "timestep")}
+                        own = dataclasses.replace(batch, **picked, text=batch.text[chosen], text_mask=batch.text_mask[chosen],
+                                                  pooled=batch.pooled[chosen])
+                        text, mask, pooled = own.text.clone(), own.text_mask.clone(), own.pooled.clone()
+                        for row, caption in enumerate(opposite):
+                            text[row, image_tokens:], mask[row, image_tokens:] = cache[f"text.{caption}"], cache[f"text_mask.{caption}"]
+                            pooled[row] = cache[f"pooled.{caption}"]
+                        losses["direction"] += float(trainee(own)) * len(chosen)
+                        losses["opposite"] += float(trainee(dataclasses.replace(own, text=text, text_mask=mask,
+                                                                                pooled=pooled))) * len(chosen)
+                        directed += len(chosen)
+            losses["direction"] /= max(1, directed)
+            losses["opposite"] /= max(1, directed)
             rows.append((label, losses))
             logger.info("%s: %s", label, losses)
         text_std = float(cache["text.1"][cache["text_mask.1"].bool()].std())
@@ -84,17 +108,33 @@ def main() -> None:
         "each with its own caption, with the caption of the next window in its batch, and with the empty prompt "
         "(the first-frame latent and the VLM image tokens unchanged). A ratio near 1 means the text is not read.",
         "",
-        "| transformer | own caption | another's | empty prompt | another's / own | empty / own |",
-        "|---|---|---|---|---|---|",
+        "| transformer | own caption | another's | empty prompt | another's / own | empty / own | opposite direction / own |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [f"| {label} | {loss['own']:.4f} | {loss['rotated']:.4f} | {loss['empty']:.4f} | "
-              f"{loss['rotated'] / loss['own']:.3f} | {loss['empty'] / loss['own']:.3f} |" for label, loss in rows]
+              f"{loss['rotated'] / loss['own']:.3f} | {loss['empty'] / loss['own']:.3f} | "
+              f"{loss['opposite'] / loss['direction']:.3f} |" for label, loss in rows]
+    lines += ["", "Opposite direction: the windows of a moving-left, -right, -up or -down caption (not dropped to the empty "
+              "prompt), their loss with that caption and with the same caption moving the other way."]
     lines += ["", f"Scale of what the transformer reads: text states std {text_std:.3f}, VLM image tokens std "
               f"{image_std:.3f}."]
     report = "\n".join(lines)
     print(report)
     if not args.no_write:
         write_section("text_reading", report)
+
+
+def _directed(cache, batch, step: int, image_tokens: int, captions, caption_ids) -> tuple[list[int], list[int]]:
+    """The rows of ``batch`` whose caption (kept, not dropped to the empty prompt) names a direction, and the
+    cached text index of each one's caption moving the opposite way."""
+    rows, opposite = [], []
+    for row in range(batch.text.shape[0]):
+        own = int(cache["captions"][step * BATCH + row])
+        caption = captions[own - 1]
+        if caption.motion in OPPOSITE and torch.equal(batch.text[row, image_tokens:], cache[f"text.{own}"]):
+            rows.append(row)
+            opposite.append(caption_ids[dataclasses.replace(caption, motion=OPPOSITE[caption.motion])])
+    return rows, opposite
 
 
 if __name__ == "__main__":
