@@ -84,9 +84,7 @@ def main() -> None:
                         batch, text=empty_text, text_mask=empty_mask, pooled=cache["pooled.0"].expand_as(batch.pooled)))) / batches
                     chosen, opposite = _directed(cache, batch, step, image_tokens, captions, caption_ids)
                     if chosen:
-                        picked = {name: getattr(batch, name)[chosen] for name in ("hidden", "target", "timestep")}
-                        own = dataclasses.replace(batch, **picked, text=batch.text[chosen], text_mask=batch.text_mask[chosen],
-                                                  pooled=batch.pooled[chosen])
+                        own = type(batch)(*(getattr(batch, field.name)[chosen] for field in dataclasses.fields(batch)))
                         text, mask, pooled = own.text.clone(), own.text_mask.clone(), own.pooled.clone()
                         for row, caption in enumerate(opposite):
                             text[row, image_tokens:], mask[row, image_tokens:] = cache[f"text.{caption}"], cache[f"text_mask.{caption}"]
