@@ -33,6 +33,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 
@@ -40,6 +41,9 @@ from magic141.conditioning import CONVENTIONS, PROMPT_FORMATS, prompt_template_f
 from magic141.presets import Preset, PriorConfig, TextEncoderConfig, TransformerConfig, VAEConfig
 from magic141.tokenizers import build_clip_tokenizer, build_llama_tokenizer
 
+# Offsets from ``preset.init_seed`` of the generators that draw the prior and the I2V model's VAE and text encoders.
+PRIOR_SEED_OFFSET = 1
+ENCODER_SEED_OFFSET = 2
 
 @dataclass
 class I2VComponents:
@@ -152,7 +156,14 @@ def build_vlm(config: TextEncoderConfig, tokenizer: PreTrainedTokenizerFast) -> 
     )
     # diffusers' prompt encoder reads pad_token_id from the top-level config, which LlavaConfig lacks.
     llava_config.pad_token_id = tokenizer.pad_token_id
-    return LlavaForConditionalGeneration(llava_config)
+    return _rescale_embeddings(LlavaForConditionalGeneration(llava_config), config.llm_embedding_std)
+
+
+def _rescale_embeddings(model: PreTrainedModel, std: float) -> PreTrainedModel:
+    """``model`` with its input token embeddings scaled from the config's initialiser std to ``std``."""
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(std / model.config.get_text_config().initializer_range)
+    return model
 
 
 def build_clip_text(
@@ -214,12 +225,14 @@ def build_i2v_components(
         torch.manual_seed(preset.init_seed)
         with _default_dtype(dtype):
             transformer = build_transformer(preset.transformer, text)
+        # The VAE and text encoders from a seed of their own: resizing the transformer leaves them as they are.
+        torch.manual_seed(preset.init_seed + ENCODER_SEED_OFFSET)
         vae = build_vae(preset.vae)
         with _default_dtype(dtype):
             text_encoder = build_vlm(text, tokenizer)
-            text_encoder_2 = build_clip_text(
+            text_encoder_2 = _rescale_embeddings(build_clip_text(
                 text.clip_hidden_size, text.clip_layers, text.clip_heads, tokenizer_2, vocab_size=text.clip_vocab_size
-            )
+            ), text.clip_embedding_std)
     components = I2VComponents(
         transformer=transformer,
         vae=vae,
@@ -281,7 +294,7 @@ def build_prior_pipeline(preset: Preset) -> StableDiffusionXLPipeline:
     config = preset.prior
     tokenizer = build_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(preset.init_seed + 1)
+        torch.manual_seed(preset.init_seed + PRIOR_SEED_OFFSET)
         unet = build_prior_unet(config, config.text_hidden_size)
         vae = build_prior_vae(config, preset.height)
         text_encoder = build_clip_text(config.text_hidden_size, config.text_layers, config.text_heads, tokenizer)

@@ -81,6 +81,10 @@ class TextEncoderConfig:
     llm_vocab_size: int | None = None
     llm_kv_heads: int | None = None
     clip_vocab_size: int | None = None
+    # Std of the seeded language model's and CLIP text model's token embeddings (transformers draws 0.02, the
+    # scale of a trained model whose later layers grew the states; a random model's states stay that small).
+    llm_embedding_std: float = 0.02
+    clip_embedding_std: float = 0.02
 
     @property
     def image_tokens(self) -> int:
@@ -249,7 +253,11 @@ PRESETS: dict[str, Preset] = {
         vae=VAEConfig(
             block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=4
         ),
-        text=SMALL_TEXT,
+        # Frozen seeded text encoders the transformer can read: token embeddings at unit scale (at 0.02 the words
+        # of a caption barely move the states), and a CLIP text model wide and deep enough that its pooled vector
+        # (the modulation of every block) tells the captions' motions apart.
+        text=dataclasses.replace(SMALL_TEXT, llm_embedding_std=1.0, clip_embedding_std=1.0, clip_hidden_size=64,
+                                 clip_layers=2),
         prior=PriorConfig(
             unet_block_out_channels=(32, 64),
             unet_attention_head_dim=(4, 8),

@@ -194,6 +194,34 @@ def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_wit
     assert torch.equal(masked == 0, image == 0)
 
 
+def test_the_toy_text_encoders_speak_at_the_image_tokens_scale_and_stay_put_when_the_transformer_changes() -> None:
+    from magic141.components import build_i2v_components, fingerprint_modules
+    from magic141.presets import get_preset
+    from magic141.prompt_encoding import vlm_image_tokens
+    from magic141.toy_world import Caption, render_frame, sample_scene
+    from magic141.training.transformer import encode_text
+
+    preset = get_preset("toy")
+    components = build_i2v_components(preset)
+    captions = ["a red circle moving left on a black background", "a blue square growing on a white background"]
+    states, mask, _ = encode_text(components, captions, preset.text.max_sequence_length)
+    frame = render_frame(sample_scene(Caption.parse(captions[0]), 64, 48, 0), 0.0, 64, 48)
+    tokens = vlm_image_tokens(components, PIL.Image.fromarray(frame), torch.device("cpu"))
+    # The transformer reads both side by side: a caption as loud as the image beside it (at the 0.02 that
+    # transformers draws, its states were 50 times quieter and the trained transformer ignored them).
+    assert 1 / 3 < float(states[mask.bool()].std()) / float(tokens.std()) < 3
+    quiet = build_i2v_components(preset.replace(text=dataclasses.replace(preset.text, llm_embedding_std=0.02)))
+    loud, base = components.text_encoder.state_dict(), quiet.text_encoder.state_dict()
+    changed = [name for name in loud if not torch.equal(loud[name], base[name])]
+    assert changed == ["model.language_model.embed_tokens.weight"]
+    assert torch.allclose(loud[changed[0]], 50 * base[changed[0]])
+    # The VAE and text encoders (and every latent cache keyed by them) do not depend on the transformer's size.
+    deeper = build_i2v_components(preset.replace(transformer=dataclasses.replace(preset.transformer, num_layers=3)))
+    encoders = ("vae", "text_encoder", "text_encoder_2")
+    assert fingerprint_modules({k: getattr(deeper, k) for k in encoders}) == fingerprint_modules(
+        {k: getattr(components, k) for k in encoders})
+
+
 def test_the_train_command_trains_resumes_records_its_command_and_refuses_bad_settings(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -13,8 +13,8 @@ by the preset's flow shift, as the sampler's schedule is. One caption in ten is 
 prompt, so the teachers can be sampled with classifier-free guidance. The guidance embedding sees a
 constant ``w = 1``; CFG distillation later teaches it other values.
 
-Long videos are sampled in windows, so the cache holds windows from later in their videos too (half of them
-start at a random time of a 10 s video, where objects bounce and sizes turn): a chained window starts from
+Long videos are sampled in windows, so the cache holds windows from later in their videos too (a quarter of
+them start at a random time of a 10 s video, where objects bounce and sizes turn): a chained window starts from
 such a frame, and the VLM still sees the video's first frame. One I2V step in five sees no first-frame latent
 (zero image channels and mask), as the co-denoised windows after the first do.
 """
@@ -55,7 +55,9 @@ def _scale(vae: torch.nn.Module) -> float:
     return float(vae.config.scaling_factor)
 
 
-LATER_WINDOWS = 0.5  # of the cached windows start later in their video, where chained and parallel windows do
+# Of the cached windows, those that start later in their video, where chained and parallel windows do. After a
+# bounce the caption's direction is wrong, so most windows start at the video's start, where it is right.
+LATER_WINDOWS = 0.25
 LATEST_START_S = 9.0  # the latest start of such a window, in seconds (videos of about 10 s)
 IMAGE_DROPOUT = 0.2  # of the I2V steps' windows see no first-frame latent, as parallel windows after the first do
 ENCODE_CHUNK = 32  # windows encoded by the VAE at once while building the cache
@@ -63,7 +65,7 @@ ENCODE_CHUNK = 32  # windows encoded by the VAE at once while building the cache
 
 def cache_window(preset: Preset, captions: Sequence[Caption], seed: int, index: int) -> tuple[Caption, np.ndarray, np.ndarray]:
     """Window ``index`` of a cache seeded ``seed``: its caption, its frames (F, H, W, 3) and its video's first
-    frame (H, W, 3), which the VLM sees. Every other window starts at a random time of the video, so the
+    frame (H, W, 3), which the VLM sees. A share of the windows start at a random time of the video, so the
     teachers learn what later windows look like (objects that bounce off the borders, sizes that turn)."""
     rng = np.random.default_rng([seed, index])
     caption = captions[index % len(captions)]
