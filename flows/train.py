@@ -24,7 +24,7 @@ from tasks.runtime.training import DEFAULTS, SAMPLES, STAGES, make_stage
 logger = logging.getLogger(__name__)
 # Stored in float16 (half the bytes): open_clip and diffusers cast them into their float32 models on load.
 SHIPPED_HALF = frozenset({"clip", "i2v", "cfg", "dmd2"})
-NOT_SHIPPED = frozenset({"t2v"})  # the T2V teacher is only where the I2V teacher starts
+NOT_SHIPPED = frozenset({"t2v"})  # the T2V teacher is only where the I2V teacher starts: its provenance ships
 TEACHERS = {"cfg": "i2v", "dmd2": "cfg"}  # each distillation's teacher: the stage before it
 CACHED = frozenset({"t2v", "i2v", "cfg", "dmd2"})  # stages that read the latent cache of SAMPLES windows, in epochs
 
@@ -102,6 +102,6 @@ def train_toy_world(
     if ship_to is not None:
         from magic141.training.ship import ship
 
-        manifest = ship([Path(r.folder) for r in runs if r.stage not in NOT_SHIPPED], Path(ship_to), SHIPPED_HALF)
+        manifest = ship([Path(r.folder) for r in runs], Path(ship_to), SHIPPED_HALF, NOT_SHIPPED)
         logger.info("shipped %d files (%.1f MB) to %s", len(manifest["files"]), manifest["total_bytes"] / 1e6, ship_to)
     return runs

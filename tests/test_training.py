@@ -59,6 +59,8 @@ def test_a_run_writes_a_loadable_folder_a_loss_log_a_curve_and_its_loss_falls(tm
     assert shipped["stages"]["clip"]["sessions"] == [session] and check(tmp_path / "shipped") == []
     (tmp_path / "shipped" / "clip" / "open_clip_config.json").write_text("{}")
     assert check(tmp_path / "shipped") == ["clip/open_clip_config.json"]
+    recorded = ship([tmp_path / "run"], tmp_path / "recorded", record_only=frozenset({"clip"}))
+    assert recorded["files"] == {} and recorded["stages"]["clip"]["sessions"] == [session]  # provenance, no weights
     embedder = load_embedder(EmbedderSpec(str(result.final)), "cpu")  # the retrieval index loads the folder as it is
     frame = PIL.Image.fromarray(np.zeros((48, 64, 3), np.uint8))
     assert embedder.embed_images([frame]).shape == embedder.embed_texts(["a red circle"]).shape == (1, 16)

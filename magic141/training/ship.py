@@ -6,7 +6,8 @@ transformer is its transformer/, the I2V teacher's VAE and encoders sit beside i
 transformers go to teacher/ (CFG-distilled) and i2v/, each named by a weights file (teacher.json, i2v.json).
 Each loss curve goes to ``<to>/curves/<stage>.png``, and ``<to>/MANIFEST.json`` holds the sha256 and size of every shipped file,
 and for each stage the commands, commits, seeds, steps and wall times that produced it (its
-``sessions.jsonl``). ``--check`` verifies a shipped folder against its manifest instead.
+``sessions.jsonl``). A stage given with ``--record-only`` (the T2V teacher, only where the I2V teacher starts)
+has its provenance in the manifest and no files. ``--check`` verifies a shipped folder against its manifest instead.
 """
 
 from __future__ import annotations
@@ -82,12 +83,16 @@ SHARED_COMPONENTS = frozenset({"vae", "text_encoder", "text_encoder_2", "tokeniz
                                "prior"})
 
 
-def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict[str, Any]:
+def ship(
+    runs: list[Path], to: Path, half: frozenset[str] = frozenset(), record_only: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Copy every run's final folder under ``to`` and (re)write the manifest; return it.
 
     The stages named in ``half`` are stored in float16, for models whose loaders cast the weights into
-    their own float32 parameters (open_clip and diffusers do).
+    their own float32 parameters (open_clip and diffusers do); those in ``record_only`` are recorded in the
+    manifest (commands, commits, seeds) without their weights.
     """
+    to.mkdir(parents=True, exist_ok=True)
     manifest_path = to / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"stages": {}}
     for run in runs:
@@ -95,17 +100,19 @@ def ship(runs: list[Path], to: Path, half: frozenset[str] = frozenset()) -> dict
         final = run / "final"
         if not final.is_dir():
             raise InputError(f"{run} has no final/ folder; let the run finish (or --resume it) first")
-        for source, target in _targets(record["stage"], final, to):
+        shipped = record["stage"] not in record_only
+        for source, target in _targets(record["stage"], final, to) if shipped else ():
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)
             if record["stage"] in half:
                 _halve(target)
-        if (run / "loss.png").is_file():
+        if shipped and (run / "loss.png").is_file():
             (to / "curves").mkdir(exist_ok=True)
             shutil.copyfile(run / "loss.png", to / "curves" / f"{record['stage']}.png")
         sessions = [json.loads(line) for line in (run / "sessions.jsonl").read_text().splitlines() if line.strip()]
         manifest["stages"][record["stage"]] = {
-            "sessions": sessions, "identity": record["identity"], "float16": record["stage"] in half
+            "sessions": sessions, "identity": record["identity"], "float16": record["stage"] in half,
+            **({} if shipped else {"weights": "not shipped"}),
         }
         logger.info("shipped %s from %s", record["stage"], run)
     for stage in ("i2v", "cfg"):
@@ -130,6 +137,8 @@ def main() -> None:
     parser.add_argument("--to", type=Path, required=True, help="the shipped weights folder")
     parser.add_argument("--check", action="store_true", help="verify --to against its manifest and exit")
     parser.add_argument("--half", action="append", default=[], metavar="STAGE", help="store STAGE in float16")
+    parser.add_argument("--record-only", action="append", default=[], metavar="STAGE",
+                        help="record STAGE's provenance in the manifest without shipping its weights")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.check:
@@ -137,7 +146,7 @@ def main() -> None:
         for name in differing:
             logger.error("%s differs from %s", name, args.to / MANIFEST)
         sys.exit(1 if differing else 0)
-    manifest = ship(args.runs, args.to, frozenset(args.half))
+    manifest = ship(args.runs, args.to, frozenset(args.half), frozenset(args.record_only))
     logger.info("%d files, %.1f MB in %s", len(manifest["files"]), manifest["total_bytes"] / 1e6, args.to)
 
 
