@@ -218,9 +218,9 @@ def build_i2v_components(
     model anywhere); the transformer and the text encoders in ``dtype``, the VAE in float32, as
     :func:`magic141.weights.load_i2v_components` loads them.
     """
-    tokenizer = build_llama_tokenizer()
-    tokenizer_2 = build_clip_tokenizer()
     text = preset.text
+    tokenizer = build_llama_tokenizer(text.tokenizer_words)
+    tokenizer_2 = build_clip_tokenizer(words=text.tokenizer_words)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(preset.init_seed)
         with _default_dtype(dtype):

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from magic141 import toy_world
 from magic141.utils import InputError
 
 PRESET_ENV = "MAGIC141_PRESET"
@@ -85,6 +86,8 @@ class TextEncoderConfig:
     # scale of a trained model whose later layers grew the states; a random model's states stay that small).
     llm_embedding_std: float = 0.02
     clip_embedding_std: float = 0.02
+    # Words the seeded tokenizers keep whole (BPE merges learnt for them); none: every byte is a token.
+    tokenizer_words: tuple[str, ...] = ()
 
     @property
     def image_tokens(self) -> int:
@@ -253,11 +256,12 @@ PRESETS: dict[str, Preset] = {
         vae=VAEConfig(
             block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=4
         ),
-        # Frozen seeded text encoders the transformer can read: token embeddings at unit scale (at 0.02 the words
-        # of a caption barely move the states), and a CLIP text model wide and deep enough that its pooled vector
-        # (the modulation of every block) tells the captions' motions apart.
+        # Frozen seeded text encoders the transformer can read: the grammar's words as whole tokens (byte by byte,
+        # "left" and "right" differ in letters a random model mixes), token embeddings at unit scale (at 0.02 the
+        # words of a caption barely move the states), and a CLIP text model wide and deep enough that its pooled
+        # vector (the modulation of every block) tells the captions' motions apart.
         text=dataclasses.replace(SMALL_TEXT, llm_embedding_std=1.0, clip_embedding_std=1.0, clip_hidden_size=64,
-                                 clip_layers=2),
+                                 clip_layers=2, tokenizer_words=toy_world.WORDS),
         prior=PriorConfig(
             unet_block_out_channels=(32, 64),
             unet_attention_head_dim=(4, 8),

@@ -34,6 +34,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128)}
 MOTIONS = ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking", "standing still")
+# Every word of the grammar, which the toy preset's tokenizers keep whole.
+WORDS = tuple(sorted({*"a on background".split(), *COLOURS, *SHAPES, *BACKGROUNDS, *" ".join(MOTIONS).split()}))
 # Unit displacement per second of each translating motion, in (x, y) image coordinates (y grows downwards).
 DIRECTIONS: dict[str, tuple[int, int]] = {
     "moving left": (-1, 0),

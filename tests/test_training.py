@@ -196,6 +196,33 @@ def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_wit
     assert torch.equal(masked == 0, image == 0)
 
 
+def test_the_toy_tokenizers_read_the_grammar_word_by_word_and_any_other_text_byte_by_byte(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer, CLIPTokenizer
+
+    from magic141.components import build_i2v_components
+    from magic141.presets import get_preset
+    from magic141.toy_world import all_captions
+
+    components = build_i2v_components(get_preset("toy"))
+    for tokenizer in (components.tokenizer, components.tokenizer_2):
+        for caption in all_captions():
+            pieces = tokenizer.tokenize(caption.text)
+            assert [piece.removeprefix("Ġ").removesuffix("</w>") for piece in pieces] == caption.text.split()
+        # A word outside the grammar is spelled out, never sent to an unknown token that other words share.
+        pieces = tokenizer.tokenize("a purple circle")
+        assert len(pieces) > 3 and tokenizer.unk_token not in pieces
+    again = build_i2v_components(get_preset("toy"))  # the merges, and so the token ids, are the same every build
+    assert again.tokenizer.get_vocab() == components.tokenizer.get_vocab()
+    assert again.tokenizer_2.get_vocab() == components.tokenizer_2.get_vocab()
+    components.tokenizer.save_pretrained(tmp_path / "llama")
+    components.tokenizer_2.save_pretrained(tmp_path / "clip")
+    text = "a green triangle moving up on a grey background"
+    assert AutoTokenizer.from_pretrained(tmp_path / "llama")(text).input_ids == components.tokenizer(text).input_ids
+    assert CLIPTokenizer.from_pretrained(tmp_path / "clip")(text).input_ids == components.tokenizer_2(text).input_ids
+    # The tiny preset keeps byte tokens: its tokenizers learn no merges.
+    assert len(build_i2v_components(get_preset("tiny")).tokenizer.tokenize("a red")) == 5
+
+
 def test_the_toy_text_encoders_speak_at_the_image_tokens_scale_and_stay_put_when_the_transformer_changes() -> None:
     from magic141.components import build_i2v_components, fingerprint_modules
     from magic141.presets import get_preset
