@@ -45,6 +45,7 @@ from magic141.tokenizers import build_clip_tokenizer, build_llama_tokenizer
 PRIOR_SEED_OFFSET = 1
 ENCODER_SEED_OFFSET = 2
 
+
 @dataclass
 class I2VComponents:
     """Everything the image-to-video sampler needs, in the roles of diffusers' HunyuanVideo I2V pipeline."""

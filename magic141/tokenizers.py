@@ -110,5 +110,4 @@ def build_clip_tokenizer(model_max_length: int = 77, words: Sequence[str] = ()) 
     vocab["<|endoftext|>"] = len(vocab)
     pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     merges = _learned_merges(_byte_words([word.lower() for word in words], pre_tokenizer), "</w>")
-    return CLIPTokenizer(vocab=_with_merges(vocab, merges), merges=merges,
-                         model_max_length=model_max_length)
+    return CLIPTokenizer(vocab=_with_merges(vocab, merges), merges=merges, model_max_length=model_max_length)
