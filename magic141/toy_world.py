@@ -132,24 +132,29 @@ class Scene:
     speed: float  # px per second (translation) or half-extent px per second (growing, shrinking)
 
 
-def sample_scene(caption: Caption, width: int, height: int, seed: int) -> Scene:
-    """A scene of ``caption`` drawn from ``seed``: jittered start, size and speed, clear of the borders for 1 s."""
+def sample_scene(caption: Caption, width: int, height: int, seed: int, jitter: bool = True) -> Scene:
+    """A scene of ``caption`` drawn from ``seed``: jittered start, size and speed, clear of the borders for 1 s.
+    Without ``jitter`` only the start varies: the object has the middle size and the world's exact speed."""
     rng = np.random.default_rng([seed, *(ord(c) for c in caption.text)])
+
+    def draw(low: float, high: float) -> float:
+        return float(rng.uniform(low, high)) if jitter else (low + high) / 2
+
     side = min(width, height)
     if caption.motion in ("growing", "shrinking"):
         small, large = GROW_RANGE[0] * side, GROW_RANGE[1] * side
         # Start in the lower (growing) or upper (shrinking) part of the range: a second of change fits.
         span = large - small
-        size = rng.uniform(small, small + 0.35 * span)
+        size = draw(small, small + 0.35 * span)
         if caption.motion == "shrinking":
             size = large - (size - small)
-        speed = rng.uniform(0.8, 1.2) * 2 * span / GROW_PERIOD_S
+        speed = draw(0.8, 1.2) * 2 * span / GROW_PERIOD_S
         margin = large + 1
         return Scene(caption, rng.uniform(margin, width - margin), rng.uniform(margin, height - margin), size, speed)
-    size = rng.uniform(*SIZE_RANGE) * side
+    size = draw(*SIZE_RANGE) * side
     dx, dy = DIRECTIONS.get(caption.motion, (0, 0))
     extent = width if dx else height
-    speed = 0.0 if caption.motion == "standing still" else rng.uniform(0.85, 1.15) * SPEED * extent
+    speed = 0.0 if caption.motion == "standing still" else draw(0.85, 1.15) * SPEED * extent
     # Start where one second of travel stays inside the frame.
     xs = _start_range(width, size, dx * speed)
     ys = _start_range(height, size, dy * speed)

@@ -18,6 +18,7 @@ from magic141.training.clip import ClipStage
 from magic141.training.loop import TrainingError, TrainSettings, read_losses
 from magic141.training.ship import check, ship
 from magic141.training.transformer import FlowTrainee
+from magic141.utils import InputError
 from retrieval_index.embedder import EmbedderSpec, load_embedder
 from retrieval_index.errors import RetrievalIndexError
 from tasks.runtime.train_pool import train
@@ -194,6 +195,51 @@ def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_wit
     # Parallel windows after the first see no first-frame latent (zero image channels and mask), as here.
     assert abs(float((masked == 0).float().mean()) - IMAGE_DROPOUT) < 0.06
     assert torch.equal(masked == 0, image == 0)
+
+
+def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_moving_four_ways(latent_cache, tmp_path: Path) -> None:
+    from magic141.presets import get_preset
+    from magic141.toy_world import DIRECTIONS, SIZE_RANGE, SPEED, Caption, sample_scene, split_captions
+    from magic141.training.transformer import (
+        PLAIN_CAPTIONS,
+        TransformerStage,
+        build_cache,
+        cache_path,
+        encoders,
+        plain_window,
+    )
+
+    # One training combination, each of the four directions: nothing of it is held out.
+    assert {c.motion for c in PLAIN_CAPTIONS} == set(DIRECTIONS) and set(PLAIN_CAPTIONS) <= set(split_captions("train"))
+    assert len({(c.colour, c.shape, c.background) for c in PLAIN_CAPTIONS}) == 1
+    preset = get_preset("toy")
+    scenes = [sample_scene(PLAIN_CAPTIONS[0], 64, 48, seed, jitter=False) for seed in range(5)]
+    assert {s.size for s in scenes} == {sum(SIZE_RANGE) / 2 * 48} and {s.speed for s in scenes} == {SPEED * 64}
+    assert len({(s.x, s.y) for s in scenes}) == 5  # only where it starts varies
+    jittered = Caption("blue", "square", "moving up", "grey")
+    assert len({sample_scene(jittered, 64, 48, seed).speed for seed in range(5)}) == 5
+    for index, caption in enumerate(PLAIN_CAPTIONS):
+        got, video, first = plain_window(preset, 0, index)
+        assert got == caption and np.array_equal(video[0], first) and video.shape == (17, 48, 64, 3)
+        mask = np.abs(video.astype(int) - video[-1, 0, 0]).sum(-1) > 60  # the object: far from the background
+        centres = [np.argwhere(m).mean(0)[::-1] for m in mask[:8]]  # (x, y) over the first second
+        assert np.sign(np.round(centres[-1] - centres[0])).tolist() == list(DIRECTIONS[caption.motion])
+    # The first plain_steps steps read the plain cache, the rest the world's; a run of other plain steps is
+    # another run, which --resume refuses.
+    tiny = get_preset("tiny")
+    world, fingerprint = latent_cache
+    components = encoders(tiny, None)
+    plain, plain_fingerprint = cache_path(tmp_path, components, 8, 0, plain=True)
+    assert plain_fingerprint != fingerprint
+    build_cache(components, tiny, 8, 0, plain, plain=True)
+    stage = TransformerStage(tiny, "i2v", world, fingerprint, plain=plain, plain_fingerprint=plain_fingerprint, plain_steps=2)
+    bare = TransformerStage(tiny, "i2v", world, fingerprint)
+    for step in range(4):
+        batch, other = stage.batch(0, step, range(8)), bare.batch(0, step, range(8))
+        assert torch.equal(batch.target, other.target) == (step >= 2)
+    assert stage.describe() != dataclasses.replace(stage, plain_steps=3).describe() != bare.describe()
+    with pytest.raises(InputError, match="the T2V stage takes none"):
+        TransformerStage(tiny, "t2v", world, fingerprint, plain=plain, plain_steps=2)
 
 
 def test_the_toy_tokenizers_read_the_grammar_word_by_word_and_any_other_text_byte_by_byte(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flows.cli.common import print_fields, quiet_model_libraries, stderr, stdout
 from magic141.utils import InputError, one_line
-from tasks.runtime.training import DEFAULTS, PRIOR_AUTOENCODER_STEPS, SAMPLES
+from tasks.runtime.training import DEFAULTS, I2V_PLAIN_STEPS, PRIOR_AUTOENCODER_STEPS, SAMPLES
 
 train_app = typer.Typer(help="Train the toy world's models (see the README's 'Training' section).", no_args_is_help=True)
 
@@ -255,13 +255,17 @@ def train_i2v(
     learning_rate: LearningRateOption = DEFAULTS["i2v"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["i2v"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["i2v"].warmup_steps,
+    plain_steps: Annotated[
+        int, typer.Option("--plain-steps", help="First steps on plain windows (one object, four directions); 0: none.")
+    ] = I2V_PLAIN_STEPS,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The image-to-video teacher: the T2V teacher widened to 2C+1 inputs (copy and zero init), trained with the
-    first-frame latent and the VLM's image tokens in front of the text tokens."""
+    first-frame latent and the VLM's image tokens in front of the text tokens; its first steps on plain windows."""
     settings = _run_settings(locals())
-    stage = _stage("i2v", preset, vae=vae, t2v=t2v, samples=samples, cache_dir=cache_dir, seed=seed)
+    stage = _stage("i2v", preset, vae=vae, t2v=t2v, samples=samples, cache_dir=cache_dir, seed=seed,
+                   plain_steps=plain_steps)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
 
 

@@ -31,12 +31,13 @@ DEFAULTS: dict[str, StageDefaults] = {
     "vae": StageDefaults(3000, 4, 1e-3, "cosine", 0),
     "prior": StageDefaults(3000, 16, 1e-3, "cosine", 100),
     "t2v": StageDefaults(1000, 16, 5e-4, "cosine", 100),
-    "i2v": StageDefaults(3000, 16, 5e-4, "cosine", 100),
+    "i2v": StageDefaults(3000, 16, 1e-3, "cosine", 100),
     "cfg": StageDefaults(600, 16, 2e-4, "cosine", 50),
     "dmd2": StageDefaults(600, 16, 2e-5, "constant", 0),
 }
 SAMPLES = 12000  # training windows in the transformers' latent cache
 PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
+I2V_PLAIN_STEPS = 800  # the I2V stage's first steps read plain windows (magic141.training.transformer)
 
 
 def check_weights_folder(option: str, folder: Path | None) -> None:
@@ -57,13 +58,15 @@ def make_stage(
     autoencoder_steps: int = PRIOR_AUTOENCODER_STEPS,
     teacher: Path | None = None,
     distillation: dict[str, Any] | None = None,
+    plain_steps: int = I2V_PLAIN_STEPS,
     on_cache: Callable[[int, int], None] | None = None,
 ) -> Any:
     """The stage ``name`` of ``preset_name``; a transformer stage's latent cache is built first when missing.
 
     The distillations (``cfg``, ``dmd2``) take their ``teacher`` (default: the preset's own weights folder) and
     their ``distillation`` settings (:class:`magic141.training.distill.CfgSettings` or ``Dmd2Settings`` fields);
-    their cache is encoded by the teacher's VAE (or ``vae`` for a bare T2V teacher)."""
+    their cache is encoded by the teacher's VAE (or ``vae`` for a bare T2V teacher). The I2V stage's first
+    ``plain_steps`` steps read a plain cache, built beside the world's (at most as many windows)."""
     from magic141.presets import get_preset
 
     if name not in STAGES:
@@ -83,7 +86,7 @@ def make_stage(
         if autoencoder_steps < 1:
             raise InputError(f"--autoencoder-steps must be >= 1, got {autoencoder_steps}")
         return PriorStage(preset, autoencoder_steps)
-    from magic141.training.transformer import TransformerStage, build_cache, cache_path, encoders
+    from magic141.training.transformer import PLAIN_SAMPLES, TransformerStage, build_cache, cache_path, encoders
 
     if name in ("cfg", "dmd2"):
         from magic141.training.distill import CfgSettings, DistillStage, Dmd2Settings
@@ -104,6 +107,8 @@ def make_stage(
         raise InputError("the I2V stage starts from the T2V teacher; pass its final/ folder with --t2v")
     if samples < 1:
         raise InputError(f"--samples must be >= 1, got {samples}")
+    if plain_steps < 0:
+        raise InputError(f"--plain-steps must be >= 0, got {plain_steps}")
     components = encoders(preset, vae)
     path, fingerprint = cache_path(cache_dir, components, samples, seed)
     if not path.is_file():
@@ -112,4 +117,12 @@ def make_stage(
         return DistillStage("cfg", preset, checked, path, fingerprint, cfg=settings)
     if name == "dmd2":
         return DistillStage("dmd2", preset, checked, path, fingerprint, dmd2=settings)
-    return TransformerStage(preset, name, path, fingerprint, t2v if name == "i2v" else None, vae)
+    if name == "t2v":
+        return TransformerStage(preset, name, path, fingerprint, vae=vae)
+    if not plain_steps:
+        return TransformerStage(preset, name, path, fingerprint, t2v, vae)
+    plain_samples = min(PLAIN_SAMPLES, samples)
+    plain, plain_fingerprint = cache_path(cache_dir, components, plain_samples, seed, plain=True)
+    if not plain.is_file():
+        build_cache(components, preset, plain_samples, seed, plain, on_cache, plain=True)
+    return TransformerStage(preset, name, path, fingerprint, t2v, vae, plain, plain_fingerprint, plain_steps)
