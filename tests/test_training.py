@@ -197,9 +197,10 @@ def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_wit
     assert torch.equal(masked == 0, image == 0)
 
 
-def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_moving_four_ways(latent_cache, tmp_path: Path) -> None:
+def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_then_of_every_object(latent_cache, tmp_path: Path) -> None:
     from magic141.presets import get_preset
     from magic141.toy_world import DIRECTIONS, SIZE_RANGE, SPEED, Caption, sample_scene, split_captions
+    from magic141.training.loop import sample_rng
     from magic141.training.transformer import (
         PLAIN_CAPTIONS,
         TransformerStage,
@@ -218,26 +219,33 @@ def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_moving_four_ways(
     assert len({(s.x, s.y) for s in scenes}) == 5  # only where it starts varies
     jittered = Caption("blue", "square", "moving up", "grey")
     assert len({sample_scene(jittered, 64, 48, seed).speed for seed in range(5)}) == 5
-    for index, caption in enumerate(PLAIN_CAPTIONS):
-        got, video, first = plain_window(preset, 0, index)
-        assert got == caption and np.array_equal(video[0], first) and video.shape == (17, 48, 64, 3)
+    windows = [plain_window(preset, 0, index) for index in range(200)]
+    assert {caption for caption, _, _ in windows[::2]} == set(PLAIN_CAPTIONS)
+    others = {caption for caption, _, _ in windows[1::2]}
+    assert len({(c.colour, c.shape, c.background) for c in others}) > 20 and others <= set(split_captions("train"))
+    for caption, video, first in windows[:8]:
+        assert np.array_equal(video[0], first) and video.shape == (17, 48, 64, 3)
         mask = np.abs(video.astype(int) - video[-1, 0, 0]).sum(-1) > 60  # the object: far from the background
         centres = [np.argwhere(m).mean(0)[::-1] for m in mask[:8]]  # (x, y) over the first second
         assert np.sign(np.round(centres[-1] - centres[0])).tolist() == list(DIRECTIONS[caption.motion])
-    # The first plain_steps steps read the plain cache, the rest the world's; a run of other plain steps is
-    # another run, which --resume refuses.
+    # Of 4 plain steps, the first 2 read the plain cache's one object (even rows), the next 2 every object (odd
+    # rows); then the world's. A run of other plain steps is another run, which --resume refuses.
     tiny = get_preset("tiny")
     world, fingerprint = latent_cache
     components = encoders(tiny, None)
     plain, plain_fingerprint = cache_path(tmp_path, components, 8, 0, plain=True)
     assert plain_fingerprint != fingerprint
     build_cache(components, tiny, 8, 0, plain, plain=True)
-    stage = TransformerStage(tiny, "i2v", world, fingerprint, plain=plain, plain_fingerprint=plain_fingerprint, plain_steps=2)
+    stage = TransformerStage(tiny, "i2v", world, fingerprint, plain=plain, plain_fingerprint=plain_fingerprint, plain_steps=4)
+    for step, (source, parity) in enumerate([(plain, 0), (plain, 0), (plain, 1), (plain, 1), (world, None), (world, None)]):
+        latents = load_file(source)["latents"]
+        targets = stage.batch(0, step, range(8)).target
+        for index, target in enumerate(targets):
+            row = index if parity is None else 2 * (index % 4) + parity
+            noise = torch.randn(latents[row].shape, generator=sample_rng(0, step, index))
+            assert torch.equal(target, noise - latents[row])
     bare = TransformerStage(tiny, "i2v", world, fingerprint)
-    for step in range(4):
-        batch, other = stage.batch(0, step, range(8)), bare.batch(0, step, range(8))
-        assert torch.equal(batch.target, other.target) == (step >= 2)
-    assert stage.describe() != dataclasses.replace(stage, plain_steps=3).describe() != bare.describe()
+    assert stage.describe() != dataclasses.replace(stage, plain_steps=6).describe() != bare.describe()
     with pytest.raises(InputError, match="the T2V stage takes none"):
         TransformerStage(tiny, "t2v", world, fingerprint, plain=plain, plain_steps=2)
 

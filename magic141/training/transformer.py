@@ -13,11 +13,12 @@ by the preset's flow shift, as the sampler's schedule is. One caption in ten is 
 prompt, so the teachers can be sampled with classifier-free guidance. The guidance embedding sees a
 constant ``w = 1``; CFG distillation later teaches it other values.
 
-The I2V stage starts on plain windows (``plain_steps``): the four moving captions of one training combination
-(the grammar's first colour, shape and background), at the world's middle size and exact speed, from their first
-frame. Measured on held-out captions (README, "Not there yet"), the full world alone does not teach the I2V teacher
-to follow the caption's direction in thousands of steps, while these windows open that path in a few hundred and
-what it learns there carries over to the rest of the world.
+The I2V stage starts on plain windows (``plain_steps``): objects moving the four ways at the world's middle size
+and exact speed, from their first frame; in the first half of those steps one training combination (the grammar's
+first colour, shape and background), in the second half every training combination. Measured on held-out captions
+(README, "Not there yet"), the full world alone does not teach the I2V teacher to follow the caption's direction
+in thousands of steps; one object learns it in a few hundred, every combination then learns it from that object
+(and not from scratch), and the world keeps it.
 
 Long videos are sampled in windows, so the cache holds windows from later in their videos too (a quarter of
 them start at a random time of a 10 s video, where objects bounce and sizes turn): a chained window starts from
@@ -79,7 +80,7 @@ LATER_WINDOWS = 0.25
 LATEST_START_S = 9.0  # the latest start of such a window, in seconds (videos of about 10 s)
 IMAGE_DROPOUT = 0.2  # of the I2V steps' windows see no first-frame latent, as parallel windows after the first do
 ENCODE_CHUNK = 32  # windows encoded by the VAE at once while building the cache
-PLAIN_SAMPLES = 2048  # windows of the plain cache (at most the world cache's)
+PLAIN_SAMPLES = 2048  # windows of the plain cache (at most the world cache's): even rows one object, odd rows every one
 PLAIN_CAPTIONS = tuple(Caption(next(iter(COLOURS)), SHAPES[0], motion, next(iter(BACKGROUNDS))) for motion in DIRECTIONS)
 
 
@@ -97,13 +98,20 @@ def cache_window(preset: Preset, captions: Sequence[Caption], seed: int, index: 
 
 
 def plain_window(preset: Preset, seed: int, index: int) -> tuple[Caption, np.ndarray, np.ndarray]:
-    """Window ``index`` of a plain cache seeded ``seed``: one of :data:`PLAIN_CAPTIONS` from its first frame, the
-    object at the middle size and exact speed (``sample_scene(jitter=False)``); only its start varies."""
-    caption = PLAIN_CAPTIONS[index % len(PLAIN_CAPTIONS)]
+    """Window ``index`` of a plain cache seeded ``seed``, from its first frame, the object at the middle size and
+    exact speed (``sample_scene(jitter=False)``): at even indices one of :data:`PLAIN_CAPTIONS`, at odd ones
+    any moving training caption; only where the object starts varies."""
+    captions = PLAIN_CAPTIONS if index % 2 == 0 else _moving_captions()
+    caption = captions[index // 2 % len(captions)]
     scene = sample_scene(caption, preset.width, preset.height, int(np.random.SeedSequence([seed, index]).generate_state(1)[0]),
                          jitter=False)
     video = render_video(scene, preset.window_frames, preset.fps, preset.width, preset.height)
     return caption, video, video[0]
+
+
+@lru_cache(maxsize=1)
+def _moving_captions() -> tuple[Caption, ...]:
+    return tuple(c for c in split_captions("train") if c.motion in DIRECTIONS)
 
 
 @torch.no_grad()
@@ -201,7 +209,8 @@ class TransformerStage:
     """Flow-matching training of the ``mode`` ("t2v" or "i2v") transformer on a latent cache.
 
     The I2V stage starts from the T2V weights in ``init`` (widened); the T2V stage from seeded weights. Its first
-    ``plain_steps`` steps read the plain cache ``plain`` instead of the world's.
+    ``plain_steps`` steps read the plain cache ``plain`` instead of the world's: its one object in the first half,
+    every object in the second.
     The I2V stage saves a whole weights folder (``magic141.weights``): the trained transformer, declaring the
     ``magic141`` prompt format it was trained with, beside the ``vae`` folder's VAE and the seeded text encoders.
     """
@@ -249,7 +258,7 @@ class TransformerStage:
         rows = []
         for index in samples:
             rng = sample_rng(seed, step, index)
-            row = index % len(cache["captions"]) if plain else index
+            row = 2 * (index % (len(cache["captions"]) // 2)) + (2 * step >= self.plain_steps) if plain else index
             x0 = cache["latents"][row]
             noise = torch.randn(x0.shape, generator=rng)
             u = float(torch.rand(1, generator=rng))
@@ -287,7 +296,8 @@ def cache_path(cache_dir: Path, components: I2VComponents, samples: int, seed: i
     """Where the cache of these encoders and this dataset (the world's windows, or the plain ones) lives, and its
     fingerprint."""
     modules = {"vae": components.vae, "text_encoder": components.text_encoder, "text_encoder_2": components.text_encoder_2}
-    dataset = {"samples": samples, "seed": seed} | ({"plain": True} if plain else {})
+    recipe = {"even": [c.text for c in PLAIN_CAPTIONS], "odd": "any moving training caption"}
+    dataset = {"samples": samples, "seed": seed} | ({"plain": recipe} if plain else {})
     key = json.dumps({"encoders": fingerprint_modules(modules), **dataset}, sort_keys=True)
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir / f"{'plain' if plain else 'latents'}-{fingerprint}.safetensors", fingerprint

@@ -37,7 +37,7 @@ DEFAULTS: dict[str, StageDefaults] = {
 }
 SAMPLES = 12000  # training windows in the transformers' latent cache
 PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
-I2V_PLAIN_STEPS = 800  # the I2V stage's first steps read plain windows (magic141.training.transformer)
+I2V_PLAIN_STEPS = 1600  # the I2V stage's first steps read plain windows (magic141.training.transformer)
 
 
 def check_weights_folder(option: str, folder: Path | None) -> None:
@@ -121,7 +121,7 @@ def make_stage(
         return TransformerStage(preset, name, path, fingerprint, vae=vae)
     if not plain_steps:
         return TransformerStage(preset, name, path, fingerprint, t2v, vae)
-    plain_samples = min(PLAIN_SAMPLES, samples)
+    plain_samples = max(2, min(PLAIN_SAMPLES, samples))
     plain, plain_fingerprint = cache_path(cache_dir, components, plain_samples, seed, plain=True)
     if not plain.is_file():
         build_cache(components, preset, plain_samples, seed, plain, on_cache, plain=True)
