@@ -28,8 +28,18 @@ def test_the_evaluate_command_prints_a_table_writes_every_case_and_refuses_bad_s
     assert [case["caption"] for case in result["cases"]] == [c.text for c in split_captions("held-out")[:2]]
     assert result["settings"]["steps"] == 4 and result["model"]["preset"] == "tiny"
     assert set(result["summary"]) >= {"colour", "shape", "background", "motion", "first_frame_psnr", "flicker"}
+    # A teacher is evaluated as it samples: true CFG against the empty prompt, at a guidance input of choice.
+    guided = tmp_path / "guided.json"
+    run = subprocess.run([*MAGIC141, "evaluate", "--preset", "tiny", "--count", "1", "--guidance", "2", "--true-cfg", "3",
+                          "--out", str(guided)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    used = json.loads(guided.read_text())["settings"]
+    assert used["guidance"] == 2 and used["true_cfg"] == 3 and "guidance 2, true CFG 3" in " ".join(run.stdout.split())
+    case, plain = json.loads(guided.read_text())["cases"][0], result["cases"][0]  # the same caption, scene and noise
+    assert (case["flicker"], case["motion_magnitude"]) != (plain["flicker"], plain["motion_magnitude"])
     for arguments, message in ((["--split", "test"], "unknown split 'test'; choose one of: held-out, train"),
                                (["--windows", "both"], "unknown window mode 'both'"),
+                               (["--true-cfg", "0.5"], "true CFG must be >= 1 (1 disables it), got 0.5"),
                                (["--count", "0"], "the case count must be >= 1, got 0")):
         bad = subprocess.run([*MAGIC141, "evaluate", "--preset", "tiny", *arguments], capture_output=True, text=True)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -31,6 +31,10 @@ def evaluate(
     steps: Annotated[int | None, typer.Option(help="Sampler steps per window (default: the preset's).")] = None,
     first_frame: Annotated[str, typer.Option(help="world: the scene's own first frame (a user image); prior: the text-to-image prior's.")] = "world",
     seed: Annotated[int, typer.Option(help="Seed of the scenes and the sampler noise.")] = 0,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale, a model input (default: the preset's).")] = None,
+    true_cfg: Annotated[
+        float, typer.Option(help="True CFG scale against the empty prompt, two passes per step (for teachers); 1: none.")
+    ] = 1.0,
     out: Annotated[Path | None, typer.Option(help="Write every case and the summary to this JSON file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -39,7 +43,7 @@ def evaluate(
     from tasks.request import ModelSpec, check_steps
 
     try:
-        settings = AdherenceSettings(split, count, seconds, windows, steps, first_frame, seed)
+        settings = AdherenceSettings(split, count, seconds, windows, steps, first_frame, seed, guidance, true_cfg)
         if steps is not None:
             check_steps(steps)
         model = ModelSpec(preset or default_preset_name(), None if weights is None else str(weights))
@@ -74,8 +78,10 @@ def evaluate(
     if as_json:
         stdout.print_json(json.dumps({"model": result["model"], "settings": result["settings"], "summary": summary}))
         return
+    cfg = f", true CFG {true_cfg:g}" if true_cfg > 1 else ""
     table = Table("score", "value", title=f"{split} captions, {count} videos of {summary['frames']} frames, "
-                                          f"{windows} windows, {result['settings']['steps']} steps, first frame: {first_frame}")
+                                          f"{windows} windows, {result['settings']['steps']} steps, guidance "
+                                          f"{result['settings']['guidance']:g}{cfg}, first frame: {first_frame}")
     for label, key, unit in ROWS:
         value = summary[key]
         text = "-" if value is None else f"{100 * value:.1f}%" if unit == "%" else f"{value:.2f}{' ' + unit if unit else ''}"
