@@ -40,6 +40,7 @@ def test_the_evaluate_command_prints_a_table_writes_every_case_and_refuses_bad_s
     for arguments, message in ((["--split", "test"], "unknown split 'test'; choose one of: held-out, train"),
                                (["--windows", "both"], "unknown window mode 'both'"),
                                (["--true-cfg", "0.5"], "true CFG must be >= 1 (1 disables it), got 0.5"),
+                               (["--guidance", "-1"], "guidance must be a number >= 0, got -1.0"),
                                (["--count", "0"], "the case count must be >= 1, got 0")):
         bad = subprocess.run([*MAGIC141, "evaluate", "--preset", "tiny", *arguments], capture_output=True, text=True)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -41,11 +41,14 @@ def evaluate(
     """Sample toy-world captions and read colour, shape, background and motion off the frames (no model needed)."""
     from magic141.presets import default_preset_name
     from tasks.request import ModelSpec, check_steps
+    from tasks.request.checks import check_guidance
 
     try:
         settings = AdherenceSettings(split, count, seconds, windows, steps, first_frame, seed, guidance, true_cfg)
         if steps is not None:
             check_steps(steps)
+        if guidance is not None:
+            check_guidance(guidance)
         model = ModelSpec(preset or default_preset_name(), None if weights is None else str(weights))
         if out is not None and not out.absolute().parent.is_dir():
             raise InputError(f"folder {str(out.absolute().parent)!r} does not exist; create it or choose another --out")
