@@ -174,6 +174,12 @@ def test_the_t2v_teacher_learns_and_its_i2v_widening_starts_where_it_stopped(lat
         assert float(trainee(widened)) == pytest.approx(float(teacher(plain)), rel=1e-5)
     i2v_result = train(i2v, _settings(tmp_path / "i2v", 10, batch_size=8, learning_rate=2e-3), dataset_size=8)
     assert len(i2v_result.losses) == 10
+    ship([tmp_path / "i2v"], tmp_path / "shipped", half=frozenset({"i2v"}))
+    # Shipped in half precision is what the stage trained; the VAE beside it stays as its latent cache saw it.
+    weights = "diffusion_pytorch_model.safetensors"
+    assert {v.dtype for v in load_file(tmp_path / "shipped" / "i2v" / "transformer" / weights).values()} == {torch.float16}
+    vae, shipped_vae = load_file(i2v_result.final / "vae" / weights), load_file(tmp_path / "shipped" / "vae" / weights)
+    assert vae.keys() == shipped_vae.keys() and all(torch.equal(vae[k], shipped_vae[k]) for k in vae)
 
 
 def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_without_an_image(latent_cache) -> None:

@@ -88,8 +88,9 @@ def ship(
 ) -> dict[str, Any]:
     """Copy every run's final folder under ``to`` and (re)write the manifest; return it.
 
-    The stages named in ``half`` are stored in float16, for models whose loaders cast the weights into
-    their own float32 parameters (open_clip and diffusers do); those in ``record_only`` are recorded in the
+    The stages named in ``half`` have what they trained stored in float16 (a transformer stage's transformer,
+    not the components shipped beside it), for models whose loaders cast the weights into their own float32
+    parameters (open_clip and diffusers do); those in ``record_only`` are recorded in the
     manifest (commands, commits, seeds) without their weights.
     """
     to.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,9 @@ def ship(
         for source, target in _targets(record["stage"], final, to) if shipped else ():
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)
-            if record["stage"] in half:
+            # Only what the stage trained: the VAE and text encoders beside an I2V teacher keep the precision
+            # its latent cache was encoded with.
+            if record["stage"] in half and (record["stage"] not in TRANSFORMERS or source.name == "transformer"):
                 _halve(target)
         if shipped and (run / "loss.png").is_file():
             (to / "curves").mkdir(exist_ok=True)
