@@ -5,10 +5,11 @@
   (shipped in magic141/toy_weights/clip) against the random 'tiny' CLIP, in the same run;
 - VAE: PSNR of single frames and 17-frame windows through the shipped VAE against a seeded untrained one,
   and how often simple vision still reads the colour, shape and background of the decoded frames;
-- prompt adherence of the shipped default (``magic141 evaluate``): colour, shape, background and motion read
-  off the frames, and first-frame PSNR, on held-out and training captions, for one window at the preset's
-  steps and at 4, and for 10 s videos in both window modes; first frames from the world (a user image) and
-  from the shipped text-to-image prior;
+- prompt adherence of the shipped default (``magic141 evaluate``, the 4-step DMD2 student) and of its teacher
+  (``toy-teacher``) at its 50 steps and at the student's 4: colour, shape, background and motion read off the
+  frames, and first-frame PSNR, on held-out and training captions, for one window, and (the default) for 10 s
+  videos in both window modes; first frames from the world (a user image) and from the shipped text-to-image
+  prior;
 - the wall time of every shipped stage's training on this machine, from the weights' manifest.
 
 ``python bench/toy_world.py [--corpus N] [--videos N] [--adherence N] [--long N]`` writes the 'toy-world' section of BENCHMARKS.md.
@@ -42,27 +43,38 @@ def _recall(clip_model: str, corpus: Path, work: Path) -> dict[str, float]:
 
 def _adherence_lines(preset, count: int, long_count: int) -> list[str]:
     from magic141.pipeline import Magic141Pipeline
+    from magic141.presets import get_preset
     from magic141.prior import ImagePrior
     from tasks.runtime.adherence import AdherenceSettings, evaluate_adherence
 
-    pipeline = Magic141Pipeline.from_preset(preset)
+    teacher = get_preset("toy-teacher")
+    pipelines = {"default": Magic141Pipeline.from_preset(preset), "teacher": Magic141Pipeline.from_preset(teacher)}
     prior = ImagePrior.from_preset(preset)
-    settings = [("world", None, "chained", None, count), ("world", None, "chained", 4, count),
-                ("prior", None, "chained", None, count), ("world", 10.0, "chained", None, long_count),
-                ("world", 10.0, "parallel", None, long_count)]
-    lines = ["Prompt adherence of the shipped default (`magic141 evaluate`), read off the frames by simple vision. "
-             "First frame 'world': the scene's own first frame, as a user image; 'prior': the shipped "
-             "text-to-image prior's image for the caption. Motion: direction over the first second.", "",
-             "| split | first frame | length | windows | steps | videos | colour | shape | background | motion "
-             "| motion kept | first-frame PSNR |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    # (model, first frame, seconds, window mode, steps, videos): the default at its own steps, its teacher at
+    # its own (50) and at the default's 4, each from the same cases.
+    settings = [("default", "world", None, "chained", None, count), ("teacher", "world", None, "chained", None, count),
+                ("teacher", "world", None, "chained", preset.steps, count),
+                ("default", "prior", None, "chained", None, count),
+                ("default", "world", 10.0, "chained", None, long_count),
+                ("default", "world", 10.0, "parallel", None, long_count)]
+    lines = [f"Prompt adherence of the shipped default (`magic141 evaluate`; `{preset.name}`, the DMD2 student) and of "
+             f"its teacher (`{teacher.name}`, the CFG-distilled model), read off the frames by simple vision, at "
+             f"guidance {preset.guidance_scale:g}. First frame 'world': the scene's own first frame, as a user image; "
+             "'prior': the shipped text-to-image prior's image for the caption. Motion: direction over the first "
+             "second.", "",
+             "| split | model | first frame | length | windows | steps | videos | colour | shape | background | motion "
+             "| motion kept | first-frame PSNR |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for split in ("held-out", "train"):
-        for first_frame, seconds, windows, steps, videos in settings:
+        for model, first_frame, seconds, windows, steps, videos in settings:
             result = evaluate_adherence(
-                pipeline, AdherenceSettings(split, videos, seconds, windows, steps, first_frame, seed=3), prior)
+                pipelines[model],
+                AdherenceSettings(split, videos, seconds, windows, steps, first_frame, seed=3,
+                                  guidance=preset.guidance_scale),
+                prior)
             summary = result["summary"]
             length = "1 window" if seconds is None else f"{seconds:g} s"
             lines.append(
-                f"| {split} | {first_frame} | {length} ({summary['frames']} frames) | {windows} | "
+                f"| {split} | {model} | {first_frame} | {length} ({summary['frames']} frames) | {windows} | "
                 f"{result['settings']['steps']} | {videos} | " + " | ".join(
                     f"{100 * summary[key]:.0f}%" for key in ("colour", "shape", "background", "motion",
                                                             "motion_sustained")) +
