@@ -48,12 +48,10 @@ def _cases(count: int):
     import PIL.Image
 
     from magic141.presets import get_preset
-    from magic141.toy_world import render_frame, sample_scene, split_captions
+    from magic141.toy_world import evaluation_captions, render_frame, sample_scene
 
     preset = get_preset("toy")
-    captions = split_captions("held-out")
-    for index in range(count):
-        caption = captions[index % len(captions)]
+    for index, caption in enumerate(evaluation_captions("held-out", count)):
         seed = SEED * 100_003 + index
         scene = sample_scene(caption, preset.width, preset.height, seed)
         yield caption, seed, PIL.Image.fromarray(render_frame(scene, 0.0, preset.width, preset.height))

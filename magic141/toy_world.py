@@ -229,6 +229,13 @@ class Sample:
     video: np.ndarray  # (F, H, W, 3) uint8
 
 
+def evaluation_captions(split: str, count: int) -> list[Caption]:
+    """The captions of ``count`` evaluation cases of ``split``, spread evenly over the split in the grammar's order
+    (a prefix of it would be one colour's captions), each as often as the count allows."""
+    captions = split_captions(split)
+    return [captions[index * len(captions) // count] for index in range(count)]
+
+
 def sample(index: int, split: str, seed: int, frames: int, fps: float, width: int, height: int) -> Sample:
     """Example ``index`` of ``split`` for a dataset seeded ``seed``: its caption cycles through the split
     in a seeded order, and its scene is drawn from (seed, index)."""

@@ -14,6 +14,7 @@ from magic141.toy_world import (
     SHAPES,
     Caption,
     all_captions,
+    evaluation_captions,
     held_out_captions,
     render_video,
     sample,
@@ -61,6 +62,18 @@ def test_samples_are_deterministic_and_follow_their_split() -> None:
     assert not np.array_equal(first.video, other.video)
     seen = {sample(i, "held-out", 0, 1, FPS, W, H).caption for i in range(len(held_out_captions()))}
     assert seen == held_out_captions()  # one pass over the split shows each caption once
+
+
+def test_evaluation_cases_spread_over_their_split_not_a_prefix_of_one_colour() -> None:
+    train = split_captions("train")
+    assert {c.colour for c in train[:48]} != set(COLOURS)  # the grammar's order: a prefix is one or two colours
+    cases = evaluation_captions("train", 48)
+    assert len(set(cases)) == 48 and set(cases) <= set(train)
+    for field, words in (("colour", COLOURS), ("shape", SHAPES), ("background", BACKGROUNDS), ("motion", MOTIONS)):
+        assert {getattr(c, field) for c in cases} == set(words)
+    assert evaluation_captions("train", len(train)) == train
+    assert evaluation_captions("held-out", 2 * len(held_out_captions())) == [
+        c for c in split_captions("held-out") for _ in range(2)]
 
 
 @pytest.mark.parametrize("motion", [m for m in MOTIONS if m.startswith("moving")])

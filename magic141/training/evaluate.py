@@ -16,7 +16,7 @@ import torch
 
 from magic141.metrics import psnr
 from magic141.toy_eval import read_frame
-from magic141.toy_world import BACKGROUNDS, COLOURS, SHAPES, render_video, sample_scene, split_captions
+from magic141.toy_world import BACKGROUNDS, COLOURS, SHAPES, evaluation_captions, render_video, sample_scene
 
 
 def retrieval_queries() -> list[tuple[str, str, str, str | None]]:
@@ -53,10 +53,8 @@ def vae_scores(vae: torch.nn.Module, split: str, count: int, frames: int, fps: i
     median PSNR (dB) of each, and the fraction of decoded clip frames whose colour, shape and background simple
     vision (:func:`magic141.toy_eval.read_frame`) still reads as the caption's. A video model cannot show
     more than its VAE decodes."""
-    captions = split_captions(split)
     image_scores, clip_scores, readings = [], [], []
-    for index in range(count):
-        caption = captions[index % len(captions)]
+    for index, caption in enumerate(evaluation_captions(split, count)):
         video = render_video(sample_scene(caption, width, height, seed + index), frames, fps, width, height)
         pixels = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
         for scores, clip in ((image_scores, pixels[:, :, :1]), (clip_scores, pixels)):

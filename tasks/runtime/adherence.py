@@ -1,7 +1,7 @@
 """Prompt adherence of a video model on the toy world, read off its frames by simple vision.
 
-Each case is a caption of the held-out or the training combinations (:func:`magic141.toy_world.split_captions`)
-and a scene drawn for it. The video's first frame is the scene's own first frame (``first_frame="world"``:
+Each case is a caption of the held-out or the training combinations, spread over the split
+(:func:`magic141.toy_world.evaluation_captions`), and a scene drawn for it. The video's first frame is the scene's own first frame (``first_frame="world"``:
 the user-image path) or the text-to-image prior's image for the caption (``"prior"``: the whole text-to-video
 factorisation). The video is sampled with the pipeline's windows and stitched as the CLI stitches it, then
 :func:`magic141.toy_eval.adherence` reads its colour, shape, background and motion, and
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import PIL.Image
 
-from magic141.toy_world import render_frame, sample_scene, split_captions
+from magic141.toy_world import evaluation_captions, render_frame, sample_scene
 from magic141.utils import InputError
 from magic141.windows import WINDOW_MODES
 
@@ -111,10 +111,8 @@ def evaluate_adherence(
     sampler = SamplerConfig(steps=steps, guidance_scale=guidance, true_cfg_scale=settings.true_cfg,
                             flow_shift=preset.flow_shift, first_frame_anchor=settings.first_frame_anchor)
     negative = "" if settings.true_cfg > 1 else None
-    captions = split_captions(settings.split)
     cases = []
-    for index in range(settings.count):
-        caption = captions[index % len(captions)]
+    for index, caption in enumerate(evaluation_captions(settings.split, settings.count)):
         seed = settings.seed * 100_003 + index
         if settings.first_frame == "world":
             scene = sample_scene(caption, preset.width, preset.height, seed)
