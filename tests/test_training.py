@@ -204,6 +204,7 @@ def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_wit
 
 
 def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_then_of_every_object(latent_cache, tmp_path: Path) -> None:
+    import magic141.training.transformer as transformer_module
     from magic141.presets import get_preset
     from magic141.toy_world import DIRECTIONS, SIZE_RANGE, SPEED, Caption, sample_scene, split_captions
     from magic141.training.loop import sample_rng
@@ -241,6 +242,10 @@ def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_then_of_every_obj
     components = encoders(tiny, None)
     plain, plain_fingerprint = cache_path(tmp_path, components, 8, 0, plain=True)
     assert plain_fingerprint != fingerprint
+    # Windows drawn another way make another cache: its key names their recipe.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transformer_module, "LATER_WINDOWS", 0.5)
+        assert cache_path(tmp_path, components, 8, 0)[1] != fingerprint
     build_cache(components, tiny, 8, 0, plain, plain=True)
     stage = TransformerStage(tiny, "i2v", world, fingerprint, plain=plain, plain_fingerprint=plain_fingerprint, plain_steps=4)
     for step, (source, parity) in enumerate([(plain, 0), (plain, 0), (plain, 1), (plain, 1), (world, None), (world, None)]):

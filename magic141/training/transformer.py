@@ -296,8 +296,12 @@ def cache_path(cache_dir: Path, components: I2VComponents, samples: int, seed: i
     """Where the cache of these encoders and this dataset (the world's windows, or the plain ones) lives, and its
     fingerprint."""
     modules = {"vae": components.vae, "text_encoder": components.text_encoder, "text_encoder_2": components.text_encoder_2}
-    recipe = {"even": [c.text for c in PLAIN_CAPTIONS], "odd": "any moving training caption"}
-    dataset = {"samples": samples, "seed": seed} | ({"plain": recipe} if plain else {})
+    # The key names the windows' recipe, so a cache built by another recipe is never read as this one's.
+    if plain:
+        recipe = {"plain": {"even": [c.text for c in PLAIN_CAPTIONS], "odd": "any moving training caption"}}
+    else:
+        recipe = {"later_windows": LATER_WINDOWS, "latest_start_s": LATEST_START_S}
+    dataset = {"samples": samples, "seed": seed} | recipe
     key = json.dumps({"encoders": fingerprint_modules(modules), **dataset}, sort_keys=True)
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir / f"{'plain' if plain else 'latents'}-{fingerprint}.safetensors", fingerprint
