@@ -135,7 +135,8 @@ def table1_lines(cfg: Path, students: list[Path], count: int, guidance: float) -
         label = f"DMD2 student, {steps} steps" + (f", regression {regression:g}" if regression else "")
         lines.append(_row([label], _videos(_pipeline(folder), count, steps, guidance), steps))
         logging.info(lines[-1])
-        sources.append(f"- {label}: `{folder}`")
+        shown = folder.resolve().relative_to(ROOT) if folder.resolve().is_relative_to(ROOT) else folder
+        sources.append(f"- {label}: `{shown}`")
     return [*lines, "", "The students' weights folders:", "", *sources]
 
 
