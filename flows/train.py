@@ -1,5 +1,6 @@
 """The ``train_toy_world`` flow: every toy-world stage in order (CLIP, VAE, text-to-image prior, T2V teacher,
-I2V teacher, its CFG distillation, then DMD2 of that), then the shipped weights folder.
+I2V teacher, its CFG distillation, DMD2 of that, then the VAE's decoder refinement), then the shipped weights
+folder.
 
 Each stage is a task with a progress artifact; a stage whose run folder already holds its finished run
 is kept as it is, and one that was interrupted resumes from its last checkpoint, so rerunning the flow
@@ -46,7 +47,8 @@ def _finished(out: Path, steps: int) -> bool:
 
 @task(name="train {stage}", retries=0)
 def train_stage(stage: str, out: str, max_steps: int, seed: int, workers: int, ray_address: str | None,
-                vae: str | None = None, t2v: str | None = None, teacher: str | None = None) -> StageRun:
+                vae: str | None = None, t2v: str | None = None, teacher: str | None = None,
+                refine: str | None = None) -> StageRun:
     folder = Path(out)
     defaults = DEFAULTS[stage]
     if _finished(folder, max_steps):
@@ -60,8 +62,8 @@ def train_stage(stage: str, out: str, max_steps: int, seed: int, workers: int, r
     )
     cache = StageProgress(f"{stage}-cache", f"{stage}: encode training windows")
     built = make_stage(stage, vae=None if vae is None else Path(vae), t2v=None if t2v is None else Path(t2v),
-                       teacher=None if teacher is None else Path(teacher), cache_dir=folder.parent / "cache", seed=seed,
-                       on_cache=cache.update)
+                       teacher=None if teacher is None else Path(teacher),
+                       refine=None if refine is None else Path(refine), cache_dir=folder.parent / "cache", seed=seed, on_cache=cache.update)
     progress = StageProgress(stage, f"train {stage}")
     result = train(built, settings, address=ray_address, on_step=lambda step, total, loss: progress.update(step, total),
                    dataset_size=SAMPLES if stage in CACHED else None, command=["flow train-toy-world", stage])
@@ -92,7 +94,9 @@ def train_toy_world(
         vae = str(root / "vae" / "final") if stage in ("t2v", "i2v") else None
         t2v = str(root / "t2v" / "final") if stage == "i2v" else None
         teacher = str(root / TEACHERS[stage] / "final") if stage in TEACHERS else None
-        runs.append(train_stage(stage, str(root / stage), steps[stage], seed, workers, ray_address, vae, t2v, teacher))
+        refine = str(root / "vae" / "final") if stage == "vae-decoder" else None
+        runs.append(train_stage(stage, str(root / stage), steps[stage], seed, workers, ray_address, vae, t2v, teacher,
+                                refine))
     create_table_artifact(
         key="train-toy-world",
         table=[{"stage": r.stage, "steps": r.steps, "first loss": round(r.first_loss, 5), "last loss": round(r.last_loss, 5),

@@ -325,3 +325,10 @@ def fingerprint_modules(modules: dict[str, torch.nn.Module]) -> str:
             digest.update(f"{name}.{key}:{data.dtype}:{tuple(data.shape)}".encode())
             digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def vae_encoder_fingerprint(vae: AutoencoderKLHunyuanVideo) -> str:
+    """sha256 of what a VAE's scaled latents depend on: its encoder's weights and its scaling factor. A VAE whose
+    decoder alone was refined keeps it, and so every latent encoded with it stays valid."""
+    modules = fingerprint_modules({"encoder": vae.encoder, "quant_conv": vae.quant_conv})
+    return hashlib.sha256(f"{modules}:{float(vae.config.scaling_factor)!r}".encode()).hexdigest()

@@ -147,15 +147,28 @@ def train_vae(
     learning_rate: LearningRateOption = DEFAULTS["vae"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["vae"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["vae"].warmup_steps,
+    refine: Annotated[
+        Path | None,
+        typer.Option("--refine", help="Train only the decoder of this trained VAE (final/ of 'train vae'); "
+                     f"then the options not given default to {DEFAULTS['vae-decoder'].max_steps} steps, learning "
+                     f"rate {DEFAULTS['vae-decoder'].learning_rate:g}, --out out/train/vae-decoder."),
+    ] = None,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The video VAE (HunyuanVideo's causal 3D VAE at the preset's size) on toy-world clips and single frames.
 
     Its final/ folder is a diffusers AutoencoderKLHunyuanVideo, with the scaling factor measured on its latents.
+    With --refine, the decoder alone of a trained VAE, its encoder frozen: the latents, the transformers'
+    caches and the transformers trained on them stay valid (the stage 'vae-decoder', its own defaults).
     """
-    settings = _run_settings(locals())
-    stage = _stage("vae", preset)
+    if refine is not None:  # the refinement's own defaults, for the options not given
+        defaults = {**vars(DEFAULTS["vae-decoder"]), "out": Path("out/train/vae-decoder")}
+        for name, value in defaults.items():
+            if context.get_parameter_source(name).name == "DEFAULT":  # typer vendors its own click
+                context.params[name] = value
+    settings = _run_settings(context.params)
+    stage = _stage("vae-decoder", preset, refine=refine) if refine is not None else _stage("vae", preset)
     _train(context, lambda: stage, settings, ray_address, as_json)
 
 
@@ -397,7 +410,9 @@ def _check_distillation(kind: str, distillation: dict[str, Any]) -> None:
 def train_all(
     out_dir: Annotated[Path, typer.Option("--out-dir", help="One run folder per stage under it.")] = Path("out/train"),
     stage: Annotated[
-        list[str] | None, typer.Option("--stage", help="Train only this stage (repeat for several): clip, vae, prior, t2v, i2v, cfg, dmd2.")
+        list[str] | None,
+        typer.Option("--stage", help="Train only this stage (repeat for several): clip, vae, prior, t2v, i2v, cfg, "
+                                     "dmd2, vae-decoder."),
     ] = None,
     seed: SeedOption = 0,
     workers: WorkersOption = 1,

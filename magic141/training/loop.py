@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import PIL.Image
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -38,6 +39,7 @@ from magic141.utils import InputError
 logger = logging.getLogger(__name__)
 
 KEEP_CHECKPOINTS = 2
+PLOT_COLOURS = 64
 LOSS_PLOT_POINTS = 50  # the running mean of a loss plot spans this fraction of the logged steps
 SCHEDULES = ("constant", "cosine")
 StepCallback = Callable[[int, int, float], None]
@@ -304,9 +306,12 @@ def plot_losses(out: Path, title: str) -> Path:
     if names:
         axis.legend()
     figure.tight_layout()
-    path = out / "loss.png"
-    figure.savefig(path)
+    figure.canvas.draw()
+    image = PIL.Image.frombuffer("RGBA", figure.canvas.get_width_height(), figure.canvas.buffer_rgba())
     plt.close(figure)
+    # A plot has few colours: a 64-colour palette keeps it as drawn at a third of the bytes (curves ship).
+    path = out / "loss.png"
+    image.convert("RGB").quantize(PLOT_COLOURS).save(path, optimize=True)
     return path
 
 

@@ -7,7 +7,9 @@ transformers go to teacher/ (CFG-distilled) and i2v/, each named by a weights fi
 Each loss curve goes to ``<to>/curves/<stage>.png``, and ``<to>/MANIFEST.json`` holds the sha256 and size of every shipped file,
 and for each stage the commands, commits, seeds, steps and wall times that produced it (its
 ``sessions.jsonl``). A stage given with ``--record-only`` (the T2V teacher, only where the I2V teacher starts)
-has its provenance in the manifest and no files. ``--check`` verifies a shipped folder against its manifest instead.
+has its provenance in the manifest and no files. A refined VAE (stage ``vae-decoder``) replaces vae/ and keeps
+it: a VAE of the same encoder shipped later leaves it, one of another encoder replaces it and drops its entry.
+``--check`` verifies a shipped folder against its manifest instead.
 """
 
 from __future__ import annotations
@@ -58,10 +60,15 @@ def _halve(folder: Path) -> None:
 TRANSFORMERS = {"dmd2": "transformer", "cfg": "teacher/transformer", "i2v": "i2v/transformer"}
 
 
+REFINED_VAE = "vae-decoder"  # the stage that refines the shipped VAE's decoder (``train vae --refine``)
+
+
 def _targets(stage: str, final: Path, to: Path) -> list[tuple[Path, Path]]:
     """Where a run's final folder goes: a transformer stage's transformer where ``TRANSFORMERS`` says, and the
     I2V teacher's other components (vae/, text encoders, ...) at the top of ``to``, so that ``to`` is a
-    weights folder; any other stage under its name."""
+    weights folder; the refined VAE to vae/; any other stage under its name."""
+    if stage == REFINED_VAE:
+        return [(final, to / "vae")]
     if stage not in TRANSFORMERS:
         return [(final, to / stage)]
     targets = [(final / "transformer", to / TRANSFORMERS[stage])]
@@ -83,6 +90,45 @@ SHARED_COMPONENTS = frozenset({"vae", "text_encoder", "text_encoder_2", "tokeniz
                                "prior"})
 
 
+def _encoder(folder: Path) -> str | None:
+    """The fingerprint of the latents of the VAE in ``folder`` (None when there is none)."""
+    if not (folder / "config.json").is_file():
+        return None
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from magic141.components import vae_encoder_fingerprint
+
+    return vae_encoder_fingerprint(AutoencoderKLHunyuanVideo.from_pretrained(str(folder)))
+
+
+def _keeps_refined_vae(manifest: dict[str, Any], source: Path, target: Path) -> bool:
+    """Whether copying the VAE ``source`` to the shipped ``target`` (vae/) is skipped: the shipped one is a
+    refined decoder of the same encoder. A VAE of another encoder replaces it, and the refinement's entry goes."""
+    if REFINED_VAE not in manifest["stages"]:
+        return False
+    if _encoder(source) == _encoder(target):
+        logger.info("%s keeps its refined decoder (%s encodes the same latents)", target, source)
+        return True
+    logger.warning("%s encodes other latents than the refined VAE in %s: the refinement is dropped", source, target)
+    del manifest["stages"][REFINED_VAE]
+    return False
+
+
+def _check_refinement(runs: list[tuple[Path, dict[str, Any]]], to: Path) -> None:
+    """Refuse a refined VAE whose encoder is not that of the VAE the shipped transformers' latents come from."""
+    refined = [run for run, record in runs if record["stage"] == REFINED_VAE]
+    if not refined:
+        return
+    others = [_targets(record["stage"], run / "final", to) for run, record in runs if record["stage"] != REFINED_VAE]
+    sources = [source for targets in others for source, target in targets if target == to / "vae"]
+    encoder = _encoder(refined[0] / "final")
+    for source in sources or [to / "vae"]:
+        seen = _encoder(source)
+        if seen is not None and seen != encoder:
+            raise InputError(f"{refined[0]} refines a VAE of another encoder than {source}'s; refine that VAE "
+                             "(train vae --refine) or ship the runs trained on the refined one's latents")
+
+
 def ship(
     runs: list[Path], to: Path, half: frozenset[str] = frozenset(), record_only: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
@@ -96,13 +142,19 @@ def ship(
     to.mkdir(parents=True, exist_ok=True)
     manifest_path = to / MANIFEST
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"stages": {}}
-    for run in runs:
-        record = json.loads((run / "run.json").read_text())
-        final = run / "final"
-        if not final.is_dir():
+    records = [(run, json.loads((run / "run.json").read_text())) for run in runs]
+    for run, _ in records:
+        if not (run / "final").is_dir():
             raise InputError(f"{run} has no final/ folder; let the run finish (or --resume it) first")
+    # The refined VAE last: the I2V teacher's VAE, beside it, is the one it refines.
+    records.sort(key=lambda item: item[1]["stage"] == REFINED_VAE)
+    _check_refinement(records, to)
+    for run, record in records:
+        final = run / "final"
         shipped = record["stage"] not in record_only
         for source, target in _targets(record["stage"], final, to) if shipped else ():
+            if target == to / "vae" and record["stage"] != REFINED_VAE and _keeps_refined_vae(manifest, source, target):
+                continue
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)
             # Only what the stage trained: the VAE and text encoders beside an I2V teacher keep the precision
@@ -116,6 +168,7 @@ def ship(
         manifest["stages"][record["stage"]] = {
             "sessions": sessions, "identity": record["identity"], "float16": record["stage"] in half,
             **({} if shipped else {"weights": "not shipped"}),
+            **({"refines": record["description"]["refine"]} if record["stage"] == REFINED_VAE else {}),
         }
         logger.info("shipped %s from %s", record["stage"], run)
     for stage in ("i2v", "cfg"):

@@ -44,7 +44,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from magic141.adaptation import widen_patch_embedding
-from magic141.components import I2VComponents, build_i2v_components, build_transformer, fingerprint_modules
+from magic141.components import (
+    I2VComponents,
+    build_i2v_components,
+    build_transformer,
+    fingerprint_modules,
+    vae_encoder_fingerprint,
+)
 from magic141.conditioning import image_condition, model_input
 from magic141.presets import Preset
 from magic141.prompt_encoding import t2v_prompt_template, t2v_text_pipeline, vlm_image_tokens
@@ -295,14 +301,16 @@ class TransformerStage:
 def cache_path(cache_dir: Path, components: I2VComponents, samples: int, seed: int, plain: bool = False) -> tuple[Path, str]:
     """Where the cache of these encoders and this dataset (the world's windows, or the plain ones) lives, and its
     fingerprint."""
-    modules = {"vae": components.vae, "text_encoder": components.text_encoder, "text_encoder_2": components.text_encoder_2}
+    modules = {"text_encoder": components.text_encoder, "text_encoder_2": components.text_encoder_2}
     # The key names the windows' recipe, so a cache built by another recipe is never read as this one's.
     if plain:
         recipe = {"plain": {"even": [c.text for c in PLAIN_CAPTIONS], "odd": "any moving training caption"}}
     else:
         recipe = {"later_windows": LATER_WINDOWS, "latest_start_s": LATEST_START_S}
     dataset = {"samples": samples, "seed": seed} | recipe
-    key = json.dumps({"encoders": fingerprint_modules(modules), **dataset}, sort_keys=True)
+    # The VAE's encoder alone: a refined decoder (``train vae --refine``) leaves the latents as they were.
+    key = json.dumps({"encoders": fingerprint_modules(modules), "vae_encoder": vae_encoder_fingerprint(components.vae),
+                      **dataset}, sort_keys=True)
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir / f"{'plain' if plain else 'latents'}-{fingerprint}.safetensors", fingerprint
 

@@ -10,6 +10,12 @@ posterior's mean, which is what the pipelines encode (its variance is not traine
 is not meaningful for this VAE), and a small penalty on the mean, the KL term's, keeps the latents near unit
 scale. The saved folder's ``scaling_factor`` is measured on training clips (one over the latents' standard
 deviation), as Stable Diffusion's and HunyuanVideo's are, so the transformer sees latents of unit variance.
+
+The decoder refinement (``refine``: a trained VAE's folder) trains that VAE's decoder alone, its encoder
+frozen: the latents, the transformers' latent caches and every transformer trained on them stay valid. Its
+loss adds two terms the averages above let slip: the error of the ring of background pixels just outside the
+object (a halo there rounds a square's corners into a circle for any reader) and the mean of the worst
+``TAIL_SHARE`` of background pixels' errors (a stray blob of a few pixels is noise in a frame's average).
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ OBJECT_DISTANCE = 0.1  # a pixel whose channels differ this much from its frame'
 CLIP_FRAMES = (1, 5, 1, 9)  # the clip length of step n is CLIP_FRAMES[n % 4]
 SCALE_SAMPLES = 32
 SCALE_SEED = 2**31 - 1  # clips of no training run's seed measure the scaling factor
+RING_PIXELS = 2  # the refinement's ring: background pixels within this many pixels of the object
+TAIL_SHARE = 0.01  # the refinement's tail: this share of background pixels, the worst decoded
+RING_WEIGHT = 0.25  # the weights of the ring's and the tail's errors beside the object's and the background's
+TAIL_WEIGHT = 0.25
 
 
 @dataclass(frozen=True)
@@ -40,32 +50,67 @@ class VideoBatch:
     pixels: torch.Tensor  # (B, 3, F, H, W) in [-1, 1]
 
 
+def _object_mask(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 1, ...) 1.0 where a pixel of (B, 3, ...) in [-1, 1] is the object's: the background is plain, so those
+    whose channels differ from their frame's corner pixel by more than ``OBJECT_DISTANCE`` (objects never touch
+    the border)."""
+    return ((pixels - pixels[..., :1, :1]).abs().amax(1, keepdim=True) > OBJECT_DISTANCE).float()
+
+
+def _masked_mean(error: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.expand_as(error)
+    return (error * mask).sum() / mask.sum().clamp_min(1)
+
+
+def _pixel_error(decoded: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    return (decoded - pixels).abs() + (decoded - pixels) ** 2
+
+
 def reconstruction_errors(decoded: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """L1 plus squared error, averaged over the object's pixels and over the background's, of images (B, 3, H, W)
-    or videos (B, 3, F, H, W) in [-1, 1]. The background is plain, so the object's pixels are those whose channels
-    differ from their frame's corner pixel by more than ``OBJECT_DISTANCE`` (objects never touch the border)."""
-    error = (decoded - pixels).abs() + (decoded - pixels) ** 2
-    obj = ((pixels - pixels[..., :1, :1]).abs().amax(1, keepdim=True) > OBJECT_DISTANCE).expand_as(pixels).float()
-    object_error = (error * obj).sum() / obj.sum().clamp_min(1)
-    background_error = (error * (1 - obj)).sum() / (1 - obj).sum().clamp_min(1)
-    return object_error, background_error
+    or videos (B, 3, F, H, W) in [-1, 1]."""
+    error, obj = _pixel_error(decoded, pixels), _object_mask(pixels)
+    return _masked_mean(error, obj), _masked_mean(error, 1 - obj)
+
+
+def refinement_errors(decoded: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder refinement's two terms for videos (B, 3, F, H, W): the error averaged over the background
+    pixels within ``RING_PIXELS`` of the object, and the mean error of the worst ``TAIL_SHARE`` of background
+    pixels (each pixel's error summed over its channels)."""
+    error, obj = _pixel_error(decoded, pixels), _object_mask(pixels)
+    size = 2 * RING_PIXELS + 1
+    near = F.max_pool3d(obj, (1, size, size), stride=1, padding=(0, RING_PIXELS, RING_PIXELS))
+    ring = _masked_mean(error, near - obj)
+    background = error.sum(1)[(1 - near)[:, 0] > 0]
+    tail = background.topk(max(1, int(TAIL_SHARE * background.numel()))).values.mean()
+    return ring, tail
 
 
 class VaeTrainee(torch.nn.Module):
-    def __init__(self, vae: torch.nn.Module) -> None:
+    """The VAE, whole; or with ``decoder_only``, its decoder under the refinement's loss (the encoder frozen)."""
+
+    def __init__(self, vae: torch.nn.Module, decoder_only: bool = False) -> None:
         super().__init__()
         self.vae = vae
+        self.decoder_only = decoder_only
+        if decoder_only:
+            vae.encoder.requires_grad_(False)
+            vae.quant_conv.requires_grad_(False)
 
     def forward(self, batch: VideoBatch) -> tuple[torch.Tensor, dict[str, float]]:
         pixels = batch.pixels
-        latents = self.vae.encode(pixels).latent_dist.mean  # (B, C, T, h, w)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
+            latents = self.vae.encode(pixels).latent_dist.mean  # (B, C, T, h, w)
         decoded = self.vae.decode(latents).sample  # (B, 3, F, H, W)
         object_error, background_error = reconstruction_errors(decoded, pixels)
-        penalty = latents.pow(2).mean()
         mse = F.mse_loss(decoded.detach(), pixels)
-        psnr = 10 * torch.log10(4.0 / mse.clamp_min(1e-10))  # the [-1, 1] range spans 2
-        loss = object_error + background_error + LATENT_PENALTY * penalty
-        return loss, {"object": object_error.item(), "background": background_error.item(), "psnr": psnr.item()}
+        logged = {"object": object_error.item(), "background": background_error.item(),
+                  "psnr": (10 * torch.log10(4.0 / mse.clamp_min(1e-10))).item()}  # the [-1, 1] range spans 2
+        if self.decoder_only:
+            ring, tail = refinement_errors(decoded, pixels)
+            logged |= {"ring": ring.item(), "tail": tail.item()}
+            return object_error + background_error + RING_WEIGHT * ring + TAIL_WEIGHT * tail, logged
+        return object_error + background_error + LATENT_PENALTY * latents.pow(2).mean(), logged
 
 
 def _frames_tensor(videos: Sequence[np.ndarray]) -> torch.Tensor:
@@ -75,20 +120,35 @@ def _frames_tensor(videos: Sequence[np.ndarray]) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class VaeStage:
-    """The toy world's video VAE at the preset's frame size and frame rate."""
+    """The toy world's video VAE at the preset's frame size and frame rate; with ``refine`` (a trained VAE's
+    folder, ``refine_fingerprint`` its weights' fingerprint) that VAE's decoder refinement."""
 
     config: VAEConfig
     width: int
     height: int
     fps: int
-    name: str = "vae"
+    refine: Path | None = None
+    refine_fingerprint: str = ""
+
+    @property
+    def name(self) -> str:
+        return "vae" if self.refine is None else "vae-decoder"
 
     def describe(self) -> dict[str, Any]:
-        return {"vae": asdict(self.config), "frame": [self.width, self.height], "fps": self.fps, "clips": CLIP_FRAMES}
+        described = {"vae": asdict(self.config), "frame": [self.width, self.height], "fps": self.fps,
+                     "clips": CLIP_FRAMES}
+        if self.refine is not None:
+            described |= {"refine": self.refine_fingerprint, "ring_pixels": RING_PIXELS, "tail_share": TAIL_SHARE,
+                          "ring_weight": RING_WEIGHT, "tail_weight": TAIL_WEIGHT}
+        return described
 
     def build(self, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        return VaeTrainee(build_vae(self.config))
+        if self.refine is None:
+            return VaeTrainee(build_vae(self.config))
+        from diffusers import AutoencoderKLHunyuanVideo
+
+        return VaeTrainee(AutoencoderKLHunyuanVideo.from_pretrained(str(self.refine)), decoder_only=True)
 
     def _sample(self, seed: int, step: int, index: int, frames: int) -> np.ndarray:
         rng = sample_rng(seed, step, index)
@@ -112,5 +172,24 @@ class VaeStage:
 
     def save(self, trainee: torch.nn.Module, folder: Path) -> None:
         vae = trainee.vae.eval()
-        vae.register_to_config(scaling_factor=self.scaling_factor(vae))
+        if self.refine is None:  # a refined decoder keeps its encoder's latents, so their scale
+            vae.register_to_config(scaling_factor=self.scaling_factor(vae))
         vae.save_pretrained(folder, safe_serialization=True)
+
+
+def refinement_stage(config: VAEConfig, width: int, height: int, fps: int, folder: Path) -> VaeStage:
+    """The decoder refinement of the trained VAE in ``folder``, refused when it is not of ``config``'s geometry."""
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    from magic141.components import fingerprint_modules
+    from magic141.utils import InputError
+
+    vae = AutoencoderKLHunyuanVideo.from_pretrained(str(folder))
+    built = build_vae(config).config
+    differing = [key for key in ("block_out_channels", "layers_per_block", "latent_channels",
+                                 "spatial_compression_ratio", "temporal_compression_ratio")
+                 if tuple(np.atleast_1d(vae.config[key])) != tuple(np.atleast_1d(built[key]))]
+    if differing:
+        raise InputError(f"--refine {folder} is a VAE of another geometry ({', '.join(differing)} differ from the "
+                         "preset's); pass a VAE trained for this preset")
+    return VaeStage(config, width, height, fps, Path(folder), fingerprint_modules({"vae": vae}))

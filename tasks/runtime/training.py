@@ -12,7 +12,7 @@ from typing import Any
 
 from magic141.utils import InputError
 
-STAGES = ("clip", "vae", "prior", "t2v", "i2v", "cfg", "dmd2")
+STAGES = ("clip", "vae", "prior", "t2v", "i2v", "cfg", "dmd2", "vae-decoder")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ DEFAULTS: dict[str, StageDefaults] = {
     "i2v": StageDefaults(3000, 16, 1e-3, "cosine", 100),
     "cfg": StageDefaults(600, 16, 2e-4, "cosine", 50),
     "dmd2": StageDefaults(600, 16, 2e-5, "constant", 0),
+    "vae-decoder": StageDefaults(2000, 4, 2e-4, "cosine", 0),
 }
 SAMPLES = 12000  # training windows in the transformers' latent cache
 PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
@@ -59,6 +60,7 @@ def make_stage(
     teacher: Path | None = None,
     distillation: dict[str, Any] | None = None,
     plain_steps: int = I2V_PLAIN_STEPS,
+    refine: Path | None = None,
     on_cache: Callable[[int, int], None] | None = None,
 ) -> Any:
     """The stage ``name`` of ``preset_name``; a transformer stage's latent cache is built first when missing.
@@ -80,6 +82,13 @@ def make_stage(
         from magic141.training.vae import VaeStage
 
         return VaeStage(preset.vae, preset.width, preset.height, preset.fps)
+    if name == "vae-decoder":
+        from magic141.training.vae import refinement_stage
+
+        if refine is None:
+            raise InputError("the decoder refinement starts from a trained VAE; pass its final/ folder with --refine")
+        check_weights_folder("--refine", refine)
+        return refinement_stage(preset.vae, preset.width, preset.height, preset.fps, refine)
     if name == "prior":
         from magic141.training.prior import PriorStage
 
