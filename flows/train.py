@@ -1,6 +1,6 @@
-"""The ``train_toy_world`` flow: every toy-world stage in order (CLIP, VAE, text-to-image prior, T2V teacher,
-I2V teacher, its CFG distillation, DMD2 of that, then the VAE's decoder refinement), then the shipped weights
-folder.
+"""The ``train_toy_world`` flow: every shipped toy-world stage in order (CLIP, VAE, text-to-image prior, T2V
+teacher, I2V teacher, its CFG distillation, then DMD2 of that; the VAE's decoder refinement last when asked),
+then the shipped weights folder.
 
 Each stage is a task with a progress artifact; a stage whose run folder already holds its finished run
 is kept as it is, and one that was interrupted resumes from its last checkpoint, so rerunning the flow
@@ -20,7 +20,7 @@ from magic141.training.loop import TrainSettings, read_losses
 from magic141.utils import InputError
 from tasks.runtime.progress import StageProgress
 from tasks.runtime.train_pool import train
-from tasks.runtime.training import DEFAULTS, SAMPLES, STAGES, make_stage
+from tasks.runtime.training import DEFAULTS, SAMPLES, SHIPPED_STAGES, STAGES, make_stage
 
 logger = logging.getLogger(__name__)
 # Stored in float16 (half the bytes): open_clip and diffusers cast them into their float32 models on load.
@@ -80,8 +80,9 @@ def train_toy_world(
     ray_address: str | None = None,
     ship_to: str | None = None,
 ) -> list[StageRun]:
-    """Train ``stages`` (default: all, in order) into ``out_dir/<stage>``; ship them to ``ship_to`` when given."""
-    chosen = list(STAGES) if stages is None else stages
+    """Train ``stages`` (default: the shipped ones, in order) into ``out_dir/<stage>``; ship them to ``ship_to``
+    when given."""
+    chosen = list(SHIPPED_STAGES) if stages is None else stages
     unknown = sorted(set(chosen) - set(STAGES))
     if unknown:
         raise InputError(f"unknown training stage(s) {', '.join(unknown)}; choose from: {', '.join(STAGES)}")

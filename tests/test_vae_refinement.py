@@ -19,7 +19,7 @@ from magic141.presets import get_preset
 from magic141.training.evaluate import stray_pixels
 from magic141.training.loop import TrainSettings, read_losses
 from magic141.training.ship import check, ship
-from magic141.training.vae import VaeStage, VaeTrainee, refinement_errors, refinement_stage
+from magic141.training.vae import LATENT_NOISE, VaeStage, VaeTrainee, refinement_errors, refinement_stage
 from magic141.utils import InputError
 from tasks.runtime.train_pool import train
 
@@ -157,3 +157,29 @@ def test_the_train_command_refines_with_its_own_defaults_and_refuses_a_folder_th
         f"magic141: error: --refine {tmp_path} is not a weights folder (no config.json); pass the final/ folder of its run"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_the_refinement_decodes_noised_latents_of_the_clips_the_vae_stage_draws(runs) -> None:
+    base, _ = runs
+    stage, plain = _refined(base), VaeStage(TINY.vae, TINY.width, TINY.height, TINY.fps)
+    batch, again, clips = stage.batch(3, 1, [0, 1]), stage.batch(3, 1, [0, 1]), plain.batch(3, 1, [0, 1])
+    assert torch.equal(batch.pixels, clips.pixels) and clips.latent_noise is None  # the same clips, no noise
+    with torch.no_grad():
+        latents = _load(base / "final").encode(batch.pixels).latent_dist.mean
+    assert batch.latent_noise.shape == latents.shape and torch.equal(batch.latent_noise, again.latent_noise)
+    assert 0 < float(batch.latent_noise.std()) <= LATENT_NOISE
+    assert not torch.equal(batch.latent_noise[0], stage.batch(3, 2, [0]).latent_noise[0])  # drawn anew every step
+
+
+def test_the_training_flow_refines_the_decoder_of_the_vae_it_trained_when_asked(prefect_api, tmp_path: Path) -> None:
+    from flows.train import train_toy_world
+
+    runs = train_toy_world(str(tmp_path / "train"), ["vae-decoder", "vae"], {"vae": 2, "vae-decoder": 2},
+                           ship_to=str(tmp_path / "weights"))
+    assert [run.stage for run in runs] == ["vae", "vae-decoder"]  # in the stages' order
+    weights = "diffusion_pytorch_model.safetensors"
+    refined = tmp_path / "train" / "vae-decoder" / "final" / weights
+    assert (tmp_path / "weights" / "vae" / weights).read_bytes() == refined.read_bytes()
+    base = _load(tmp_path / "train" / "vae" / "final")
+    assert vae_encoder_fingerprint(_load(refined.parent)) == vae_encoder_fingerprint(base)
+    assert check(tmp_path / "weights") == []

@@ -412,7 +412,7 @@ def train_all(
     stage: Annotated[
         list[str] | None,
         typer.Option("--stage", help="Train only this stage (repeat for several): clip, vae, prior, t2v, i2v, cfg, "
-                                     "dmd2, vae-decoder."),
+                                     "dmd2 (the default: all of them), vae-decoder (the VAE's decoder refinement)."),
     ] = None,
     seed: SeedOption = 0,
     workers: WorkersOption = 1,

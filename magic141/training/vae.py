@@ -15,7 +15,9 @@ The decoder refinement (``refine``: a trained VAE's folder) trains that VAE's de
 frozen: the latents, the transformers' latent caches and every transformer trained on them stay valid. Its
 loss adds two terms the averages above let slip: the error of the ring of background pixels just outside the
 object (a halo there rounds a square's corners into a circle for any reader) and the mean of the worst
-``TAIL_SHARE`` of background pixels' errors (a stray blob of a few pixels is noise in a frame's average).
+``TAIL_SHARE`` of background pixels' errors (a stray blob of a few pixels is noise in a frame's average). It
+decodes the latents plus Gaussian noise (a standard deviation drawn per clip up to ``LATENT_NOISE``): in use
+the decoder reads a transformer's samples, which are never exactly an encoder's latents.
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ RING_PIXELS = 2  # the refinement's ring: background pixels within this many pix
 TAIL_SHARE = 0.01  # the refinement's tail: this share of background pixels, the worst decoded
 RING_WEIGHT = 0.25  # the weights of the ring's and the tail's errors beside the object's and the background's
 TAIL_WEIGHT = 0.25
+LATENT_NOISE = 0.3  # the refinement decodes latents plus noise of a standard deviation up to this, drawn per clip
 
 
 @dataclass(frozen=True)
 class VideoBatch:
     pixels: torch.Tensor  # (B, 3, F, H, W) in [-1, 1]
+    latent_noise: torch.Tensor | None = None  # (B, C, T, h, w): added to the latents the decoder reads
 
 
 def _object_mask(pixels: torch.Tensor) -> torch.Tensor:
@@ -101,6 +105,8 @@ class VaeTrainee(torch.nn.Module):
         pixels = batch.pixels
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
             latents = self.vae.encode(pixels).latent_dist.mean  # (B, C, T, h, w)
+        if batch.latent_noise is not None:
+            latents = latents + batch.latent_noise
         decoded = self.vae.decode(latents).sample  # (B, 3, F, H, W)
         object_error, background_error = reconstruction_errors(decoded, pixels)
         mse = F.mse_loss(decoded.detach(), pixels)
@@ -139,7 +145,7 @@ class VaeStage:
                      "clips": CLIP_FRAMES}
         if self.refine is not None:
             described |= {"refine": self.refine_fingerprint, "ring_pixels": RING_PIXELS, "tail_share": TAIL_SHARE,
-                          "ring_weight": RING_WEIGHT, "tail_weight": TAIL_WEIGHT}
+                          "ring_weight": RING_WEIGHT, "tail_weight": TAIL_WEIGHT, "latent_noise": LATENT_NOISE}
         return described
 
     def build(self, seed: int) -> torch.nn.Module:
@@ -150,22 +156,30 @@ class VaeStage:
 
         return VaeTrainee(AutoencoderKLHunyuanVideo.from_pretrained(str(self.refine)), decoder_only=True)
 
-    def _sample(self, seed: int, step: int, index: int, frames: int) -> np.ndarray:
+    def _sample(self, seed: int, step: int, index: int, frames: int) -> tuple[np.ndarray, torch.Tensor | None]:
+        """A clip, and for the refinement the noise its latents get (drawn after the clip, which stays the same)."""
         rng = sample_rng(seed, step, index)
         captions = split_captions("train")
         caption = captions[int(torch.randint(len(captions), (1,), generator=rng))]
         start = float(torch.rand(1, generator=rng)) * 3.0
         scene = sample_scene(caption, self.width, self.height, int(torch.randint(2**31, (1,), generator=rng)))
-        return render_video(scene, frames, self.fps, self.width, self.height, start=start)
+        video = render_video(scene, frames, self.fps, self.width, self.height, start=start)
+        if self.refine is None:
+            return video, None
+        shape = (self.config.latent_channels, (frames - 1) // self.config.temporal_compression_ratio + 1,
+                 self.height // self.config.spatial_compression_ratio, self.width // self.config.spatial_compression_ratio)
+        scale = float(torch.rand(1, generator=rng)) * LATENT_NOISE
+        return video, scale * torch.randn(shape, generator=rng)
 
     def batch(self, seed: int, step: int, samples: Sequence[int]) -> VideoBatch:
         frames = CLIP_FRAMES[step % len(CLIP_FRAMES)]
-        return VideoBatch(_frames_tensor([self._sample(seed, step, index, frames) for index in samples]))
+        videos, noises = zip(*(self._sample(seed, step, index, frames) for index in samples))
+        return VideoBatch(_frames_tensor(videos), None if self.refine is None else torch.stack(noises))
 
     @torch.no_grad()
     def scaling_factor(self, vae: torch.nn.Module) -> float:
         """One over the standard deviation of the latent means of held-aside training clips."""
-        videos = [self._sample(SCALE_SEED, 0, index, max(CLIP_FRAMES)) for index in range(SCALE_SAMPLES)]
+        videos = [self._sample(SCALE_SEED, 0, index, max(CLIP_FRAMES))[0] for index in range(SCALE_SAMPLES)]
         pixels = _frames_tensor(videos)
         latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(8)])
         return float(1.0 / latents.std())
