@@ -28,6 +28,14 @@ RECONSTRUCTED = (("image_psnr", "{:.1f} dB"), ("clip_psnr", "{:.1f} dB"), ("colo
                  ("stray_blobs", "{:.0%}"))
 
 
+def _shown(folder: Path) -> str:
+    """A folder as the section names it: relative to the repository when inside it."""
+    try:
+        return str(folder.resolve().relative_to(WEIGHTS.parent.parent))
+    except ValueError:
+        return str(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", type=Path, required=True, help="the VAE the refinement started from")
@@ -55,9 +63,10 @@ def main() -> None:
     lines = [
         "## The VAE's decoder refinement: before and after, on the same latents",
         "",
-        f"`python bench/vae_decoder.py --before DIR`: the `toy` default ({preset.steps} steps, guidance "
-        f"{preset.guidance_scale:g}) on {args.count} held-out cases, one window, its latents decoded by the VAE the "
-        "refinement started from and by the refined one (their encoder is the same, so are the latents):",
+        f"`python bench/vae_decoder.py --before {_shown(args.before)} --after {_shown(args.after)}`: the `toy` "
+        f"default ({preset.steps} steps, guidance {preset.guidance_scale:g}) on {args.count} held-out cases, one "
+        "window, its latents decoded by the VAE the refinement started from (before) and by the refined one (after; "
+        "their encoder is the same, so are the latents):",
         "",
         "| first frame | decoder | " + " | ".join(key.replace("_", " ") for key, _ in SAMPLED) + " |",
         "|---|---|" + "---|" * len(SAMPLED),
