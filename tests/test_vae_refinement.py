@@ -129,6 +129,7 @@ def test_a_refined_vae_ships_as_vae_and_stays_until_a_vae_of_another_encoder_rep
     weights = "diffusion_pytorch_model.safetensors"
     ship([refined, base], to)  # in any order: the refinement lands last
     assert (to / "vae" / weights).read_bytes() == (refined / "final" / weights).read_bytes()
+    assert (to / "curves" / "vae-decoder.png").is_file()
     manifest = json.loads((to / "MANIFEST.json").read_text())
     assert manifest["stages"]["vae-decoder"]["refines"] == json.loads((refined / "run.json").read_text())["description"]["refine"]
     assert check(to) == []
@@ -138,6 +139,7 @@ def test_a_refined_vae_ships_as_vae_and_stays_until_a_vae_of_another_encoder_rep
     ship([other], to)  # a VAE of other latents replaces it, and the refinement's entry goes
     assert (to / "vae" / weights).read_bytes() == (other / "final" / weights).read_bytes()
     assert "vae-decoder" not in json.loads((to / "MANIFEST.json").read_text())["stages"] and check(to) == []
+    assert not (to / "curves" / "vae-decoder.png").exists()  # nor its curve
     with pytest.raises(InputError, match="refines a VAE of another encoder than"):
         ship([refined], to)
     assert (to / "vae" / weights).read_bytes() == (other / "final" / weights).read_bytes()

@@ -111,6 +111,7 @@ def _keeps_refined_vae(manifest: dict[str, Any], source: Path, target: Path) -> 
         return True
     logger.warning("%s encodes other latents than the refined VAE in %s: the refinement is dropped", source, target)
     del manifest["stages"][REFINED_VAE]
+    (target.parent / "curves" / f"{REFINED_VAE}.png").unlink(missing_ok=True)
     return False
 
 
