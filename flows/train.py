@@ -1,5 +1,5 @@
 """The ``train_toy_world`` flow: every shipped toy-world stage in order (CLIP, VAE, text-to-image prior, T2V
-teacher, I2V teacher, its CFG distillation, then DMD2 of that; the VAE's decoder refinement last when asked),
+teacher, I2V teacher, its CFG distillation, then DMD2 of that; the VAE's decoder refinement on that student's samples last when asked),
 then the shipped weights folder.
 
 Each stage is a task with a progress artifact; a stage whose run folder already holds its finished run
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 SHIPPED_HALF = frozenset({"clip", "i2v", "cfg", "dmd2"})
 NOT_SHIPPED = frozenset({"t2v"})  # the T2V teacher is only where the I2V teacher starts: its provenance ships
 TEACHERS = {"cfg": "i2v", "dmd2": "cfg"}  # each distillation's teacher: the stage before it
-CACHED = frozenset({"t2v", "i2v", "cfg", "dmd2"})  # stages that read the latent cache of SAMPLES windows, in epochs
+CACHED = frozenset({"t2v", "i2v", "cfg", "dmd2", "vae-decoder"})  # stages that read the latent cache of SAMPLES windows, in epochs
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def _finished(out: Path, steps: int) -> bool:
 @task(name="train {stage}", retries=0)
 def train_stage(stage: str, out: str, max_steps: int, seed: int, workers: int, ray_address: str | None,
                 vae: str | None = None, t2v: str | None = None, teacher: str | None = None,
-                refine: str | None = None) -> StageRun:
+                refine: str | None = None, student: str | None = None, samples: int = SAMPLES) -> StageRun:
     folder = Path(out)
     defaults = DEFAULTS[stage]
     if _finished(folder, max_steps):
@@ -63,10 +63,11 @@ def train_stage(stage: str, out: str, max_steps: int, seed: int, workers: int, r
     cache = StageProgress(f"{stage}-cache", f"{stage}: encode training windows")
     built = make_stage(stage, vae=None if vae is None else Path(vae), t2v=None if t2v is None else Path(t2v),
                        teacher=None if teacher is None else Path(teacher),
-                       refine=None if refine is None else Path(refine), cache_dir=folder.parent / "cache", seed=seed, on_cache=cache.update)
+                       refine=None if refine is None else Path(refine), student=None if student is None else Path(student),
+                       samples=samples, cache_dir=folder.parent / "cache", seed=seed, on_cache=cache.update)
     progress = StageProgress(stage, f"train {stage}")
     result = train(built, settings, address=ray_address, on_step=lambda step, total, loss: progress.update(step, total),
-                   dataset_size=SAMPLES if stage in CACHED else None, command=["flow train-toy-world", stage])
+                   dataset_size=samples if stage in CACHED else None, command=["flow train-toy-world", stage])
     return StageRun(stage, out, result.steps, result.first_loss, result.last_loss, True)
 
 
@@ -79,9 +80,10 @@ def train_toy_world(
     workers: int = 1,
     ray_address: str | None = None,
     ship_to: str | None = None,
+    samples: int = SAMPLES,
 ) -> list[StageRun]:
-    """Train ``stages`` (default: the shipped ones, in order) into ``out_dir/<stage>``; ship them to ``ship_to``
-    when given."""
+    """Train ``stages`` (default: the shipped ones, in order) into ``out_dir/<stage>``, the transformers (and the
+    decoder refinement) on a latent cache of ``samples`` training windows; ship them to ``ship_to`` when given."""
     chosen = list(SHIPPED_STAGES) if stages is None else stages
     unknown = sorted(set(chosen) - set(STAGES))
     if unknown:
@@ -96,8 +98,9 @@ def train_toy_world(
         t2v = str(root / "t2v" / "final") if stage == "i2v" else None
         teacher = str(root / TEACHERS[stage] / "final") if stage in TEACHERS else None
         refine = str(root / "vae" / "final") if stage == "vae-decoder" else None
+        student = str(root / "dmd2" / "final") if stage == "vae-decoder" else None
         runs.append(train_stage(stage, str(root / stage), steps[stage], seed, workers, ray_address, vae, t2v, teacher,
-                                refine))
+                                refine, student, samples))
     create_table_artifact(
         key="train-toy-world",
         table=[{"stage": r.stage, "steps": r.steps, "first loss": round(r.first_loss, 5), "last loss": round(r.last_loss, 5),

@@ -1,6 +1,6 @@
-"""The VAE's decoder refinement (``train vae --refine``): it trains the decoder alone, so the latents, the caches
-and the transformers trained on them stay valid; its loss terms by hand; the stray-blob count of the VAE
-evaluation; and how a refined VAE ships beside the transformers."""
+"""The VAE's decoder refinement (``train vae --refine``): it trains the decoder alone, on the student's samples
+of training windows, so the latents, the caches and the transformers trained on them stay valid; its loss terms
+by hand; the stray-blob count of the VAE evaluation; and how a refined VAE ships beside the transformers."""
 
 from __future__ import annotations
 
@@ -13,17 +13,22 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLHunyuanVideo
+from safetensors.torch import load_file
 
-from magic141.components import vae_encoder_fingerprint
+from magic141.components import build_i2v_components, build_transformer, vae_encoder_fingerprint
 from magic141.presets import get_preset
+from magic141.toy_world import split_captions
 from magic141.training.evaluate import stray_pixels
-from magic141.training.loop import TrainSettings, read_losses
+from magic141.training.loop import TrainingError, TrainSettings, read_losses
 from magic141.training.ship import check, ship
-from magic141.training.vae import LATENT_NOISE, VaeStage, VaeTrainee, refinement_errors, refinement_stage
+from magic141.training.transformer import cache_window
+from magic141.training.vae import DecoderStage, VaeStage, VaeTrainee, refinement_errors, refinement_stage
 from magic141.utils import InputError
+from magic141.weights import save_i2v_components
 from tasks.runtime.train_pool import train
 
 TINY = get_preset("tiny")
+WINDOWS = 8  # the refinement's latent cache
 
 
 def _settings(out: Path, steps: int, **changes: object) -> TrainSettings:
@@ -36,8 +41,16 @@ def _base(out: Path, seed: int = 0) -> Path:
     return out
 
 
-def _refined(base: Path) -> VaeStage:
-    return refinement_stage(TINY.vae, TINY.width, TINY.height, TINY.fps, base / "final")
+def _student(vae_folder: Path, out: Path) -> Path:
+    """A tiny I2V weights folder (seeded transformer) around the VAE of ``vae_folder``: the student it decodes."""
+    components = build_i2v_components(TINY)
+    components.vae = AutoencoderKLHunyuanVideo.from_pretrained(str(vae_folder))
+    components.prompt_format = "magic141"
+    return save_i2v_components(components, out)
+
+
+def _refined(base: Path, student: Path, cache_dir: Path, seed: int = 0) -> DecoderStage:
+    return refinement_stage(TINY, base / "final", student, cache_dir, WINDOWS, seed)
 
 
 def _load(folder: Path) -> AutoencoderKLHunyuanVideo:
@@ -45,17 +58,20 @@ def _load(folder: Path) -> AutoencoderKLHunyuanVideo:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    """The base VAE's run, the student's weights folder, the refinement's run and its cache folder."""
     root = tmp_path_factory.mktemp("vae")
     base = _base(root / "vae")
-    train(_refined(base), _settings(root / "vae-decoder", 16, learning_rate=1e-3, checkpoint_every=4))
-    return base, root / "vae-decoder"
+    student = _student(base / "final", root / "student")
+    train(_refined(base, student, root / "cache"), _settings(root / "vae-decoder", 8, learning_rate=1e-3, checkpoint_every=4),
+          dataset_size=WINDOWS)
+    return base, student, root / "vae-decoder", root / "cache"
 
 
 def test_the_refinement_trains_the_decoder_alone_so_the_latents_and_their_caches_stay_valid(runs, tmp_path: Path) -> None:
     from magic141.training.transformer import cache_path, encoders
 
-    base, refined = runs
+    base, student, refined, cache = runs
     before, after = _load(base / "final"), _load(refined / "final")
     for part in ("encoder", "quant_conv"):
         first, second = getattr(before, part).state_dict(), getattr(after, part).state_dict()
@@ -65,37 +81,71 @@ def test_the_refinement_trains_the_decoder_alone_so_the_latents_and_their_caches
     assert vae_encoder_fingerprint(after) == vae_encoder_fingerprint(before)
     # The transformers' latent cache of the refined VAE is the base's: nothing downstream is retrained.
     assert cache_path(tmp_path, encoders(TINY, base / "final"), 8, 0) == cache_path(tmp_path, encoders(TINY, refined / "final"), 8, 0)
-    # Its loss falls on clips it never trained on (another seed's), two batches of each length.
-    stage = _refined(base)
+    # Its loss falls on the student's samples of windows it never trained on (another seed's cache).
+    held_out = _refined(base, student, cache, seed=1)
     with torch.no_grad():
-        losses = [sum(float(VaeTrainee(vae, decoder_only=True)(stage.batch(99, step, range(4)))[0]) for step in range(8))
-                  for vae in (before, after)]
+        losses = [sum(float(VaeTrainee(vae, decoder_only=True)(held_out.batch(99, step, [2 * step, 2 * step + 1]))[0])
+                      for step in range(2)) for vae in (before, after)]
     assert losses[1] < 0.95 * losses[0], losses
-    assert len(read_losses(refined)) == 16
+    assert len(read_losses(refined)) == 8
 
 
-def test_a_refinement_resumed_from_its_checkpoint_ends_where_the_uninterrupted_run_does(runs, tmp_path: Path) -> None:
-    base, refined = runs
+def test_the_decoder_reads_the_students_samples_of_the_windows_whose_frames_it_is_matched_with(runs) -> None:
+    base, student, _, cache = runs
+    stage = _refined(base, student, cache)
+    batch = stage.batch(3, 1, [0, 1, 5])
+    assert torch.equal(batch.latents, stage.batch(3, 1, [0, 1, 5]).latents)  # drawn from the per-sample generators
+    assert not torch.equal(batch.latents[0], stage.batch(3, 2, [0]).latents[0])  # and drawn anew every step
+    windows = [cache_window(TINY, split_captions("train"), 0, index)[1] for index in (0, 1, 5)]
+    assert torch.equal(batch.pixels, torch.from_numpy(np.stack(windows)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1)
+    # The cache's latents are the encoder's of exactly those frames: the target is the window that was sampled.
+    scale = stage.scaling_factor
+    cached = load_file(str(stage.cache))
+    with torch.no_grad():
+        encoded = _load(base / "final").encode(batch.pixels).latent_dist.mean
+    assert torch.allclose(encoded * scale, cached["latents"][[0, 1, 5]], atol=1e-4)
+    # The student sampled every latent frame but the first, which is the image's where the image was given.
+    assert batch.latents.shape == encoded.shape
+    assert not torch.allclose(batch.latents[:, :, 1:], encoded[:, :, 1:], atol=1e-2)
+    anchored = [torch.equal(batch.latents[i, :, :1], cached["first_latents"][index] / scale)
+                for i, index in enumerate((0, 1, 5))]
+    assert any(anchored), "no window kept its image's first latent frame"
+
+
+def test_a_resumed_refinement_ends_where_the_uninterrupted_run_does(runs, tmp_path: Path) -> None:
+    base, student, refined, cache = runs
 
     class Killed(Exception):
         pass
 
-    def die_at_9(step: int, total: int, loss: float) -> None:
-        if step == 9:
+    def die_at_6(step: int, total: int, loss: float) -> None:
+        if step == 6:
             raise Killed
 
+    settings = _settings(tmp_path / "parts", 8, learning_rate=1e-3, checkpoint_every=4)
     with pytest.raises(Killed):
-        train(_refined(base), _settings(tmp_path / "parts", 16, learning_rate=1e-3, checkpoint_every=4), on_step=die_at_9)
-    train(_refined(base), _settings(tmp_path / "parts", 16, learning_rate=1e-3, checkpoint_every=4, resume=True))
+        train(_refined(base, student, cache), settings, on_step=die_at_6, dataset_size=WINDOWS)
+    train(_refined(base, student, cache), _settings(tmp_path / "parts", 8, learning_rate=1e-3, checkpoint_every=4,
+                                                    resume=True), dataset_size=WINDOWS)
     whole, parts = _load(refined / "final").state_dict(), _load(tmp_path / "parts" / "final").state_dict()
     assert all(torch.equal(whole[key], parts[key]) for key in whole)
 
 
-def test_a_vae_of_another_geometry_is_refused_before_any_compute(runs) -> None:
-    base, _ = runs
+def test_a_vae_or_student_that_does_not_fit_is_refused_before_any_compute(runs, tmp_path: Path) -> None:
+    base, student, _, _ = runs
     toy = get_preset("toy")
     with pytest.raises(InputError, match="is a VAE of another geometry \\(block_out_channels, spatial_compression_ratio"):
-        refinement_stage(toy.vae, toy.width, toy.height, toy.fps, base / "final")
+        refinement_stage(toy, base / "final", student, tmp_path / "cache", WINDOWS, 0)
+    other = _student(_base(tmp_path / "other", seed=1) / "final", tmp_path / "other-student")
+    with pytest.raises(InputError, match=f"--student {other} samples the latents of another VAE encoder than --refine"):
+        refinement_stage(TINY, base / "final", other, tmp_path / "cache", WINDOWS, 0)
+    text_to_video = tmp_path / "t2v"
+    build_transformer(TINY.transformer, TINY.text, image_condition=False).save_pretrained(text_to_video)
+    with pytest.raises(InputError, match="is a text-to-video transformer; pass the image-to-video student"):
+        refinement_stage(TINY, base / "final", text_to_video, tmp_path / "cache", WINDOWS, 0)
+    with pytest.raises(TrainingError, match=f"--student {tmp_path} holds no transformer"):
+        refinement_stage(TINY, base / "final", tmp_path, tmp_path / "cache", WINDOWS, 0)
+    assert not (tmp_path / "cache").exists()  # no latent cache was encoded
 
 
 def test_the_refinement_terms_by_hand() -> None:
@@ -124,7 +174,7 @@ def test_stray_pixels_count_what_the_decoder_draws_away_from_the_object() -> Non
 
 
 def test_a_refined_vae_ships_as_vae_and_stays_until_a_vae_of_another_encoder_replaces_it(runs, tmp_path: Path) -> None:
-    base, refined = runs
+    base, _, refined, _ = runs
     to = tmp_path / "weights"
     weights = "diffusion_pytorch_model.safetensors"
     ship([refined, base], to)  # in any order: the refinement lands last
@@ -146,9 +196,10 @@ def test_a_refined_vae_ships_as_vae_and_stays_until_a_vae_of_another_encoder_rep
 
 
 def test_the_train_command_refines_with_its_own_defaults_and_refuses_a_folder_that_is_no_vae(runs, tmp_path: Path) -> None:
-    base, _ = runs
+    base, student, _, cache = runs
     command = [sys.executable, "-m", "flows.cli", "train", "vae", "--preset", "tiny", "--refine"]
-    done = subprocess.run([*command, str(base / "final"), "--out", str(tmp_path / "r"), "--max-steps", "1", "--json"],
+    done = subprocess.run([*command, str(base / "final"), "--student", str(student), "--samples", str(WINDOWS),
+                           "--cache-dir", str(cache), "--out", str(tmp_path / "r"), "--max-steps", "1", "--json"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["stage"] == "vae-decoder"
@@ -161,27 +212,20 @@ def test_the_train_command_refines_with_its_own_defaults_and_refuses_a_folder_th
     assert not (tmp_path / "x").exists()
 
 
-def test_the_refinement_decodes_noised_latents_of_the_clips_the_vae_stage_draws(runs) -> None:
-    base, _ = runs
-    stage, plain = _refined(base), VaeStage(TINY.vae, TINY.width, TINY.height, TINY.fps)
-    batch, again, clips = stage.batch(3, 1, [0, 1]), stage.batch(3, 1, [0, 1]), plain.batch(3, 1, [0, 1])
-    assert torch.equal(batch.pixels, clips.pixels) and clips.latent_noise is None  # the same clips, no noise
-    with torch.no_grad():
-        latents = _load(base / "final").encode(batch.pixels).latent_dist.mean
-    assert batch.latent_noise.shape == latents.shape and torch.equal(batch.latent_noise, again.latent_noise)
-    assert 0 < float(batch.latent_noise.std()) <= LATENT_NOISE
-    assert not torch.equal(batch.latent_noise[0], stage.batch(3, 2, [0]).latent_noise[0])  # drawn anew every step
-
-
-def test_the_training_flow_refines_the_decoder_of_the_vae_it_trained_when_asked(prefect_api, tmp_path: Path) -> None:
+def test_the_training_flow_refines_the_decoder_of_its_vae_on_its_students_samples_when_asked(prefect_api, tmp_path: Path) -> None:
     from flows.train import train_toy_world
 
-    runs = train_toy_world(str(tmp_path / "train"), ["vae-decoder", "vae"], {"vae": 2, "vae-decoder": 2},
+    chain = ["vae", "t2v", "i2v", "cfg", "dmd2", "vae-decoder"]
+    runs = train_toy_world(str(tmp_path / "train"), chain[::-1], {stage: 2 for stage in chain}, samples=16,
                            ship_to=str(tmp_path / "weights"))
-    assert [run.stage for run in runs] == ["vae", "vae-decoder"]  # in the stages' order
+    assert [run.stage for run in runs] == chain  # in the stages' order
     weights = "diffusion_pytorch_model.safetensors"
-    refined = tmp_path / "train" / "vae-decoder" / "final" / weights
-    assert (tmp_path / "weights" / "vae" / weights).read_bytes() == refined.read_bytes()
-    base = _load(tmp_path / "train" / "vae" / "final")
-    assert vae_encoder_fingerprint(_load(refined.parent)) == vae_encoder_fingerprint(base)
+    refined = tmp_path / "train" / "vae-decoder" / "final"
+    assert (tmp_path / "weights" / "vae" / weights).read_bytes() == (refined / weights).read_bytes()
+    assert vae_encoder_fingerprint(_load(refined)) == vae_encoder_fingerprint(_load(tmp_path / "train" / "vae" / "final"))
+    record = json.loads((tmp_path / "train" / "vae-decoder" / "run.json").read_text())["description"]
+    student = tmp_path / "train" / "dmd2" / "final" / "transformer"
+    from magic141.training.distill_data import folder_fingerprint
+
+    assert record["student"] == folder_fingerprint(student)  # the flow's own DMD2 student
     assert check(tmp_path / "weights") == []

@@ -132,6 +132,9 @@ def train_clip(
 
 
 PresetOption = Annotated[str, typer.Option("--preset", help="Preset whose architecture and video geometry are trained.")]
+VaeOption = Annotated[Path | None, typer.Option("--vae", help="Trained VAE folder (final/ of 'train vae').")]
+SamplesOption = Annotated[int, typer.Option("--samples", help="Training windows encoded into the latent cache.")]
+CacheOption = Annotated[Path, typer.Option("--cache-dir", help="Where latent caches are kept, one per VAE and dataset.")]
 
 
 @train_app.command("vae")
@@ -149,18 +152,28 @@ def train_vae(
     warmup_steps: WarmupOption = DEFAULTS["vae"].warmup_steps,
     refine: Annotated[
         Path | None,
-        typer.Option("--refine", help="Train only the decoder of this trained VAE (final/ of 'train vae'); "
-                     f"then the options not given default to {DEFAULTS['vae-decoder'].max_steps} steps, learning "
-                     f"rate {DEFAULTS['vae-decoder'].learning_rate:g}, --out out/train/vae-decoder."),
+        typer.Option("--refine", help="Train only the decoder of this trained VAE (final/ of 'train vae'), on the "
+                     "student's samples; then the options not given default to "
+                     f"{DEFAULTS['vae-decoder'].max_steps} steps, learning rate "
+                     f"{DEFAULTS['vae-decoder'].learning_rate:g}, --out out/train/vae-decoder."),
     ] = None,
+    student: Annotated[
+        Path | None,
+        typer.Option("--student", help="With --refine: the I2V student whose samples the decoder learns to read "
+                     "(a weights folder, or final/ of 'train dmd2'); default: the preset's own weights."),
+    ] = None,
+    samples: SamplesOption = SAMPLES,
+    cache_dir: CacheOption = Path("out/train/cache"),
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The video VAE (HunyuanVideo's causal 3D VAE at the preset's size) on toy-world clips and single frames.
 
     Its final/ folder is a diffusers AutoencoderKLHunyuanVideo, with the scaling factor measured on its latents.
-    With --refine, the decoder alone of a trained VAE, its encoder frozen: the latents, the transformers'
-    caches and the transformers trained on them stay valid (the stage 'vae-decoder', its own defaults).
+    With --refine, the decoder alone of a trained VAE, its encoder frozen, so the latents, the transformers'
+    caches and the transformers trained on them stay valid (the stage 'vae-decoder', its own defaults): it
+    learns to decode the student's samples of training windows (from the transformers' latent cache of that
+    VAE, built first when missing) into the windows' frames.
     """
     if refine is not None:  # the refinement's own defaults, for the options not given
         defaults = {**vars(DEFAULTS["vae-decoder"]), "out": Path("out/train/vae-decoder")}
@@ -168,8 +181,11 @@ def train_vae(
             if context.get_parameter_source(name).name == "DEFAULT":  # typer vendors its own click
                 context.params[name] = value
     settings = _run_settings(context.params)
-    stage = _stage("vae-decoder", preset, refine=refine) if refine is not None else _stage("vae", preset)
-    _train(context, lambda: stage, settings, ray_address, as_json)
+    if refine is None:
+        _train(context, lambda: _stage("vae", preset), settings, ray_address, as_json)
+        return
+    _train(context, lambda: _stage("vae-decoder", preset, refine=refine, student=student, samples=samples,
+                                   cache_dir=cache_dir, seed=seed), settings, ray_address, as_json, dataset_size=samples)
 
 
 @train_app.command("prior")
@@ -221,9 +237,6 @@ def _stage(name: str, preset: str, **options: Any) -> Any:
             raise InputError(one_line(exc)) from None
 
 
-VaeOption = Annotated[Path | None, typer.Option("--vae", help="Trained VAE folder (final/ of 'train vae').")]
-SamplesOption = Annotated[int, typer.Option("--samples", help="Training windows encoded into the latent cache.")]
-CacheOption = Annotated[Path, typer.Option("--cache-dir", help="Where latent caches are kept, one per VAE and dataset.")]
 
 
 @train_app.command("t2v")

@@ -59,8 +59,9 @@ class Teacher:
                 if f.name != "transformer" and getattr(paths, f.name) is not None}
 
     @classmethod
-    def check(cls, source: Path, preset: Preset) -> Teacher:
-        """Refuse a source that holds no transformer, or one of another geometry than ``preset``."""
+    def check(cls, source: Path, preset: Preset, option: str = "--teacher") -> Teacher:
+        """Refuse a source that holds no transformer, or one of another geometry than ``preset`` (the message
+        names the ``option`` that gave it)."""
         source = Path(source)
         if (source / "config.json").is_file():
             transformer = source
@@ -72,8 +73,8 @@ class Teacher:
             except ValueError:
                 transformer = source / "transformer"
         if not (transformer / "config.json").is_file():
-            raise TrainingError(f"--teacher {source} holds no transformer (no transformer/config.json); pass the "
-                                "final/ folder of 'magic141 train i2v' or 'train cfg'")
+            raise TrainingError(f"{option} {source} holds no transformer (no transformer/config.json); pass a weights "
+                                "folder, or the final/ folder of 'magic141 train i2v', 'train cfg' or 'train dmd2'")
         config = json.loads((transformer / "config.json").read_text())
         latent = preset.transformer.latent_channels
         expected = {**asdict(preset.transformer), "out_channels": latent}
@@ -85,8 +86,8 @@ class Teacher:
         if not config.get("guidance_embeds", False):
             wrong.append("it has no guidance embedding, which the student's guidance input needs")
         if wrong:
-            raise TrainingError(f"--teacher {source} is of another geometry than preset {preset.name!r} "
-                                f"({'; '.join(wrong[:3])}); pass a teacher of that preset or choose its --preset")
+            raise TrainingError(f"{option} {source} is of another geometry than preset {preset.name!r} "
+                                f"({'; '.join(wrong[:3])}); pass one of that preset or choose its --preset")
         return cls(source, transformer, folder_fingerprint(transformer), config["in_channels"] != latent)
 
     def transformer(self) -> torch.nn.Module:

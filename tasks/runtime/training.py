@@ -35,7 +35,7 @@ DEFAULTS: dict[str, StageDefaults] = {
     "i2v": StageDefaults(3000, 16, 1e-3, "cosine", 100),
     "cfg": StageDefaults(600, 16, 2e-4, "cosine", 50),
     "dmd2": StageDefaults(600, 16, 2e-5, "constant", 0),
-    "vae-decoder": StageDefaults(2000, 4, 2e-4, "cosine", 0),
+    "vae-decoder": StageDefaults(1200, 4, 2e-4, "cosine", 0),
 }
 SAMPLES = 12000  # training windows in the transformers' latent cache
 PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
@@ -62,6 +62,7 @@ def make_stage(
     distillation: dict[str, Any] | None = None,
     plain_steps: int = I2V_PLAIN_STEPS,
     refine: Path | None = None,
+    student: Path | None = None,
     on_cache: Callable[[int, int], None] | None = None,
 ) -> Any:
     """The stage ``name`` of ``preset_name``; a transformer stage's latent cache is built first when missing.
@@ -69,7 +70,9 @@ def make_stage(
     The distillations (``cfg``, ``dmd2``) take their ``teacher`` (default: the preset's own weights folder) and
     their ``distillation`` settings (:class:`magic141.training.distill.CfgSettings` or ``Dmd2Settings`` fields);
     their cache is encoded by the teacher's VAE (or ``vae`` for a bare T2V teacher). The I2V stage's first
-    ``plain_steps`` steps read a plain cache, built beside the world's (at most as many windows)."""
+    ``plain_steps`` steps read a plain cache, built beside the world's (at most as many windows). The VAE's
+    decoder refinement (``vae-decoder``) refines the VAE of ``refine`` on the samples of ``student`` (default:
+    the preset's own weights folder) from the latent cache of that VAE."""
     from magic141.presets import get_preset
 
     if name not in STAGES:
@@ -89,7 +92,10 @@ def make_stage(
         if refine is None:
             raise InputError("the decoder refinement starts from a trained VAE; pass its final/ folder with --refine")
         check_weights_folder("--refine", refine)
-        return refinement_stage(preset.vae, preset.width, preset.height, preset.fps, refine)
+        student = student if student is not None else preset.weights_folder
+        if student is None:
+            raise InputError(f"preset {preset.name!r} ships no student whose samples to decode; pass it with --student")
+        return refinement_stage(preset, refine, student, cache_dir, samples, seed, on_cache)
     if name == "prior":
         from magic141.training.prior import PriorStage
 
