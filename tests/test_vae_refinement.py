@@ -28,6 +28,7 @@ from magic141.weights import save_i2v_components
 from tasks.runtime.train_pool import train
 
 TINY = get_preset("tiny")
+SHORT = TINY.replace(window_latent_frames=2)  # windows of 5 frames: a refinement step decodes a seventh of tiny's
 WINDOWS = 8  # the refinement's latent cache
 
 
@@ -50,7 +51,7 @@ def _student(vae_folder: Path, out: Path) -> Path:
 
 
 def _refined(base: Path, student: Path, cache_dir: Path, seed: int = 0) -> DecoderStage:
-    return refinement_stage(TINY, base / "final", student, cache_dir, WINDOWS, seed)
+    return refinement_stage(SHORT, base / "final", student, cache_dir, WINDOWS, seed)
 
 
 def _load(folder: Path) -> AutoencoderKLHunyuanVideo:
@@ -63,7 +64,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Pa
     root = tmp_path_factory.mktemp("vae")
     base = _base(root / "vae")
     student = _student(base / "final", root / "student")
-    train(_refined(base, student, root / "cache"), _settings(root / "vae-decoder", 8, learning_rate=1e-3, checkpoint_every=4),
+    train(_refined(base, student, root / "cache"), _settings(root / "vae-decoder", 16, learning_rate=2e-3, checkpoint_every=4),
           dataset_size=WINDOWS)
     return base, student, root / "vae-decoder", root / "cache"
 
@@ -87,7 +88,7 @@ def test_the_refinement_trains_the_decoder_alone_so_the_latents_and_their_caches
         losses = [sum(float(VaeTrainee(vae, decoder_only=True)(held_out.batch(99, step, [2 * step, 2 * step + 1]))[0])
                       for step in range(2)) for vae in (before, after)]
     assert losses[1] < 0.95 * losses[0], losses
-    assert len(read_losses(refined)) == 8
+    assert len(read_losses(refined)) == 16
 
 
 def test_the_decoder_reads_the_students_samples_of_the_windows_whose_frames_it_is_matched_with(runs) -> None:
@@ -96,7 +97,7 @@ def test_the_decoder_reads_the_students_samples_of_the_windows_whose_frames_it_i
     batch = stage.batch(3, 1, [0, 1, 5])
     assert torch.equal(batch.latents, stage.batch(3, 1, [0, 1, 5]).latents)  # drawn from the per-sample generators
     assert not torch.equal(batch.latents[0], stage.batch(3, 2, [0]).latents[0])  # and drawn anew every step
-    windows = [cache_window(TINY, split_captions("train"), 0, index)[1] for index in (0, 1, 5)]
+    windows = [cache_window(SHORT, split_captions("train"), 0, index)[1] for index in (0, 1, 5)]
     assert torch.equal(batch.pixels, torch.from_numpy(np.stack(windows)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1)
     # The cache's latents are the encoder's of exactly those frames: the target is the window that was sampled.
     scale = stage.scaling_factor
@@ -118,14 +119,14 @@ def test_a_resumed_refinement_ends_where_the_uninterrupted_run_does(runs, tmp_pa
     class Killed(Exception):
         pass
 
-    def die_at_6(step: int, total: int, loss: float) -> None:
-        if step == 6:
+    def die_at_10(step: int, total: int, loss: float) -> None:
+        if step == 10:
             raise Killed
 
-    settings = _settings(tmp_path / "parts", 8, learning_rate=1e-3, checkpoint_every=4)
+    settings = _settings(tmp_path / "parts", 16, learning_rate=2e-3, checkpoint_every=4)
     with pytest.raises(Killed):
-        train(_refined(base, student, cache), settings, on_step=die_at_6, dataset_size=WINDOWS)
-    train(_refined(base, student, cache), _settings(tmp_path / "parts", 8, learning_rate=1e-3, checkpoint_every=4,
+        train(_refined(base, student, cache), settings, on_step=die_at_10, dataset_size=WINDOWS)
+    train(_refined(base, student, cache), _settings(tmp_path / "parts", 16, learning_rate=2e-3, checkpoint_every=4,
                                                     resume=True), dataset_size=WINDOWS)
     whole, parts = _load(refined / "final").state_dict(), _load(tmp_path / "parts" / "final").state_dict()
     assert all(torch.equal(whole[key], parts[key]) for key in whole)
@@ -196,10 +197,10 @@ def test_a_refined_vae_ships_as_vae_and_stays_until_a_vae_of_another_encoder_rep
 
 
 def test_the_train_command_refines_with_its_own_defaults_and_refuses_a_folder_that_is_no_vae(runs, tmp_path: Path) -> None:
-    base, student, _, cache = runs
+    base, student, _, _ = runs
     command = [sys.executable, "-m", "flows.cli", "train", "vae", "--preset", "tiny", "--refine"]
-    done = subprocess.run([*command, str(base / "final"), "--student", str(student), "--samples", str(WINDOWS),
-                           "--cache-dir", str(cache), "--out", str(tmp_path / "r"), "--max-steps", "1", "--json"],
+    done = subprocess.run([*command, str(base / "final"), "--student", str(student), "--samples", "2",
+                           "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r"), "--max-steps", "1", "--json"],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["stage"] == "vae-decoder"
@@ -216,7 +217,7 @@ def test_the_training_flow_refines_the_decoder_of_its_vae_on_its_students_sample
     from flows.train import train_toy_world
 
     chain = ["vae", "t2v", "i2v", "cfg", "dmd2", "vae-decoder"]
-    runs = train_toy_world(str(tmp_path / "train"), chain[::-1], {stage: 2 for stage in chain}, samples=16,
+    runs = train_toy_world(str(tmp_path / "train"), chain[::-1], {stage: 1 for stage in chain}, samples=16,
                            ship_to=str(tmp_path / "weights"))
     assert [run.stage for run in runs] == chain  # in the stages' order
     weights = "diffusion_pytorch_model.safetensors"
