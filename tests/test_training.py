@@ -70,6 +70,20 @@ def test_a_run_writes_a_loadable_folder_a_loss_log_a_curve_and_its_loss_falls(tm
         EmbedderSpec(str(result.final), "w.safetensors").check()
 
 
+def test_a_description_targets_the_frames_it_fits_and_frames_of_its_object_on_another_background_less() -> None:
+    from magic141.training.clip import OBJECT_CREDIT, contrastive_targets
+
+    # Each row: a frame's colour, shape and background, and whether its description names the background.
+    words = torch.tensor([[0, 0, 0, 1],  # a red circle on black, "a red circle on a black background"
+                          [0, 0, 1, 0],  # a red circle on white, "a red circle"
+                          [0, 1, 1, 1],  # a red square on white, "a red square on a white background"
+                          [0, 0, 2, 1]])  # a red circle on grey, "a red circle on a grey background"
+    c = OBJECT_CREDIT
+    targets, full = contrastive_targets(words)
+    assert torch.equal(targets, torch.tensor([[1, 1, 0, c], [c, 1, 0, c], [0, 0, 1, 0], [c, 1, 0, 1]]))
+    assert torch.equal(full, targets == 1) and 0 < c < 1
+
+
 class _Killed(Exception):
     pass
 

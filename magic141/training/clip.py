@@ -3,7 +3,9 @@
 Each sample is one frame of a toy-world video and a description of it: the full caption, or the caption
 without its motion, background, or both ("a red circle"). A description matches every frame whose
 object and background agree with the words it has, so the contrastive targets spread over all matching
-pairs of the batch instead of the diagonal alone. The trained model is an open_clip folder
+pairs of the batch instead of the diagonal alone. A frame of the named object on another background than the
+one named is a lesser target (``OBJECT_CREDIT``): the object is what a query looks for, so where a corpus has
+no red circle on white, "a red circle on a white background" finds a red circle before a red triangle on white. The trained model is an open_clip folder
 (``open_clip_config.json`` and ``open_clip_model.safetensors``) that ``index build --clip-model DIR`` loads.
 """
 
@@ -37,6 +39,7 @@ PREPROCESS: dict[str, Any] = {
     "interpolation": "bicubic",
 }
 SECONDS = 4.0  # frames are drawn from the first seconds of each video
+OBJECT_CREDIT = 0.25  # the target weight of a frame of the named object on another background than the named one
 
 
 @lru_cache(maxsize=2)
@@ -72,6 +75,22 @@ def _gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(tensor))
 
 
+def contrastive_targets(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (image, text) target weights of a batch's ``words`` (B, 4): 1 where the text's words all fit the frame,
+    ``OBJECT_CREDIT`` where its colour and shape do and only its background does not; and the full matches (bool)."""
+    same = words[:, None, :3] == words[None, :, :3]  # (image, text, word)
+    objects = same[..., 0] & same[..., 1]
+    full = objects & (same[..., 2] | (words[None, :, 3] == 0))
+    return full.float() + OBJECT_CREDIT * (objects & ~full).float(), full
+
+
+def _divergence(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The mean KL divergence of the rows' softmax from their targets' distribution: the soft-target cross
+    entropy less the targets' own entropy (same gradient), so a model that matches the targets scores 0."""
+    wanted = targets / targets.sum(1, keepdim=True)
+    return F.cross_entropy(logits, wanted) - torch.special.entr(wanted).sum(1).mean()
+
+
 class ClipTrainee(torch.nn.Module):
     """The contrastive loss over the global batch: data-parallel ranks gather every rank's embeddings, so the
     loss does not depend on how the batch is split."""
@@ -85,12 +104,9 @@ class ClipTrainee(torch.nn.Module):
         text = _gather(self.model.encode_text(batch.tokens, normalize=True))
         words = _gather(batch.words)
         logits = self.model.logit_scale.exp().clamp(max=100) * image @ text.T
-        same = words[:, None, :3] == words[None, :, :3]  # (image, text, word)
-        targets = (same[..., 0] & same[..., 1] & (same[..., 2] | (words[None, :, 3] == 0))).float()
-        image_loss = F.cross_entropy(logits, targets / targets.sum(1, keepdim=True))
-        text_loss = F.cross_entropy(logits.T, targets.T / targets.T.sum(1, keepdim=True))
-        loss = (image_loss + text_loss) / 2
-        accuracy = targets.gather(1, logits.argmax(1, keepdim=True)).mean()
+        targets, full = contrastive_targets(words)
+        loss = (_divergence(logits, targets) + _divergence(logits.T, targets.T)) / 2
+        accuracy = full.float().gather(1, logits.argmax(1, keepdim=True)).mean()
         return loss, {"top1": float(accuracy)}
 
 
@@ -104,7 +120,8 @@ class ClipStage:
     name: str = "clip"
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.config, "preprocess": PREPROCESS, "frame": [self.width, self.height]}
+        return {"model": self.config, "preprocess": PREPROCESS, "frame": [self.width, self.height],
+                "object_credit": OBJECT_CREDIT}
 
     def build(self, seed: int) -> torch.nn.Module:
         import open_clip
