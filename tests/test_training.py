@@ -385,7 +385,7 @@ def test_the_shipped_weights_match_their_manifest_and_the_clip_finds_what_querie
     write_corpus(tmp_path / "corpus", 150, "held-out", seed=2)
     build_index([tmp_path / "corpus"], tmp_path / "index", EmbedderSpec(str(SHIPPED / "clip")))
     recall = retrieval_recall(tmp_path / "index", retrieval_queries())
-    assert recall["colour"] >= 0.95 and recall["colour_and_shape"] >= 0.7, recall  # random CLIP: 0.38 and 0.08
+    assert recall["colour"] >= 0.95 and recall["colour_and_shape"] >= 0.9, recall  # random CLIP: 0.38 and 0.08
 
 
 def test_the_prior_trains_its_autoencoder_then_its_unet_and_saves_a_pipeline_the_pipeline_loads(tmp_path: Path) -> None:
