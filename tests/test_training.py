@@ -334,7 +334,8 @@ def test_the_train_command_trains_resumes_records_its_command_and_refuses_bad_se
     import subprocess
     import sys
 
-    magic141 = [sys.executable, "-m", "flows.cli", "train", "clip"]
+    # A constant learning rate lets a run go on past its max steps (a cosine schedule's run is another one).
+    magic141 = [sys.executable, "-m", "flows.cli", "train", "clip", "--schedule", "constant", "--warmup-steps", "0"]
     out = tmp_path / "clip"
     first = subprocess.run([*magic141, "--out", str(out), "--max-steps", "2", "--batch-size", "8", "--json"],
                            capture_output=True, text=True)
@@ -356,9 +357,13 @@ def test_the_train_command_trains_resumes_records_its_command_and_refuses_bad_se
     assert not (tmp_path / "x").exists()
 
 
-def test_the_training_flow_trains_keeps_finished_stages_and_ships_them(prefect_api, tmp_path: Path) -> None:
+def test_the_training_flow_trains_keeps_finished_stages_and_ships_them(prefect_api, tmp_path: Path,
+                                                                      monkeypatch) -> None:
     from flows.train import train_toy_world
+    from tasks.runtime.training import DEFAULTS
 
+    # A constant learning rate lets a run go on past its max steps (a cosine schedule's run is another one).
+    monkeypatch.setitem(DEFAULTS, "clip", dataclasses.replace(DEFAULTS["clip"], schedule="constant", warmup_steps=0))
     out, shipped = tmp_path / "train", tmp_path / "weights"
     (first,) = train_toy_world(str(out), ["clip"], {"clip": 2}, ship_to=str(shipped))
     assert first.trained and first.steps == 2 and (out / "clip" / "final").is_dir()
