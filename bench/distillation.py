@@ -160,7 +160,7 @@ if not folder.is_dir():
     components.prompt_format = "magic141"
     save_i2v_components(components, folder)
 components = encoders(preset, folder / "vae")
-path, fingerprint = cache_path(work, components, 4, 0)
+path, fingerprint = cache_path(work, components, preset, 4, 0)
 if not path.is_file():
     build_cache(components, preset, 4, 0, path)
 stage = DistillStage("dmd2", preset, Teacher.check(folder, preset), path, fingerprint,

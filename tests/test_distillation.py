@@ -44,7 +44,7 @@ def cache(teacher_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     from magic141.training.transformer import build_cache, cache_path, encoders
 
     components = encoders(TINY, teacher_folder / "vae")
-    path, fingerprint = cache_path(tmp_path_factory.mktemp("cache"), components, 8, 0)
+    path, fingerprint = cache_path(tmp_path_factory.mktemp("cache"), components, TINY, 8, 0)
     return build_cache(components, TINY, 8, 0, path), fingerprint
 
 

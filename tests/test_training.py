@@ -162,7 +162,7 @@ def latent_cache(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     from magic141.training.transformer import build_cache, cache_path, encoders
 
     components = encoders(get_preset("tiny"), None)
-    path, fingerprint = cache_path(tmp_path_factory.mktemp("cache"), components, 8, 0)
+    path, fingerprint = cache_path(tmp_path_factory.mktemp("cache"), components, get_preset("tiny"), 8, 0)
     return build_cache(components, get_preset("tiny"), 8, 0, path), fingerprint
 
 
@@ -254,12 +254,14 @@ def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_then_of_every_obj
     tiny = get_preset("tiny")
     world, fingerprint = latent_cache
     components = encoders(tiny, None)
-    plain, plain_fingerprint = cache_path(tmp_path, components, 8, 0, plain=True)
+    plain, plain_fingerprint = cache_path(tmp_path, components, tiny, 8, 0, plain=True)
     assert plain_fingerprint != fingerprint
-    # Windows drawn another way make another cache: its key names their recipe.
+    # Windows drawn another way make another cache: its key names their recipe and their video geometry.
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(transformer_module, "LATER_WINDOWS", 0.5)
-        assert cache_path(tmp_path, components, 8, 0)[1] != fingerprint
+        assert cache_path(tmp_path, components, tiny, 8, 0)[1] != fingerprint
+    for other in (tiny.replace(width=96), tiny.replace(fps=8), tiny.replace(window_latent_frames=5)):
+        assert cache_path(tmp_path, components, other, 8, 0)[1] != fingerprint
     build_cache(components, tiny, 8, 0, plain, plain=True)
     stage = TransformerStage(tiny, "i2v", world, fingerprint, plain=plain, plain_fingerprint=plain_fingerprint, plain_steps=4)
     for step, (source, parity) in enumerate([(plain, 0), (plain, 0), (plain, 1), (plain, 1), (world, None), (world, None)]):

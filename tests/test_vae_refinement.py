@@ -81,7 +81,8 @@ def test_the_refinement_trains_the_decoder_alone_so_the_latents_and_their_caches
     assert after.config.scaling_factor == before.config.scaling_factor
     assert vae_encoder_fingerprint(after) == vae_encoder_fingerprint(before)
     # The transformers' latent cache of the refined VAE is the base's: nothing downstream is retrained.
-    assert cache_path(tmp_path, encoders(TINY, base / "final"), 8, 0) == cache_path(tmp_path, encoders(TINY, refined / "final"), 8, 0)
+    assert cache_path(tmp_path, encoders(TINY, base / "final"), TINY, 8, 0) == \
+        cache_path(tmp_path, encoders(TINY, refined / "final"), TINY, 8, 0)
     # Its loss falls on the student's samples of windows it never trained on (another seed's cache).
     held_out = _refined(base, student, cache, seed=1)
     with torch.no_grad():

@@ -298,16 +298,18 @@ class TransformerStage:
         save_i2v_components(components, folder)
 
 
-def cache_path(cache_dir: Path, components: I2VComponents, samples: int, seed: int, plain: bool = False) -> tuple[Path, str]:
-    """Where the cache of these encoders and this dataset (the world's windows, or the plain ones) lives, and its
-    fingerprint."""
+def cache_path(cache_dir: Path, components: I2VComponents, preset: Preset, samples: int, seed: int,
+               plain: bool = False) -> tuple[Path, str]:
+    """Where the cache of these encoders and this dataset (the world's windows, or the plain ones, at the video
+    geometry of ``preset``) lives, and its fingerprint."""
     modules = {"text_encoder": components.text_encoder, "text_encoder_2": components.text_encoder_2}
     # The key names the windows' recipe, so a cache built by another recipe is never read as this one's.
     if plain:
         recipe = {"plain": {"even": [c.text for c in PLAIN_CAPTIONS], "odd": "any moving training caption"}}
     else:
         recipe = {"later_windows": LATER_WINDOWS, "latest_start_s": LATEST_START_S}
-    dataset = {"samples": samples, "seed": seed} | recipe
+    geometry = {"frame": [preset.width, preset.height], "fps": preset.fps, "window_frames": preset.window_frames}
+    dataset = {"samples": samples, "seed": seed, "geometry": geometry} | recipe
     # The VAE's encoder alone: a refined decoder (``train vae --refine``) leaves the latents as they were.
     key = json.dumps({"encoders": fingerprint_modules(modules), "vae_encoder": vae_encoder_fingerprint(components.vae),
                       **dataset}, sort_keys=True)

@@ -291,7 +291,7 @@ def refinement_stage(preset: Preset, folder: Path, student: Path, cache_dir: Pat
     if samples < 1:
         raise InputError(f"--samples must be >= 1, got {samples}")
     components = encoders(preset, Path(folder))
-    path, fingerprint = cache_path(cache_dir, components, samples, seed)
+    path, fingerprint = cache_path(cache_dir, components, preset, samples, seed)
     if not path.is_file():
         build_cache(components, preset, samples, seed, path, on_cache)
     return DecoderStage(preset, Path(folder), fingerprint_modules({"vae": vae}), checked.transformer_folder,

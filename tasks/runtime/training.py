@@ -126,7 +126,7 @@ def make_stage(
     if plain_steps < 0:
         raise InputError(f"--plain-steps must be >= 0, got {plain_steps}")
     components = encoders(preset, vae)
-    path, fingerprint = cache_path(cache_dir, components, samples, seed)
+    path, fingerprint = cache_path(cache_dir, components, preset, samples, seed)
     if not path.is_file():
         build_cache(components, preset, samples, seed, path, on_cache)
     if name == "cfg":
@@ -138,7 +138,7 @@ def make_stage(
     if not plain_steps:
         return TransformerStage(preset, name, path, fingerprint, t2v, vae)
     plain_samples = max(2, min(PLAIN_SAMPLES, samples))
-    plain, plain_fingerprint = cache_path(cache_dir, components, plain_samples, seed, plain=True)
+    plain, plain_fingerprint = cache_path(cache_dir, components, preset, plain_samples, seed, plain=True)
     if not plain.is_file():
         build_cache(components, preset, plain_samples, seed, plain, on_cache, plain=True)
     return TransformerStage(preset, name, path, fingerprint, t2v, vae, plain, plain_fingerprint, plain_steps)
