@@ -354,6 +354,12 @@ def test_the_train_command_trains_resumes_records_its_command_and_refuses_bad_se
     sessions = [json.loads(line) for line in (out / "sessions.jsonl").read_text().splitlines()]
     assert [(s["from_step"], s["to_step"]) for s in sessions] == [(0, 2), (2, 3)]
     assert sessions[1]["command"][:3] == ["magic141", "train", "clip"] and "--resume" in sessions[1]["command"]
+    other = subprocess.run([*magic141, "--out", str(out), "--max-steps", "4", "--batch-size", "8", "--resume",
+                            "--seed", "1"], capture_output=True, text=True)
+    assert other.returncode == 2 and other.stderr.strip() == (  # one line, before any progress is drawn
+        f"magic141: error: --out {out} holds another run (identity differs: seed 0 there, 1 here); "
+        "choose a new folder or the settings of that run"
+    )
     bad = subprocess.run([*magic141, "--out", str(tmp_path / "x"), "--max-steps", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "magic141: error: --max-steps must be >= 1, got 0"
     assert not (tmp_path / "x").exists()

@@ -79,13 +79,17 @@ def _train(
     as_json: bool,
     dataset_size: int | None = None,
 ) -> None:
-    from magic141.training.loop import TrainingError
+    from magic141.training.loop import TrainingError, check_output
 
     checked = _check_settings(settings)
     quiet_model_libraries(diffusers=False, ray=checked.workers > 1)
     from tasks.runtime.train_pool import train
 
     stage = stage_factory()
+    try:
+        check_output(stage, checked)  # a folder of another run is refused before the progress bar is drawn
+    except TrainingError as exc:
+        raise InputError(one_line(exc)) from None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=stderr) as progress:
