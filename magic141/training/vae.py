@@ -1,7 +1,9 @@
 """The video VAE (diffusers' HunyuanVideo causal 3D VAE, small) trained to reconstruct toy-world clips.
 
 Steps cycle through clip lengths of 4k+1 frames, single images included: the I2V pipeline encodes its
-first frame as a one-frame video, and that latent must decode to the same picture.
+first frame as a one-frame video, and that latent must decode to the same picture. The longest is a whole
+toy window (17 frames, 5 latent frames): the causal encoder's later latent frames see more frames before them
+than a shorter clip has, and a VAE that never trained on them drew coloured ghosts behind moving objects there.
 
 The loss is L1 plus MSE on pixels, averaged over the object's pixels and over the background's pixels
 separately and summed: an object covers a few percent of a frame, and a loss averaged over all pixels is
@@ -44,7 +46,7 @@ from magic141.training.loop import sample_rng
 
 LATENT_PENALTY = 1e-3  # weight of the mean squared latent (the KL divergence's mean term)
 OBJECT_DISTANCE = 0.1  # a pixel whose channels differ this much from its frame's corner pixel is the object's
-CLIP_FRAMES = (1, 5, 1, 9)  # the clip length of step n is CLIP_FRAMES[n % 4]
+CLIP_FRAMES = (1, 9, 1, 17)  # the clip length of step n is CLIP_FRAMES[n % 4]; 17: a toy window
 SCALE_SAMPLES = 32
 SCALE_SEED = 2**31 - 1  # clips of no training run's seed measure the scaling factor
 RING_PIXELS = 2  # the refinement's ring: background pixels within this many pixels of the object
