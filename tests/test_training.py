@@ -220,7 +220,7 @@ def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_wit
 def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_then_of_every_object(latent_cache, tmp_path: Path) -> None:
     import magic141.training.transformer as transformer_module
     from magic141.presets import get_preset
-    from magic141.toy_world import DIRECTIONS, MOTIONS, SIZE_RANGE, SPEED, Caption, sample_scene, split_captions
+    from magic141.toy_world import DIRECTIONS, SIZE_RANGE, SPEED, Caption, sample_scene, split_captions
     from magic141.training.loop import sample_rng
     from magic141.training.transformer import (
         PLAIN_CAPTIONS,
@@ -231,8 +231,8 @@ def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_then_of_every_obj
         plain_window,
     )
 
-    # One training combination, each of the seven motions: nothing of it is held out.
-    assert [c.motion for c in PLAIN_CAPTIONS] == list(MOTIONS) and set(PLAIN_CAPTIONS) <= set(split_captions("train"))
+    # One training combination, each of the four directions: nothing of it is held out.
+    assert {c.motion for c in PLAIN_CAPTIONS} == set(DIRECTIONS) and set(PLAIN_CAPTIONS) <= set(split_captions("train"))
     assert len({(c.colour, c.shape, c.background) for c in PLAIN_CAPTIONS}) == 1
     preset = get_preset("toy")
     scenes = [sample_scene(PLAIN_CAPTIONS[0], 64, 48, seed, jitter=False) for seed in range(5)]
@@ -242,17 +242,13 @@ def test_the_i2v_teacher_starts_on_plain_windows_of_one_object_then_of_every_obj
     assert len({sample_scene(jittered, 64, 48, seed).speed for seed in range(5)}) == 5
     windows = [plain_window(preset, 0, index) for index in range(200)]
     assert {caption for caption, _, _ in windows[::2]} == set(PLAIN_CAPTIONS)
-    # The odd ones go through every training caption in turn, of every motion.
-    assert [caption for caption, _, _ in windows[1::2]] == split_captions("train")[:100]
-    for caption, video, first in windows[:2 * len(MOTIONS):2]:
+    others = {caption for caption, _, _ in windows[1::2]}
+    assert len({(c.colour, c.shape, c.background) for c in others}) > 20 and others <= set(split_captions("train"))
+    for caption, video, first in windows[:8]:
         assert np.array_equal(video[0], first) and video.shape == (17, 48, 64, 3)
         mask = np.abs(video.astype(int) - video[-1, 0, 0]).sum(-1) > 60  # the object: far from the background
         centres = [np.argwhere(m).mean(0)[::-1] for m in mask[:8]]  # (x, y) over the first second
-        step = np.sign(np.round(centres[-1] - centres[0])).tolist()
-        change = int(mask[7].sum()) - int(mask[0].sum())  # in pixels; a moving edge's antialiasing changes a few
-        growth = int(np.sign(change)) if abs(change) > 0.1 * mask[0].sum() else 0
-        expected = {"growing": ([0, 0], 1), "shrinking": ([0, 0], -1), "standing still": ([0, 0], 0)}
-        assert (step, growth) == expected.get(caption.motion, (list(DIRECTIONS.get(caption.motion, (0, 0))), 0))
+        assert np.sign(np.round(centres[-1] - centres[0])).tolist() == list(DIRECTIONS[caption.motion])
     # Of 4 plain steps, the first 2 read the plain cache's one object (even rows), the next 2 every object (odd
     # rows); then the world's. A run of other plain steps is another run, which --resume refuses.
     tiny = get_preset("tiny")

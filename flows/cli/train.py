@@ -286,7 +286,7 @@ def train_i2v(
     schedule: ScheduleOption = DEFAULTS["i2v"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["i2v"].warmup_steps,
     plain_steps: Annotated[
-        int, typer.Option("--plain-steps", help="First steps on plain windows: one object in each motion, then every object; 0: none.")
+        int, typer.Option("--plain-steps", help="First steps on plain windows: one object moving four ways, then every object; 0: none.")
     ] = I2V_PLAIN_STEPS,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
