@@ -315,12 +315,27 @@ def curve_lines(runs: list[Path]) -> list[str]:
     return lines
 
 
+def shipped_curve_lines() -> list[str]:
+    """The training curves of the shipped CFG and DMD2 weights, as their manifest records the runs."""
+    stages = json.loads((WEIGHTS / "MANIFEST.json").read_text())["stages"]
+    lines = ["### Training curves (the shipped weights' runs)", ""]
+    for stage in ("cfg", "dmd2"):
+        sessions = stages[stage]["sessions"]
+        wall = sum(session["wall_s"] for session in sessions)
+        command = " ".join(sessions[-1]["command"])
+        plot = WEIGHTS / "curves" / f"{stage}.png"
+        lines.append(f"- `{stage}`: {max(s['to_step'] for s in sessions)} steps in {wall / 60:.0f} min, `{command}`: "
+                     f"![{stage}]({plot.relative_to(BENCHMARKS.parent)})")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--i2v", type=Path, default=WEIGHTS / "i2v.json", help="the I2V teacher (before CFG distillation)")
     parser.add_argument("--cfg", type=Path, default=WEIGHTS / "teacher.json", help="the CFG-distilled teacher")
     parser.add_argument("--dmd2", type=Path, action="append", default=[], help="a DMD2 student (repeatable)")
-    parser.add_argument("--runs", type=Path, nargs="*", default=[], help="run folders whose loss curves to show")
+    parser.add_argument("--runs", type=Path, nargs="*", default=[],
+                        help="run folders whose loss curves to show (default: the shipped weights' runs)")
     parser.add_argument("--videos", type=int, default=48, help="held-out cases per setting")
     parser.add_argument("--cfg-steps", type=int, default=28, help="Euler steps of the CFG comparison")
     parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale of Table 1")
@@ -355,8 +370,7 @@ def main() -> None:
     lines += cfg_lines(args.i2v, args.cfg, args.videos, args.cfg_steps) + [""]
     with tempfile.TemporaryDirectory() as work:
         lines += memory_lines(Path(work)) + [""]
-    if args.runs:
-        lines += curve_lines(args.runs)
+    lines += curve_lines(args.runs) if args.runs else shipped_curve_lines()
     write_section("distillation", "\n".join(lines))
     logging.info("\n".join(lines))
 
