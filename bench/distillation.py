@@ -7,7 +7,7 @@
   against the DMD2 student(s): adherence, flicker, motion magnitude, forward passes per video;
 - memory: peak memory of DMD2 training steps with the LoRA fake model against a full-copy fake model of the
   same transformer, each in a fresh process;
-- the training curves of the runs given, as plots beside BENCHMARKS.md.
+- the training curves of the runs given (default: the shipped CFG and DMD2 runs), as plots beside BENCHMARKS.md.
 
 ``python bench/distillation.py --i2v DIR --cfg DIR --dmd2 DIR [--dmd2 DIR ...] [--videos N]``: weights folders
 (the final/ folders of 'train i2v', 'train cfg', 'train dmd2'; defaults: the shipped ones). ``--t2v DIR`` adds
