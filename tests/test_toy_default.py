@@ -9,13 +9,25 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from magic141.toy_world import evaluation_captions, split_captions
+from magic141.toy_world import Caption, evaluation_captions, split_captions
 
 MAGIC141 = [sys.executable, "-m", "flows.cli"]
 # Floors under what the shipped weights score (BENCHMARKS.md, toy-world), well above chance (colour 1/4, shape
 # 1/3, background 1/3, motion 1/7): a regression in the weights, the sampler or the conditioning fails them.
 PRIOR_COLOUR_FLOOR = 0.75
+
+
+def test_each_caption_word_is_scored_over_its_own_videos() -> None:
+    from tasks.runtime.adherence import by_caption_part
+
+    cases = [{"caption": "a red square moving left on a grey background", "shape": 0.0, "motion": 1.0},
+             {"caption": "a red square growing on a black background", "shape": 1.0, "motion": 0.0},
+             {"caption": "a blue circle moving left on a white background", "shape": 1.0, "motion": 1.0}]
+    assert by_caption_part(cases, "shape") == {"circle": {"cases": 1, "score": 1.0}, "square": {"cases": 2, "score": 0.5}}
+    assert by_caption_part(cases, "motion") == {"growing": {"cases": 1, "score": 0.0},
+                                                "moving left": {"cases": 2, "score": 1.0}}
 
 
 def test_the_evaluate_command_prints_a_table_writes_every_case_and_refuses_bad_settings(tmp_path: Path) -> None:
@@ -28,6 +40,12 @@ def test_the_evaluate_command_prints_a_table_writes_every_case_and_refuses_bad_s
     assert [case["caption"] for case in result["cases"]] == [c.text for c in evaluation_captions("held-out", 2)]
     assert result["settings"]["steps"] == 4 and result["model"]["preset"] == "tiny"
     assert set(result["summary"]) >= {"colour", "shape", "background", "motion", "first_frame_psnr", "flicker"}
+    # Each word of the two captions, scored over its own videos: the split's means are their case-weighted means.
+    for part, words in result["summary"]["by_caption_part"].items():
+        assert sorted(words) == sorted({getattr(Caption.parse(case["caption"]), part) for case in result["cases"]})
+        assert sum(word["cases"] for word in words.values()) == 2
+        assert sum(word["score"] * word["cases"] for word in words.values()) == pytest.approx(2 * result["summary"][part])
+    assert "by caption word" in run.stdout
     # A teacher is evaluated as it samples: true CFG against the empty prompt, at a guidance input of choice.
     guided = tmp_path / "guided.json"
     run = subprocess.run([*MAGIC141, "evaluate", "--preset", "tiny", "--count", "1", "--guidance", "2", "--true-cfg", "3",

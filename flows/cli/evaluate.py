@@ -90,3 +90,9 @@ def evaluate(
         text = "-" if value is None else f"{100 * value:.1f}%" if unit == "%" else f"{value:.2f}{' ' + unit if unit else ''}"
         table.add_row(label, text)
     stdout.print(table)
+    words = Table("caption part", "word", "videos showing it", title="by caption word")
+    for part, scores in summary["by_caption_part"].items():
+        for word, score in scores.items():
+            shown = round(score["score"] * score["cases"])
+            words.add_row(part, word, f"{shown}/{score['cases']} ({100 * score['score']:.0f}%)")
+    stdout.print(words)
