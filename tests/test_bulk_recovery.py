@@ -29,7 +29,7 @@ from tasks.catalog import open_catalog, redact
 from tasks.catalog.batches import RowRecord, add_rows, get_batch, list_rows, start_batch
 from tasks.runtime.batch_leases import batch_lease, batch_lease_path
 from tasks.runtime.leases import LEASE_S, write_lease
-from tasks.runtime.publish import OWNER_FILE, work_folder
+from tasks.runtime.publish import NEW_GRACE_S, OWNER_FILE, work_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -141,13 +141,23 @@ def test_dead_runs_are_closed_and_cleaned_and_live_ones_left_alone(prefect_api, 
         _foreign_record(folder / OWNER_FILE, age, output=str(out / "x.mp4"), catalog=redact(catalog_url))
     killed_work = sorted(out.glob(".orphan.*.work")) + sorted(out.glob(".kept.*.work"))
     assert len(killed_work) == 2, "the killed run left its work folders"
+    # Kills that fell while a folder was made (no owner record yet) or removed (renamed .gone first).
+    removing, making, made_long_ago = out / ".g.abcd1234.gone", out / ".m.abcd1234.new", out / ".l.abcd1234.new"
+    for folder in (removing, making, made_long_ago):
+        folder.mkdir()
+    (removing / "video.mp4").write_bytes(b"x")
+    os.utime(made_long_ago, (time.time() - NEW_GRACE_S - 5,) * 2)
 
     with work_folder(out / "mine.mp4", catalog_url) as mine:
         recovery = recover_out_dir(settings)
-        assert mine.is_dir() and (mine / OWNER_FILE).is_file(), "a live run's work folder is not touched"
+        assert mine.suffix == ".work" and (mine / OWNER_FILE).is_file(), "a live run's work folder is not touched"
+    assert not list(out.glob(".mine.*")), "a finished run leaves no folder in any phase"
 
     assert sorted(recovery.closed_batches) == sorted([killed, reused, silent])
-    assert sorted(recovery.removed_work_dirs) == sorted(str(p) for p in [*killed_work, old_work, silent_work])
+    assert sorted(recovery.removed_work_dirs) == sorted(
+        str(p) for p in [*killed_work, old_work, silent_work, removing, made_long_ago]
+    )
+    assert making.is_dir(), "a folder that may be about to receive its owner record is kept"
     for batch_id in (beating, live, elsewhere, legacy):
         assert _status(catalog_url, batch_id) == "running"
     for batch_id in (beating, live, elsewhere):

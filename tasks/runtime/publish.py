@@ -14,7 +14,9 @@ interrupted run and is replaced.
 
 Work folders are leased (:mod:`tasks.runtime.leases`): each holds ``owner.json`` naming the process
 that made it, kept fresh by a heartbeat. :func:`sweep_work_dirs` removes the work folders of runs
-that are gone; a live run's folder is never touched.
+that are gone; a live run's folder is never touched. A process killed at any instant leaves nothing
+a later sweep cannot place: a folder is made as ``.new``, holds its owner record before it is renamed
+``.work``, and is renamed ``.gone`` (nobody's) before its contents are removed.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from prefect.concurrency.sync import concurrency
 from magic141.utils import InputError
 from tasks.catalog import open_catalog, redact
 from tasks.request import prior_image_path
-from tasks.runtime.leases import LEASE_S, Lease, held_lease, lease_expiry, read_lease
+from tasks.runtime.leases import LEASE_S, Lease, heartbeat, lease_expiry, read_lease, write_lease
 from tasks.runtime.thumbnails import contact_sheet_path
 
 logger = logging.getLogger(__name__)
@@ -44,19 +46,38 @@ ORPHAN_GRACE_S = 60.0
 OWNER_FILE = "owner.json"
 STAGED_VIDEO = "video.mp4"
 _POLL_S = 0.5
-# tempfile.mkdtemp(prefix=".<stem>.", suffix=".work"): eight characters of [a-z0-9_] in between.
-_WORK_DIR_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.work")
+NEW_GRACE_S = 60.0  # a live run's ``.new`` folder holds its owner record within milliseconds
+# tempfile.mkdtemp(prefix=".<stem>.", suffix=".new"): eight characters of [a-z0-9_] in between; the
+# suffix is the folder's phase: .new (being leased), .work (leased), .gone (being removed).
+_WORK_DIR_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.(new|work|gone)")
+
+
+def _remove(folder: Path) -> None:
+    """Rename ``folder`` to ``.gone`` and remove it: a kill part-way leaves a folder any sweep removes."""
+    gone = folder.with_suffix(".gone")
+    try:
+        folder.rename(gone)
+    except FileNotFoundError:  # another sweep took it
+        return
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def work_folder(out: Path, catalog_url: str) -> Iterator[Path]:
     """A fresh hidden work folder beside ``out``, leased to this process, removed when the block ends."""
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", suffix=".work", dir=out.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", suffix=".new", dir=out.parent))
     try:
-        with held_lease(work_dir / OWNER_FILE, output=str(out), catalog=redact(catalog_url)):
+        write_lease(staging / OWNER_FILE, output=str(out), catalog=redact(catalog_url))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    work_dir = staging.with_suffix(".work")
+    staging.rename(work_dir)
+    try:
+        with heartbeat(work_dir / OWNER_FILE):
             yield work_dir
     finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        _remove(work_dir)
 
 
 def _last_change(folder: Path) -> float:
@@ -67,9 +88,19 @@ def _last_change(folder: Path) -> float:
     return max(times)
 
 
-def _idle(folder: Path) -> str | None:
-    """Why a work folder without an owner record is abandoned, or None while it may be in use."""
+def _unowned(folder: Path) -> str | None:
+    """Why a work folder without a readable owner record is abandoned, or None while it may be in use.
+
+    A ``.gone`` folder is being removed by a run that finished with it; a ``.new`` one gets its
+    owner record at once, so one without it past :data:`NEW_GRACE_S` was never taken into use; a
+    ``.work`` folder without one predates owner records and counts as abandoned when nothing in it
+    changed for :data:`LEASE_S`.
+    """
+    if folder.suffix == ".gone":
+        return "its run had finished with it"
     idle = time.time() - _last_change(folder)
+    if folder.suffix == ".new":
+        return f"it never received its owner record ({idle:.0f} s)" if idle >= NEW_GRACE_S else None
     return f"it has no owner record and nothing in it changed for {idle:.0f} s" if idle >= LEASE_S else None
 
 
@@ -119,9 +150,9 @@ def sweep_work_dirs(folder: str | os.PathLike[str], catalog_url: str) -> list[st
     for entry in sorted(Path(folder).iterdir()):
         if not _WORK_DIR_NAME.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
             continue
-        lease = read_lease(entry / OWNER_FILE)
+        lease = read_lease(entry / OWNER_FILE) if entry.suffix != ".gone" else None
         try:
-            why = lease_expiry(lease) if lease is not None else _idle(entry)
+            why = lease_expiry(lease) if lease is not None else _unowned(entry)
         except FileNotFoundError:
             continue
         if why is None:
@@ -129,7 +160,7 @@ def sweep_work_dirs(folder: str | os.PathLike[str], catalog_url: str) -> list[st
         logger.warning("removing work folder %s: %s", entry, why)
         if lease is not None:
             _discard_uncatalogued_output(entry, lease, catalog_url)
-        shutil.rmtree(entry, ignore_errors=True)
+        _remove(entry)
         removed.append(str(entry))
     return removed
 
