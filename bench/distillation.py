@@ -200,9 +200,10 @@ def memory_lines(work: Path) -> list[str]:
             f"{lora['state_mb'] / full['state_mb']:.2f}x."]
 
 
-def _sample_students(transformer, components, preset, image_to_video: bool, count: int, steps: int) -> list:
+def _sample_students(transformer, components, preset, image_frames: str | None, count: int, steps: int) -> list:
     """Held-out one-window videos of a generator sampled by the few-step Euler loop (``velocity`` of the
-    distillation, no pipeline: a T2V transformer has no image channels), with their readings."""
+    distillation, no pipeline: a T2V transformer has no image channels), with their readings; an I2V generator
+    (``image_frames`` its image channels' layout, None for T2V) sees the first frame."""
     import numpy as np
     import torch
 
@@ -223,9 +224,10 @@ def _sample_students(transformer, components, preset, image_to_video: bool, coun
         for caption, seed, image in _cases(count):
             text, mask, pooled = encode_text(components, [caption.text], preset.text.max_sequence_length)
             image_channels = image_mask = None
-            if image_to_video:
+            if image_frames is not None:
                 pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
-                image_channels, image_mask = image_condition(vae.encode(pixels).latent_dist.mean * scale, shape[2])
+                image_channels, image_mask = image_condition(vae.encode(pixels).latent_dist.mean * scale, shape[2],
+                                                             image_frames)
                 tokens = vlm_image_tokens(components, image, torch.device("cpu"))
                 text, mask = torch.cat([tokens, text], 1), torch.cat([torch.ones(1, tokens.shape[1]), mask], 1)
             condition = Condition(image_channels, image_mask, text, mask, pooled)
@@ -269,7 +271,8 @@ def figure5_lines(t2v_teacher: Path, i2v_teacher: Path, vae: Path, budgets: list
             train(stage, settings, dataset_size=SAMPLES_FIGURE5)
             folder = out / "final" / "transformer" if (out / "final" / "transformer").is_dir() else out / "final"
             student = HunyuanVideoTransformer3DModel.from_pretrained(str(folder)).eval()
-            readings = _sample_students(student, components, preset, mode == "I2V", count, 4)
+            readings = _sample_students(student, components, preset,
+                                        stage.teacher.image_frames if mode == "I2V" else None, count, 4)
             curves[mode].append((budget, {key: _mean(readings, key) for key in COLUMNS}))
             logging.info("%s DMD2 at %d steps: %s", mode, budget, curves[mode][-1][1])
     PLOTS.mkdir(parents=True, exist_ok=True)

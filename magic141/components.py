@@ -37,7 +37,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from magic141.conditioning import CONVENTIONS, PROMPT_FORMATS, prompt_template_for
+from magic141.conditioning import CONVENTIONS, IMAGE_FRAMES, PROMPT_FORMATS, prompt_template_for
 from magic141.presets import Preset, PriorConfig, TextEncoderConfig, TransformerConfig, VAEConfig
 from magic141.tokenizers import build_clip_tokenizer, build_llama_tokenizer
 
@@ -61,6 +61,7 @@ class I2VComponents:
     prompt_template: dict[str, Any]
     prompt_format: str = PROMPT_FORMATS[0]  # how prompt and image become text tokens: magic141.prompt_encoding
     convention: str = CONVENTIONS[0]  # how the reference reaches the model, where sampling starts (conditioning.py)
+    image_frames: str = IMAGE_FRAMES[0]  # which latent frames' image channels hold the first frame (conditioning.py)
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {

@@ -2,7 +2,9 @@
 
 The transformer sees ``concat(X, I_o, m)`` along channels (paper Sec. 3.1): the noisy latent X (C),
 the first-frame image latent zero-padded over the remaining latent frames (C), and a binary mask
-that is 1 on the latent frames given by the image and 0 elsewhere (1).
+that is 1 on the latent frames given by the image and 0 elsewhere (1). Weights may declare the
+``every`` image-frames layout instead: the first-frame latent repeated in every latent frame's image
+channels, the mask unchanged (see :data:`IMAGE_FRAMES`).
 """
 
 from __future__ import annotations
@@ -73,8 +75,23 @@ def prompt_template_for(tokenizer: PreTrainedTokenizerBase, image_tokens: int) -
     }
 
 
-def image_condition(image_latents: torch.Tensor, num_latent_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad the first-frame latent over time and build the matching mask.
+# Where the first-frame latent sits in the image channels; the first is the default. ``first`` (the paper's and
+# diffusers' layout): in latent frame 0, zeros elsewhere. ``every``: repeated in every latent frame, so each frame's
+# tokens see the first frame's content at their own position without routing it through attention (the toy
+# models' layout: at their size, attention does not learn that routing; README, "Not there yet").
+IMAGE_FRAMES = ("first", "every")
+
+
+def check_image_frames(name: str) -> str:
+    if name not in IMAGE_FRAMES:
+        raise InputError(f"unknown image-frames layout {name!r}; choose one of: {', '.join(IMAGE_FRAMES)}")
+    return name
+
+
+def image_condition(
+    image_latents: torch.Tensor, num_latent_frames: int, image_frames: str = IMAGE_FRAMES[0]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image channels of the first-frame latent in the ``image_frames`` layout, and the mask.
 
     image_latents: (B, C, 1, h, w), already scaled by the VAE scaling factor.
     Returns the image channels (B, C, T, h, w) and the mask (B, 1, T, h, w), 1 at frame 0 only.
@@ -82,8 +99,11 @@ def image_condition(image_latents: torch.Tensor, num_latent_frames: int) -> tupl
     if image_latents.ndim != 5 or image_latents.shape[2] != 1:
         raise InputError(f"image_latents must be (B, C, 1, h, w), got {tuple(image_latents.shape)}")
     batch, channels, _, height, width = image_latents.shape
-    image = image_latents.new_zeros(batch, channels, num_latent_frames, height, width)
-    image[:, :, :1] = image_latents
+    if check_image_frames(image_frames) == "every":
+        image = image_latents.expand(-1, -1, num_latent_frames, -1, -1).clone()
+    else:
+        image = image_latents.new_zeros(batch, channels, num_latent_frames, height, width)
+        image[:, :, :1] = image_latents
     mask = image_latents.new_zeros(batch, 1, num_latent_frames, height, width)
     mask[:, :, :1] = 1
     return image, mask

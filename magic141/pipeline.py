@@ -23,7 +23,7 @@ from diffusers.video_processor import VideoProcessor
 from optimum.quanto import quantization_map
 
 from magic141.components import I2VComponents, build_i2v_components, fingerprint_modules
-from magic141.conditioning import CONVENTIONS, PROMPT_FORMATS
+from magic141.conditioning import CONVENTIONS, IMAGE_FRAMES, PROMPT_FORMATS
 from magic141.executor import (
     LocalExecutor,
     ProgressCallback,
@@ -172,11 +172,14 @@ class Magic141Pipeline:
 
     @cached_property
     def weights_fingerprint(self) -> str:
-        """sha256 of every weight; a non-default prompt format or convention is mixed in: it changes every video."""
+        """sha256 of every weight; a non-default prompt format, convention or image-frames layout is mixed in: it
+        changes every video."""
         digest = fingerprint_modules(self.components.modules())
         declared = [self.components.prompt_format]
         if self.components.convention != CONVENTIONS[0]:
             declared.append(self.components.convention)
+        if self.components.image_frames != IMAGE_FRAMES[0]:
+            declared.append(self.components.image_frames)
         if declared == [PROMPT_FORMATS[0]]:
             return digest
         return hashlib.sha256(":".join([digest, *declared]).encode()).hexdigest()
@@ -340,6 +343,7 @@ class Magic141Pipeline:
             on_step,
             self.noise_level,
             anchors_first_frame(self.components.convention, sampler),
+            image_frames=self.components.image_frames,
         )
         return self.decode_window(latents, window)
 
@@ -362,6 +366,7 @@ class Magic141Pipeline:
             sampler.guidance_scale,
             sampler.true_cfg_scale,
             conditioning.negative,
+            image_frames=self.components.image_frames,
         )
         return velocity.float()
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoTransformer3DModel
 
-from magic141.conditioning import image_condition, model_input
+from magic141.conditioning import IMAGE_FRAMES, image_condition, model_input
 from magic141.utils import InputError
 from magic141.windows import Window, fusion_weights
 
@@ -106,18 +106,21 @@ def denoise(
     guidance_scale: float,
     true_cfg_scale: float = 1.0,
     negative: PromptEmbeddings | None = None,
+    *,
+    image_frames: str = IMAGE_FRAMES[0],
 ) -> torch.Tensor:
     """One velocity prediction for ``latents`` (B, C, T, h, w) conditioned on the first-frame latent.
 
-    Without ``image_latents`` (a co-denoising window that does not start the video) the image
-    channels and the mask are zero.
+    The first-frame latent fills the image channels in the ``image_frames`` layout the weights declare
+    (:func:`magic141.conditioning.image_condition`). Without ``image_latents`` (a co-denoising window that
+    does not start the video) the image channels and the mask are zero.
     """
     dtype = transformer.dtype
     if image_latents is None:
         image = torch.zeros_like(latents)
         mask = latents.new_zeros(latents.shape[0], 1, *latents.shape[2:])
     else:
-        image, mask = image_condition(image_latents, latents.shape[2])
+        image, mask = image_condition(image_latents, latents.shape[2], image_frames)
     hidden = model_input(latents, image, mask).to(dtype)  # (B, 2C+1, T, h, w)
     batch = latents.shape[0]
     guidance = None
@@ -155,12 +158,14 @@ def sample_window(
     on_step: Callable[[int, int], None] | None = None,
     noise_level: float = NOISE_LEVEL,
     anchor: bool = False,
+    *,
+    image_frames: str = IMAGE_FRAMES[0],
 ) -> torch.Tensor:
     """Sample one window's latents from ``noise`` (B, C, T, h, w), float32, with ``config.steps`` Euler steps.
 
-    ``image_latents`` (B, C, 1, h, w) is the scaled VAE latent of the first frame; sampling starts at
-    :func:`initial_latents` with ``noise_level``; with ``anchor`` the result's first latent frame is that
-    latent (:func:`anchored`).
+    ``image_latents`` (B, C, 1, h, w) is the scaled VAE latent of the first frame, in the image channels'
+    ``image_frames`` layout; sampling starts at :func:`initial_latents` with ``noise_level``; with ``anchor``
+    the result's first latent frame is that latent (:func:`anchored`).
     """
     scheduler = _scheduler(config, noise.device)
     latents = initial_latents(noise, image_latents, noise_level)
@@ -174,6 +179,7 @@ def sample_window(
             config.guidance_scale,
             config.true_cfg_scale,
             negative,
+            image_frames=image_frames,
         )
         latents = scheduler.step(velocity, timestep, latents, return_dict=False)[0]
         if on_step is not None:

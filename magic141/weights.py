@@ -32,8 +32,10 @@ from transformers import AutoTokenizer, CLIPImageProcessor, CLIPTextModel, CLIPT
 from magic141.components import I2VComponents
 from magic141.conditioning import (
     CONVENTIONS,
+    IMAGE_FRAMES,
     PROMPT_FORMATS,
     check_convention,
+    check_image_frames,
     check_prompt_format,
     prompt_template_for,
 )
@@ -92,8 +94,8 @@ def _load_model(cls: type, path: Path, dtype: torch.dtype, name: str) -> torch.n
     return model
 
 
-# Written beside a transformer's config: its prompt format and convention when not the defaults (converted
-# official weights), and how a distilled transformer was made.
+# Written beside a transformer's config: its prompt format, convention and image-frames layout when not the
+# defaults (converted official weights, the toy models), and how a distilled transformer was made.
 PROMPT_FORMAT_FILE = "magic141.json"
 
 
@@ -117,13 +119,23 @@ def read_convention(transformer_folder: str | Path) -> str:
     return _declared(transformer_folder, "convention", CONVENTIONS[0], check_convention)
 
 
-def write_declarations(transformer_folder: str | Path, prompt_format: str, convention: str) -> None:
-    """Record a non-default prompt format and convention in a transformer folder (defaults need no file)."""
+def read_image_frames(transformer_folder: str | Path) -> str:
+    """The image-frames layout a transformer folder declares; ``first`` (the paper's) when it declares none."""
+    return _declared(transformer_folder, "image_frames", IMAGE_FRAMES[0], check_image_frames)
+
+
+def write_declarations(
+    transformer_folder: str | Path, prompt_format: str, convention: str, image_frames: str = IMAGE_FRAMES[0]
+) -> None:
+    """Record a non-default prompt format, convention and image-frames layout in a transformer folder (defaults need
+    no file)."""
     declared = {}
     if check_prompt_format(prompt_format) != PROMPT_FORMATS[0]:
         declared["prompt_format"] = prompt_format
     if check_convention(convention) != CONVENTIONS[0]:
         declared["convention"] = convention
+    if check_image_frames(image_frames) != IMAGE_FRAMES[0]:
+        declared["image_frames"] = image_frames
     if declared:
         (Path(transformer_folder) / PROMPT_FORMAT_FILE).write_text(json.dumps(declared) + "\n")
 
@@ -165,6 +177,7 @@ def load_i2v_components(paths: WeightPaths, flow_shift: float, dtype: torch.dtyp
         prompt_template=prompt_template_for(tokenizer, (vision.image_size // vision.patch_size) ** 2),
         prompt_format=read_prompt_format(paths.transformer),
         convention=read_convention(paths.transformer),
+        image_frames=read_image_frames(paths.transformer),
     )
     if components.convention == "official":
         tokenizer.padding_side = "right"  # as the official inference forces, whatever the tokenizer folder says
@@ -201,7 +214,8 @@ def save_i2v_components(components: I2VComponents, folder: str | Path) -> Path:
     root = Path(folder)
     for name, module in components.modules().items():
         module.save_pretrained(root / name, safe_serialization=True)
-    write_declarations(root / "transformer", components.prompt_format, components.convention)
+    write_declarations(root / "transformer", components.prompt_format, components.convention,
+                       components.image_frames)
     components.tokenizer.save_pretrained(root / "tokenizer")
     components.tokenizer_2.save_pretrained(root / "tokenizer_2")
     components.image_processor.save_pretrained(root / "image_processor")
@@ -238,7 +252,8 @@ def quantize_weights_folder(source: str | Path, out: str | Path, level: str, flo
                 save_quantized(module, staging / name)
             else:
                 module.save_pretrained(staging / name, safe_serialization=True)
-        write_declarations(staging / "transformer", components.prompt_format, components.convention)
+        write_declarations(staging / "transformer", components.prompt_format, components.convention,
+                           components.image_frames)
         components.tokenizer.save_pretrained(staging / "tokenizer")
         components.tokenizer_2.save_pretrained(staging / "tokenizer_2")
         components.image_processor.save_pretrained(staging / "image_processor")

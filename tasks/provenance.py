@@ -38,14 +38,22 @@ def combined_fingerprint(video_model: str, prior_model: str | None) -> str:
 
 def model_details(preset_name: str, weights: str | None) -> dict[str, Any]:
     """How the video model of ``preset_name`` (with ``weights``, else the preset's own) was made: its weights'
-    source, its prompt format and convention, and for a distilled student its teacher's fingerprint and
-    distillation settings."""
+    source, its prompt format, convention and image-frames layout, and for a distilled student its teacher's
+    fingerprint and distillation settings."""
     from magic141.presets import get_preset
-    from magic141.weights import WeightPaths, read_convention, read_distillation, read_prompt_format
+    from magic141.weights import (
+        WeightPaths,
+        read_convention,
+        read_distillation,
+        read_image_frames,
+        read_prompt_format,
+    )
 
     source = weights if weights is not None else get_preset(preset_name).weights_folder
     if source is None:
-        return {"weights": None, "prompt_format": None, "convention": None, "distillation": None}
+        return {"weights": None, "prompt_format": None, "convention": None, "image_frames": None,
+                "distillation": None}
     transformer = WeightPaths.resolve(source).transformer
     return {"weights": str(source), "prompt_format": read_prompt_format(transformer),
-            "convention": read_convention(transformer), "distillation": read_distillation(transformer)}
+            "convention": read_convention(transformer), "image_frames": read_image_frames(transformer),
+            "distillation": read_distillation(transformer)}

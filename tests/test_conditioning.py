@@ -1,5 +1,8 @@
 """The transformer's input: concat(noisy latent, zero-padded image latent, mask) along channels."""
 
+import dataclasses
+from pathlib import Path
+
 import PIL.Image
 import pytest
 import torch
@@ -8,6 +11,8 @@ from magic141.conditioning import image_condition, model_input
 from magic141.pipeline import Magic141Pipeline
 from magic141.sampler import SamplerConfig
 from magic141.tokenizers import build_llama_tokenizer
+from magic141.utils import InputError
+from magic141.weights import read_image_frames, save_i2v_components
 
 
 def test_image_condition_layout():
@@ -19,6 +24,20 @@ def test_image_condition_layout():
     assert torch.all(mask[:, :, 0] == 1) and torch.count_nonzero(mask[:, :, 1:]) == 0
     stacked = model_input(torch.randn(2, 16, 5, 3, 4), image, mask)
     assert stacked.shape == (2, 33, 5, 3, 4)
+
+
+def test_the_every_frame_layout_repeats_the_first_latent_and_keeps_the_mask():
+    image_latents = torch.randn(2, 16, 1, 3, 4)
+    image, mask = image_condition(image_latents, 5, "every")
+    first, first_mask = image_condition(image_latents, 5)
+    assert image.shape == (2, 16, 5, 3, 4) and torch.equal(mask, first_mask)
+    assert all(torch.equal(image[:, :, t], image_latents[:, :, 0]) for t in range(5))
+    original = image_latents.clone()
+    image[:, :, 1] = 0
+    assert torch.equal(image_latents, original) and torch.equal(image[:, :, 2], original[:, :, 0]), \
+        "each frame holds its own copy"
+    with pytest.raises(InputError, match="unknown image-frames layout 'last'; choose one of: first, every"):
+        image_condition(image_latents, 5, "last")
 
 
 def test_image_condition_rejects_multi_frame_latents():
@@ -57,3 +76,34 @@ def test_prompt_template_offsets_point_at_the_image_token(tiny_pipeline: Magic14
     assert template["image_emb_end"] - template["image_emb_start"] == tiny_pipeline.preset.text.image_tokens
     prefix = tokenizer.convert_ids_to_tokens(ids[: template["crop_start"]])
     assert prefix[-3:] == ["user", "<|end_header_id|>", "\n\n"], "the crop ends right before the user prompt"
+
+
+def test_weights_declaring_every_frame_are_sampled_so_and_fingerprinted_apart(
+    tiny_pipeline: Magic141Pipeline, prior_image: PIL.Image.Image, tmp_path: Path
+):
+    """A weights folder declares its layout; the loaded pipeline feeds the first-frame latent to every frame."""
+    every = dataclasses.replace(tiny_pipeline.components, image_frames="every")
+    root = save_i2v_components(every, tmp_path / "every")
+    assert read_image_frames(root / "transformer") == "every"
+    assert read_image_frames(save_i2v_components(tiny_pipeline.components, tmp_path / "first") / "transformer") \
+        == "first", "the paper's layout needs no declaration"
+    pipe = Magic141Pipeline.from_preset("tiny", weights=root, dtype=torch.float32)
+    assert pipe.components.image_frames == "every"
+    reloaded = Magic141Pipeline.from_preset("tiny", weights=tmp_path / "first", dtype=torch.float32)
+    assert pipe.weights_fingerprint != reloaded.weights_fingerprint, "the same weights sampled another way"
+    channels = pipe.preset.transformer.latent_channels
+    expected_image = pipe.encode_image(pipe.image_pixels(prior_image))
+    seen: list[torch.Tensor] = []
+    hook = pipe.components.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True
+    )
+    try:
+        list(pipe(prior_image, "a boat", num_frames=9, seed=0, sampler=SamplerConfig(steps=2)))
+    finally:
+        hook.remove()
+    assert len(seen) == 2
+    for hidden in seen:
+        image, mask = hidden[:, channels : 2 * channels], hidden[:, 2 * channels :]
+        for frame in range(image.shape[2]):
+            torch.testing.assert_close(image[:, :, frame : frame + 1], expected_image)
+        assert torch.all(mask[:, :, 0] == 1) and torch.count_nonzero(mask[:, :, 1:]) == 0

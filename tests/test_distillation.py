@@ -25,7 +25,7 @@ from magic141.training.distill import (
 )
 from magic141.training.distill_data import Condition, DistillBatch, Teacher
 from magic141.training.loop import TrainingError, TrainSettings, read_losses
-from magic141.weights import read_distillation, save_i2v_components
+from magic141.weights import read_distillation, read_image_frames, save_i2v_components
 from tasks.runtime.train_pool import train
 
 TINY = get_preset("tiny")
@@ -33,9 +33,10 @@ TINY = get_preset("tiny")
 
 @pytest.fixture(scope="module")
 def teacher_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny I2V teacher's weights folder (seeded weights; the guidance embedding made to matter)."""
+    """A tiny I2V teacher's weights folder (seeded weights; the guidance embedding made to matter), in the toy
+    models' image-frames layout."""
     components = build_i2v_components(TINY)
-    components.prompt_format = "magic141"
+    components.prompt_format, components.image_frames = "magic141", "every"
     return save_i2v_components(components, tmp_path_factory.mktemp("teacher") / "weights")
 
 
@@ -159,6 +160,10 @@ def test_dmd2_resumes_exactly_and_its_checkpoints_hold_only_what_trains(
     assert any(key.startswith("ema.") for key in checkpoint) and any("lora_" in key for key in checkpoint)
     record = read_distillation(tmp_path / "whole" / "final" / "transformer")
     assert record["kind"] == "dmd2" and record["teacher_fingerprint"] == stage.teacher.fingerprint
+    # The teacher's image-frames layout: in its batches, and declared by the student, which is sampled the same way.
+    image = stage.batch(3, 0, range(8)).cond.image
+    assert stage.teacher.image_frames == "every" and torch.equal(image, image[:, :, :1].expand_as(image))
+    assert read_image_frames(tmp_path / "whole" / "final" / "transformer") == "every"
     assert record["settings"]["fake_updates"] == 2 and record["steps"] == 4
     # The student is a whole weights folder: the teacher's VAE and encoders beside the student's transformer.
     assert {p.name for p in (tmp_path / "whole" / "final").iterdir()} >= {"transformer", "vae", "text_encoder", "tokenizer"}
@@ -181,6 +186,7 @@ def test_generate_loads_the_student_as_a_weights_folder_and_catalogs_its_teacher
     with open_catalog(url) as catalog:
         details = catalog.get_video(result.video_id)["model_details"]
     assert details["weights"] == str(student) and details["prompt_format"] == "magic141"
+    assert details["image_frames"] == "every"
     assert details["distillation"]["kind"] == "dmd2" and details["distillation"]["steps"] == 2
     assert details["distillation"]["teacher_fingerprint"] == stage.teacher.fingerprint
 

@@ -38,7 +38,8 @@ def test_generated_video_is_complete_and_catalogued(prefect_api, catalog_url: st
     assert row["prior_image_sha256"] == sha256_file(row["prior_image_path"])
     assert (row["prior_details"]["mode"], row["prior_details"]["source"]) == ("generate", "generate")
     assert row["preset"] == "tiny" and len(row["weights_fingerprint"]) == 64
-    assert row["model_details"] == {"weights": None, "prompt_format": None, "convention": None, "distillation": None}
+    assert row["model_details"] == {"weights": None, "prompt_format": None, "convention": None, "image_frames": None,
+                                    "distillation": None}
     assert sum(w["keep"] for w in row["window_layout"]) == 30
     assert {"prior", "render", "render_model", "total"} <= set(row["stage_timings"])
     assert row["windows_mode"] == "chained"

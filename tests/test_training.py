@@ -19,6 +19,7 @@ from magic141.training.loop import TrainingError, TrainSettings, read_losses
 from magic141.training.ship import check, ship
 from magic141.training.transformer import FlowTrainee
 from magic141.utils import InputError
+from magic141.weights import read_image_frames
 from retrieval_index.embedder import EmbedderSpec, load_embedder
 from retrieval_index.errors import RetrievalIndexError
 from tasks.runtime.train_pool import train
@@ -175,7 +176,8 @@ def test_the_t2v_teacher_learns_and_its_i2v_widening_starts_where_it_stopped(lat
     settings = _settings(tmp_path / "t2v", 40, batch_size=8, learning_rate=2e-3, checkpoint_every=20)
     result = train(t2v, settings, dataset_size=8)
     assert sum(result.losses[-8:]) / 8 < 0.8 * sum(result.losses[:8]) / 8
-    i2v = TransformerStage(get_preset("tiny"), "i2v", path, fingerprint, init=result.final)
+    i2v = TransformerStage(get_preset("tiny"), "i2v", path, fingerprint, init=result.final, image_frames="every")
+    assert i2v.describe() != dataclasses.replace(i2v, image_frames="first").describe(), "another layout, another run"
     trainee = i2v.build(0)
     assert trainee.transformer.config.in_channels == 2 * 16 + 1
     # Copy and zero init: before any I2V step, the widened model reads the image channels as nothing, so on
@@ -184,11 +186,16 @@ def test_the_t2v_teacher_learns_and_its_i2v_widening_starts_where_it_stopped(lat
     plain = t2v.batch(0, 0, range(4))
     widened = dataclasses.replace(plain, hidden=i2v.batch(0, 0, range(4)).hidden)
     assert widened.hidden.shape[1] == 33 and widened.hidden[:, 32].abs().sum() > 0  # the mask channel is set
+    given = widened.hidden[:, 32, 0].flatten(1).amax(1) > 0
+    image = widened.hidden[given, 16:32]
+    assert torch.equal(image, image[:, :, :1].expand_as(image)), "every latent frame holds the first-frame latent"
     with torch.no_grad():
         assert float(trainee(widened)) == pytest.approx(float(teacher(plain)), rel=1e-5)
     i2v_result = train(i2v, _settings(tmp_path / "i2v", 10, batch_size=8, learning_rate=2e-3), dataset_size=8)
     assert len(i2v_result.losses) == 10
     ship([tmp_path / "i2v"], tmp_path / "shipped", half=frozenset({"i2v"}))
+    for folder in (i2v_result.final, tmp_path / "shipped" / "i2v"):
+        assert read_image_frames(folder / "transformer") == "every", "the weights declare the layout they learnt"
     # Shipped in half precision is what the stage trained; the VAE beside it stays as its latent cache saw it.
     weights = "diffusion_pytorch_model.safetensors"
     assert {v.dtype for v in load_file(tmp_path / "shipped" / "i2v" / "transformer" / weights).values()} == {torch.float16}

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flows.cli.common import print_fields, quiet_model_libraries, stderr, stdout
 from magic141.utils import InputError, one_line
-from tasks.runtime.training import DEFAULTS, I2V_PLAIN_STEPS, PRIOR_AUTOENCODER_STEPS, SAMPLES
+from tasks.runtime.training import DEFAULTS, I2V_IMAGE_FRAMES, I2V_PLAIN_STEPS, PRIOR_AUTOENCODER_STEPS, SAMPLES
 
 train_app = typer.Typer(help="Train the toy world's models (see the README's 'Training' section).", no_args_is_help=True)
 
@@ -288,6 +288,10 @@ def train_i2v(
     plain_steps: Annotated[
         int, typer.Option("--plain-steps", help="First steps on plain windows: one object moving four ways, then every object; 0: none.")
     ] = I2V_PLAIN_STEPS,
+    image_frames: Annotated[
+        str, typer.Option("--image-frames", help="Which latent frames' image channels hold the first-frame latent: "
+                          "'first' (the paper's layout, zeros elsewhere) or 'every' (the toy recipe's).")
+    ] = I2V_IMAGE_FRAMES,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -295,7 +299,7 @@ def train_i2v(
     first-frame latent and the VLM's image tokens in front of the text tokens; its first steps on plain windows."""
     settings = _run_settings(locals())
     stage = _stage("i2v", preset, vae=vae, t2v=t2v, samples=samples, cache_dir=cache_dir, seed=seed,
-                   plain_steps=plain_steps)
+                   plain_steps=plain_steps, image_frames=image_frames)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
 
 

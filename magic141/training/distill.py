@@ -398,12 +398,13 @@ class DistillStage:
         shift = self.preset.flow_shift
         if self.kind == "cfg":
             return distill_batch(self.cache, samples, seed, step, image_to_video=self.teacher.image_to_video,
-                                 w_range=(self.cfg.w_min, self.cfg.w_max), sigma_draws=[partial(training_level, shift)])
+                                 w_range=(self.cfg.w_min, self.cfg.w_max), sigma_draws=[partial(training_level, shift)],
+                                 image_frames=self.teacher.image_frames)
         draws = [partial(step_level, self.dmd2.schedule(shift)), partial(judge_level, shift),
                  partial(training_level, shift)]
         return distill_batch(self.cache, samples, seed, step, image_to_video=self.teacher.image_to_video,
                              w_range=(self.dmd2.w_min, self.dmd2.w_max), sigma_draws=draws,
-                             generator_step=step % self.dmd2.fake_updates == 0)
+                             generator_step=step % self.dmd2.fake_updates == 0, image_frames=self.teacher.image_frames)
 
     def save(self, trainee: torch.nn.Module, folder: Path) -> None:
         """The teacher's weights folder with the student's transformer, which records how it was distilled."""
@@ -416,7 +417,7 @@ class DistillStage:
         target = folder / "transformer" if components else folder
         student.save_pretrained(target, safe_serialization=True)
         teacher = self.teacher.transformer_folder
-        write_declarations(target, read_prompt_format(teacher), read_convention(teacher))
+        write_declarations(target, read_prompt_format(teacher), read_convention(teacher), self.teacher.image_frames)
         settings = asdict(self.cfg) if self.kind == "cfg" else asdict(self.dmd2)
         write_distillation(target, {
             "kind": self.kind, "teacher": str(self.teacher.source), "teacher_fingerprint": self.teacher.fingerprint,

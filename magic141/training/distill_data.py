@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from magic141.conditioning import image_condition
+from magic141.conditioning import IMAGE_FRAMES, image_condition
 from magic141.presets import Preset
 from magic141.training.loop import TrainingError, sample_rng
 from magic141.training.transformer import IMAGE_DROPOUT, _load_cache
@@ -46,6 +46,7 @@ class Teacher:
     transformer_folder: Path
     fingerprint: str
     image_to_video: bool
+    image_frames: str = IMAGE_FRAMES[0]  # the layout of its image channels, as its folder declares
 
     @property
     def components(self) -> dict[str, Path]:
@@ -88,7 +89,10 @@ class Teacher:
         if wrong:
             raise TrainingError(f"{option} {source} is of another geometry than preset {preset.name!r} "
                                 f"({'; '.join(wrong[:3])}); pass one of that preset or choose its --preset")
-        return cls(source, transformer, folder_fingerprint(transformer), config["in_channels"] != latent)
+        from magic141.weights import read_image_frames
+
+        return cls(source, transformer, folder_fingerprint(transformer), config["in_channels"] != latent,
+                   read_image_frames(transformer))
 
     def transformer(self) -> torch.nn.Module:
         from diffusers import HunyuanVideoTransformer3DModel
@@ -120,7 +124,7 @@ class DistillBatch:
 
 
 def conditions(cache: dict[str, torch.Tensor], index: int, caption: int, image_to_video: bool, drop_image: bool,
-                frames: int) -> tuple[Condition, Condition]:
+               frames: int, image_frames: str = IMAGE_FRAMES[0]) -> tuple[Condition, Condition]:
     def text(caption_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         states, mask = cache[f"text.{caption_id}"], cache[f"text_mask.{caption_id}"]
         if not image_to_video:
@@ -130,7 +134,7 @@ def conditions(cache: dict[str, torch.Tensor], index: int, caption: int, image_t
 
     image = mask = None
     if image_to_video:
-        image, mask = image_condition(cache["first_latents"][index][None], frames)
+        image, mask = image_condition(cache["first_latents"][index][None], frames, image_frames)
         image, mask = image[0], mask[0]
         if drop_image:
             image, mask = torch.zeros_like(image), torch.zeros_like(mask)
@@ -169,9 +173,10 @@ def step_level(schedule: torch.Tensor, rng: torch.Generator) -> float:
 
 def distill_batch(cache_path: Path, samples: Sequence[int], seed: int, step: int, *, image_to_video: bool,
                   w_range: tuple[float, float], sigma_draws: Sequence[Callable[[torch.Generator], float]],
-                  generator_step: bool = False) -> DistillBatch:
+                  generator_step: bool = False, image_frames: str = IMAGE_FRAMES[0]) -> DistillBatch:
     """The batch of ``samples`` at ``step``: each sample's image dropout, guidance scale, and one noise level and
-    noise per entry of ``sigma_draws`` (a callable of the sample's generator), all from ``sample_rng``."""
+    noise per entry of ``sigma_draws`` (a callable of the sample's generator), all from ``sample_rng``; an I2V
+    model's image channels in its ``image_frames`` layout."""
     cache = _load_cache(str(cache_path))
     rows = []
     for index in samples:
@@ -181,7 +186,8 @@ def distill_batch(cache_path: Path, samples: Sequence[int], seed: int, step: int
         guidance = 1 + w_range[0] + (w_range[1] - w_range[0]) * uniform(rng)
         sigmas = [float(draw(rng)) for draw in sigma_draws]
         noises = torch.stack([torch.randn(x0.shape, generator=rng) for _ in sigma_draws])
-        cond, uncond = conditions(cache, index, int(cache["captions"][index]), image_to_video, drop_image, x0.shape[1])
+        cond, uncond = conditions(cache, index, int(cache["captions"][index]), image_to_video, drop_image, x0.shape[1],
+                                  image_frames)
         rows.append((x0, cond, uncond, guidance, sigmas, noises))
     x0, cond, uncond, guidance, sigmas, noises = zip(*rows)
     return DistillBatch(torch.stack(x0), stack_conditions(cond), stack_conditions(uncond), torch.tensor(guidance), torch.tensor(sigmas),

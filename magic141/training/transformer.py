@@ -24,6 +24,12 @@ Long videos are sampled in windows, so the cache holds windows from later in the
 them start at a random time of a 10 s video, where objects bounce and sizes turn): a chained window starts from
 such a frame, and the VLM still sees the video's first frame. One I2V step in five sees no first-frame latent
 (zero image channels and mask), as the co-denoised windows after the first do.
+
+The I2V stage writes the first-frame latent in the ``image_frames`` layout it declares in its weights
+(:data:`magic141.conditioning.IMAGE_FRAMES`): the toy recipe repeats it in every latent frame (``every``), where
+the paper puts it in frame 0 only (``first``). Measured (README, "Not there yet"), the toy transformers do not
+learn to carry the first frame's outline from frame 0 to the others through attention; given the latent at every
+frame's own position, they keep it.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from magic141.components import (
     fingerprint_modules,
     vae_encoder_fingerprint,
 )
-from magic141.conditioning import image_condition, model_input
+from magic141.conditioning import IMAGE_FRAMES, check_image_frames, image_condition, model_input
 from magic141.presets import Preset
 from magic141.prompt_encoding import t2v_prompt_template, t2v_text_pipeline, vlm_image_tokens
 from magic141.toy_world import (
@@ -218,7 +224,8 @@ class TransformerStage:
     ``plain_steps`` steps read the plain cache ``plain`` instead of the world's: its one object in the first half,
     every object in the second.
     The I2V stage saves a whole weights folder (``magic141.weights``): the trained transformer, declaring the
-    ``magic141`` prompt format it was trained with, beside the ``vae`` folder's VAE and the seeded text encoders.
+    ``magic141`` prompt format and the ``image_frames`` layout it was trained with, beside the ``vae`` folder's VAE
+    and the seeded text encoders.
     """
 
     preset: Preset
@@ -230,10 +237,13 @@ class TransformerStage:
     plain: Path | None = None
     plain_fingerprint: str | None = None
     plain_steps: int = 0
+    image_frames: str = IMAGE_FRAMES[0]
 
     def __post_init__(self) -> None:
         if self.plain_steps and (self.mode != "i2v" or self.plain is None):
             raise InputError("plain steps train the I2V stage from a plain cache; the T2V stage takes none")
+        if check_image_frames(self.image_frames) != IMAGE_FRAMES[0] and self.mode != "i2v":
+            raise InputError("the image-frames layout is the I2V stage's; the T2V stage sees no image")
 
     @property
     def name(self) -> str:
@@ -244,6 +254,8 @@ class TransformerStage:
                      "cache": self.cache_fingerprint, "init": None if self.init is None else str(self.init)}
         if self.plain_steps:
             described |= {"plain_cache": self.plain_fingerprint, "plain_steps": self.plain_steps}
+        if self.image_frames != IMAGE_FRAMES[0]:
+            described["image_frames"] = self.image_frames
         return described
 
     def build(self, seed: int) -> torch.nn.Module:
@@ -275,7 +287,7 @@ class TransformerStage:
                 caption = 0
             noisy = (1 - sigma) * x0 + sigma * noise
             if self.mode == "i2v":
-                image, mask = image_condition(cache["first_latents"][row][None], x0.shape[1])
+                image, mask = image_condition(cache["first_latents"][row][None], x0.shape[1], self.image_frames)
                 if float(torch.rand(1, generator=rng)) < IMAGE_DROPOUT:
                     image, mask = torch.zeros_like(image), torch.zeros_like(mask)
                 hidden = model_input(noisy[None], image, mask)[0]
@@ -295,6 +307,7 @@ class TransformerStage:
         components = encoders(self.preset, self.vae)
         components.transformer = trainee.transformer.eval()
         components.prompt_format = "magic141"
+        components.image_frames = self.image_frames
         save_i2v_components(components, folder)
 
 

@@ -230,11 +230,13 @@ class DecoderStage:
         draws from ``sample_rng``); where the window's image is given, its first latent frame is the image's."""
         from magic141.training.distill import noised, velocity
         from magic141.training.distill_data import distill_batch, step_level
+        from magic141.weights import read_image_frames
 
         schedule = self.schedule()
         w = self.preset.guidance_scale - 1
         batch = distill_batch(self.cache, samples, seed, step, image_to_video=True, w_range=(w, w),
-                              sigma_draws=[partial(step_level, schedule[-ENTRY_STEPS:])])
+                              sigma_draws=[partial(step_level, schedule[-ENTRY_STEPS:])],
+                              image_frames=read_image_frames(self.student))
         sigma, condition = batch.sigmas[:, 0], batch.cond
         latents = noised(batch.latents, batch.noises[:, 0], sigma)
         student = _student(str(self.student))
