@@ -45,19 +45,25 @@ def test_image_condition_rejects_multi_frame_latents():
         image_condition(torch.randn(1, 16, 2, 3, 4), 5)
 
 
-def test_transformer_receives_2c_plus_1_channels(tiny_pipeline: Magic141Pipeline, prior_image: PIL.Image.Image):
-    """Every forward pass of a real render sees the noisy latent, the first-frame latent at frame 0 only, and the mask."""
-    pipe = tiny_pipeline
-    channels = pipe.preset.transformer.latent_channels
-    expected_image = pipe.encode_image(pipe.image_pixels(prior_image))
+def _render_recording_inputs(pipe: Magic141Pipeline, image: PIL.Image.Image, steps: int) -> tuple[list, list]:
+    """One 9-frame video's windows, and the transformer's input of every forward pass that made them."""
     seen: list[torch.Tensor] = []
     hook = pipe.components.transformer.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True
     )
     try:
-        windows = list(pipe(prior_image, "a boat", num_frames=9, seed=0, sampler=SamplerConfig(steps=4)))
+        windows = list(pipe(image, "a boat", num_frames=9, seed=0, sampler=SamplerConfig(steps=steps)))
     finally:
         hook.remove()
+    return windows, seen
+
+
+def test_transformer_receives_2c_plus_1_channels(tiny_pipeline: Magic141Pipeline, prior_image: PIL.Image.Image):
+    """Every forward pass of a real render sees the noisy latent, the first-frame latent at frame 0 only, and the mask."""
+    pipe = tiny_pipeline
+    channels = pipe.preset.transformer.latent_channels
+    expected_image = pipe.encode_image(pipe.image_pixels(prior_image))
+    windows, seen = _render_recording_inputs(pipe, prior_image, 4)
     assert len(windows) == 1 and len(seen) == 4, "one window, one forward pass per step (CFG distilled)"
     for hidden in seen:
         assert hidden.shape[1] == 2 * channels + 1 == pipe.components.transformer.config.in_channels
@@ -93,14 +99,7 @@ def test_weights_declaring_every_frame_are_sampled_so_and_fingerprinted_apart(
     assert pipe.weights_fingerprint != reloaded.weights_fingerprint, "the same weights sampled another way"
     channels = pipe.preset.transformer.latent_channels
     expected_image = pipe.encode_image(pipe.image_pixels(prior_image))
-    seen: list[torch.Tensor] = []
-    hook = pipe.components.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True
-    )
-    try:
-        list(pipe(prior_image, "a boat", num_frames=9, seed=0, sampler=SamplerConfig(steps=2)))
-    finally:
-        hook.remove()
+    _, seen = _render_recording_inputs(pipe, prior_image, 2)
     assert len(seen) == 2
     for hidden in seen:
         image, mask = hidden[:, channels : 2 * channels], hidden[:, 2 * channels :]
