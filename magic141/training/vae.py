@@ -199,6 +199,7 @@ class DecoderStage:
     cache_fingerprint: str
     cache_seed: int
     scaling_factor: float  # the VAE's, which the cache's latents are scaled by
+    student_image_frames: str  # the layout of the student's image channels, as its folder declares
 
     @property
     def name(self) -> str:
@@ -230,13 +231,12 @@ class DecoderStage:
         draws from ``sample_rng``); where the window's image is given, its first latent frame is the image's."""
         from magic141.training.distill import noised, velocity
         from magic141.training.distill_data import distill_batch, step_level
-        from magic141.weights import read_image_frames
 
         schedule = self.schedule()
         w = self.preset.guidance_scale - 1
         batch = distill_batch(self.cache, samples, seed, step, image_to_video=True, w_range=(w, w),
                               sigma_draws=[partial(step_level, schedule[-ENTRY_STEPS:])],
-                              image_frames=read_image_frames(self.student))
+                              image_frames=self.student_image_frames)
         sigma, condition = batch.sigmas[:, 0], batch.cond
         latents = noised(batch.latents, batch.noises[:, 0], sigma)
         student = _student(str(self.student))
@@ -299,4 +299,5 @@ def refinement_stage(preset: Preset, folder: Path, student: Path, cache_dir: Pat
     if not path.is_file():
         build_cache(components, preset, samples, seed, path, on_cache)
     return DecoderStage(preset, Path(folder), fingerprint_modules({"vae": vae}), checked.transformer_folder,
-                        checked.fingerprint, path, fingerprint, seed, float(vae.config.scaling_factor))
+                        checked.fingerprint, path, fingerprint, seed, float(vae.config.scaling_factor),
+                        checked.image_frames)
