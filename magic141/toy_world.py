@@ -47,8 +47,8 @@ DIRECTIONS: dict[str, tuple[int, int]] = {
 HELD_OUT_FRACTION = 0.2
 SPLIT_SEED = 141  # fixed: the held-out combinations never change with a dataset's seed
 SPEED = 1 / 3  # of the frame's extent along the motion, per second
-SIZE_RANGE = (0.11, 0.19)  # an object's half-extent at rest, as a fraction of the frame's smaller side
-GROW_RANGE = (0.07, 0.24)  # the half-extents a growing or shrinking object oscillates between
+SIZE_RANGE = (0.16, 0.24)  # an object's half-extent at rest, as a fraction of the frame's smaller side
+GROW_RANGE = (0.10, 0.28)  # the half-extents a growing or shrinking object oscillates between
 GROW_PERIOD_S = 3.0  # seconds from small to large and back
 SUPERSAMPLE = 4
 

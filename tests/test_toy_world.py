@@ -10,6 +10,7 @@ from magic141.toy_eval import adherence, read_video
 from magic141.toy_world import (
     BACKGROUNDS,
     COLOURS,
+    GROW_RANGE,
     MOTIONS,
     SHAPES,
     Caption,
@@ -95,7 +96,7 @@ def test_growing_objects_grow_then_oscillate() -> None:
     scene = sample_scene(Caption("blue", "circle", "growing", "white"), W, H, 1)
     sizes = [scene_state(scene, t, W, H)[2] for t in np.linspace(0, 8, 65)]
     assert sizes[8] > 1.3 * sizes[0]
-    assert max(sizes) < 0.25 * H and min(sizes) > 0.06 * H
+    assert GROW_RANGE[0] * H <= min(sizes) and max(sizes) <= GROW_RANGE[1] * H
     assert np.sign(np.diff(sizes)).tolist().count(-1) > 10  # it shrinks again after its largest size
 
 
