@@ -203,40 +203,6 @@ def test_the_t2v_teacher_learns_and_its_i2v_widening_starts_where_it_stopped(lat
     assert vae.keys() == shipped_vae.keys() and all(torch.equal(vae[k], shipped_vae[k]) for k in vae)
 
 
-def test_the_object_term_weighs_the_latent_pixels_that_show_the_object(latent_cache) -> None:
-    from magic141.presets import get_preset
-    from magic141.training.transformer import OBJECT_MARGIN, TransformerStage, latent_object_mask
-
-    # One object pixel in frame 5 of a black 17-frame video: the causal VAE's latent frame 2 (frames 5-8) at
-    # latent pixel (2, 5) of a 4x-compressed frame, and its neighbours within the margin; nothing elsewhere.
-    video = -torch.ones(1, 3, 17, 48, 64)
-    video[0, :, 5, 10, 21] = 1.0
-    mask = latent_object_mask(video, spatial=4, temporal=4)
-    expected = torch.zeros(1, 1, 5, 12, 16)
-    expected[0, 0, 2, 2 - OBJECT_MARGIN : 3 + OBJECT_MARGIN, 5 - OBJECT_MARGIN : 6 + OBJECT_MARGIN] = 1
-    assert torch.equal(mask, expected)
-
-    path, fingerprint = latent_cache
-    stage = TransformerStage(get_preset("tiny"), "t2v", path, fingerprint, object_weight=2.0)
-    batch = stage.batch(0, 0, range(4))
-    assert batch.object_mask.shape == (4, 1, *batch.target.shape[2:])
-    assert 0 < float(batch.object_mask.mean()) < 0.7, "the object covers some latent pixels, not all"
-    trainee = stage.build(0)
-    plain = dataclasses.replace(stage, object_weight=0.0).build(0)
-    assert stage.describe() != dataclasses.replace(stage, object_weight=0.0).describe(), "another loss, another run"
-    with torch.no_grad():
-        loss, logged = trainee(batch)
-        assert logged["flow"] == pytest.approx(float(plain(batch)), rel=1e-6)
-        assert float(loss) == pytest.approx(logged["flow"] + 2.0 * logged["object"], rel=1e-6)
-        # A mask over every latent pixel makes the object term the flow loss itself; an empty one adds nothing.
-        everywhere, _ = trainee(dataclasses.replace(batch, object_mask=torch.ones_like(batch.object_mask)))
-        nowhere, _ = trainee(dataclasses.replace(batch, object_mask=torch.zeros_like(batch.object_mask)))
-    assert float(everywhere) == pytest.approx(3.0 * logged["flow"], rel=1e-5)
-    assert float(nowhere) == pytest.approx(logged["flow"], rel=1e-6)
-    with pytest.raises(InputError, match="object-weight"):
-        dataclasses.replace(stage, object_weight=-1.0)
-
-
 def test_the_teachers_see_windows_from_later_in_their_videos_and_i2v_windows_without_an_image(latent_cache) -> None:
     from magic141.presets import get_preset
     from magic141.toy_world import split_captions

@@ -12,14 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from flows.cli.common import print_fields, quiet_model_libraries, stderr, stdout
 from magic141.utils import InputError, one_line
-from tasks.runtime.training import (
-    DEFAULTS,
-    I2V_IMAGE_FRAMES,
-    I2V_PLAIN_STEPS,
-    OBJECT_WEIGHT,
-    PRIOR_AUTOENCODER_STEPS,
-    SAMPLES,
-)
+from tasks.runtime.training import DEFAULTS, I2V_IMAGE_FRAMES, I2V_PLAIN_STEPS, PRIOR_AUTOENCODER_STEPS, SAMPLES
 
 train_app = typer.Typer(help="Train the toy world's models (see the README's 'Training' section).", no_args_is_help=True)
 
@@ -250,12 +243,6 @@ def _stage(name: str, preset: str, **options: Any) -> Any:
 
 
 
-ObjectWeightOption = Annotated[
-    float, typer.Option("--object-weight", help="Weight of the loss term averaged over the object's latent pixels "
-                        "alone, beside the plain flow-matching loss; 0: none.")
-]
-
-
 @train_app.command("t2v")
 def train_t2v(
     context: typer.Context,
@@ -272,13 +259,12 @@ def train_t2v(
     learning_rate: LearningRateOption = DEFAULTS["t2v"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["t2v"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["t2v"].warmup_steps,
-    object_weight: ObjectWeightOption = OBJECT_WEIGHT,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The text-to-video teacher: flow matching on the VAE latents of toy-world windows and their captions."""
     settings = _run_settings(locals())
-    stage = _stage("t2v", preset, vae=vae, samples=samples, cache_dir=cache_dir, seed=seed, object_weight=object_weight)
+    stage = _stage("t2v", preset, vae=vae, samples=samples, cache_dir=cache_dir, seed=seed)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
 
 
@@ -306,7 +292,6 @@ def train_i2v(
         str, typer.Option("--image-frames", help="Which latent frames' image channels hold the first-frame latent: "
                           "'first' (the paper's layout, zeros elsewhere) or 'every' (the toy recipe's).")
     ] = I2V_IMAGE_FRAMES,
-    object_weight: ObjectWeightOption = OBJECT_WEIGHT,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -314,7 +299,7 @@ def train_i2v(
     first-frame latent and the VLM's image tokens in front of the text tokens; its first steps on plain windows."""
     settings = _run_settings(locals())
     stage = _stage("i2v", preset, vae=vae, t2v=t2v, samples=samples, cache_dir=cache_dir, seed=seed,
-                   plain_steps=plain_steps, image_frames=image_frames, object_weight=object_weight)
+                   plain_steps=plain_steps, image_frames=image_frames)
     _train(context, lambda: stage, settings, ray_address, as_json, dataset_size=samples)
 
 

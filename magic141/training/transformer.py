@@ -73,7 +73,6 @@ from magic141.toy_world import (
     split_captions,
 )
 from magic141.training.loop import sample_rng
-from magic141.training.vae import object_mask
 from magic141.utils import InputError
 from magic141.weights import save_i2v_components
 
@@ -93,8 +92,6 @@ LATER_WINDOWS = 0.25
 LATEST_START_S = 9.0  # the latest start of such a window, in seconds (videos of about 10 s)
 IMAGE_DROPOUT = 0.2  # of the I2V steps' windows see no first-frame latent, as parallel windows after the first do
 ENCODE_CHUNK = 32  # windows encoded by the VAE at once while building the cache
-CACHE_CONTENTS = ("latents", "first_latents", "object_masks", "image_tokens", "captions")  # besides the texts
-OBJECT_MARGIN = 1  # latent pixels around the object's that the object term of the loss counts as the object's
 PLAIN_SAMPLES = 2048  # windows of the plain cache (at most the world cache's): even rows one object, odd rows every one
 PLAIN_CAPTIONS = tuple(Caption(next(iter(COLOURS)), SHAPES[0], motion, next(iter(BACKGROUNDS))) for motion in DIRECTIONS)
 
@@ -124,17 +121,6 @@ def plain_window(preset: Preset, seed: int, index: int) -> tuple[Caption, np.nda
     return caption, video, video[0]
 
 
-def latent_object_mask(pixels: torch.Tensor, spatial: int, temporal: int) -> torch.Tensor:
-    """(B, 1, T, h, w) 1.0 on the latent pixels of the videos (B, 3, F, H, W) in [-1, 1] whose frames and pixels
-    (the causal VAE's grouping: frame 0 alone, then ``temporal`` frames each; ``spatial`` pixels a side) show the
-    object anywhere, and on those within ``OBJECT_MARGIN`` of them, where a drawn blob spills over."""
-    pixel_mask = object_mask(pixels)
-    causal = torch.cat([pixel_mask[:, :, :1].expand(-1, -1, temporal - 1, -1, -1), pixel_mask], 2)
-    mask = F.max_pool3d(causal, (temporal, spatial, spatial))
-    size = 2 * OBJECT_MARGIN + 1
-    return F.max_pool3d(mask, (1, size, size), stride=1, padding=(0, OBJECT_MARGIN, OBJECT_MARGIN))
-
-
 @lru_cache(maxsize=1)
 def _moving_captions() -> tuple[Caption, ...]:
     return tuple(c for c in split_captions("train") if c.motion in DIRECTIONS)
@@ -159,7 +145,7 @@ def build_cache(
     embeds, mask, pooled = encode_text(components, ["", *(c.text for c in all_captions())], preset.text.max_sequence_length)
     for index in range(len(embeds)):
         texts[f"text.{index}"], texts[f"text_mask.{index}"], texts[f"pooled.{index}"] = embeds[index], mask[index], pooled[index]
-    latents, firsts, masks, tokens, caption_ids = [], [], [], [], []
+    latents, firsts, tokens, caption_ids = [], [], [], []
     text_index = {c.text: i + 1 for i, c in enumerate(all_captions())}
     for chunk in range(0, samples, ENCODE_CHUNK):
         windows = [plain_window(preset, seed, index) if plain else cache_window(preset, captions, seed, index)
@@ -167,8 +153,6 @@ def build_cache(
         pixels = torch.from_numpy(np.stack([video for _, video, _ in windows])).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
         latents.append(vae.encode(pixels).latent_dist.mean * _scale(vae))  # (B, C, T, h, w)
         firsts.append(vae.encode(pixels[:, :, :1]).latent_dist.mean * _scale(vae))  # (B, C, 1, h, w)
-        masks.append(latent_object_mask(pixels, vae.config.spatial_compression_ratio,
-                                        vae.config.temporal_compression_ratio).to(torch.uint8))
         firsts_seen = [PIL.Image.fromarray(first) for _, _, first in windows]
         tokens.extend(vlm_image_tokens(components, firsts_seen, torch.device("cpu")))
         caption_ids.extend(text_index[caption.text] for caption, _, _ in windows)
@@ -178,7 +162,6 @@ def build_cache(
         **texts,
         "latents": torch.cat(latents),
         "first_latents": torch.cat(firsts),
-        "object_masks": torch.cat(masks),
         "image_tokens": torch.stack(tokens),
         "captions": torch.tensor(caption_ids),
     }
@@ -212,18 +195,12 @@ class FlowBatch:
     text: torch.Tensor  # (B, L, D)
     text_mask: torch.Tensor  # (B, L)
     pooled: torch.Tensor  # (B, D_pooled)
-    object_mask: torch.Tensor | None = None  # (B, 1, T, h, w): the object's latent pixels, for the object term
 
 
 class FlowTrainee(torch.nn.Module):
-    """The flow-matching loss, plus ``object_weight`` times the squared error averaged over the object's latent
-    pixels alone (:func:`latent_object_mask`): an object covers a tenth of a toy frame, and a loss averaged over
-    all latents is nearly met by a blob of the object's colour, which no reader takes for a square."""
-
-    def __init__(self, transformer: torch.nn.Module, object_weight: float = 0.0) -> None:
+    def __init__(self, transformer: torch.nn.Module) -> None:
         super().__init__()
         self.transformer = transformer
-        self.object_weight = object_weight
 
     def forward(self, batch: FlowBatch) -> torch.Tensor:
         guidance = torch.full_like(batch.timestep, TEACHER_GUIDANCE * 1000.0)
@@ -236,12 +213,7 @@ class FlowTrainee(torch.nn.Module):
             guidance=guidance,
             return_dict=False,
         )[0]
-        loss = F.mse_loss(velocity, batch.target)
-        if not self.object_weight:
-            return loss
-        error = (velocity - batch.target).pow(2).mean(1, keepdim=True)
-        object_error = (error * batch.object_mask).sum() / batch.object_mask.sum().clamp_min(1)
-        return loss + self.object_weight * object_error, {"flow": loss.item(), "object": object_error.item()}
+        return F.mse_loss(velocity, batch.target)
 
 
 @dataclass(frozen=True)
@@ -266,11 +238,8 @@ class TransformerStage:
     plain_fingerprint: str | None = None
     plain_steps: int = 0
     image_frames: str = IMAGE_FRAMES[0]
-    object_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.object_weight >= 0:
-            raise InputError(f"--object-weight must be >= 0, got {self.object_weight}")
         if self.plain_steps and (self.mode != "i2v" or self.plain is None):
             raise InputError("plain steps train the I2V stage from a plain cache; the T2V stage takes none")
         if check_image_frames(self.image_frames) != IMAGE_FRAMES[0] and self.mode != "i2v":
@@ -287,8 +256,6 @@ class TransformerStage:
             described |= {"plain_cache": self.plain_fingerprint, "plain_steps": self.plain_steps}
         if self.image_frames != IMAGE_FRAMES[0]:
             described["image_frames"] = self.image_frames
-        if self.object_weight:
-            described["object_weight"] = self.object_weight
         return described
 
     def build(self, seed: int) -> torch.nn.Module:
@@ -301,7 +268,7 @@ class TransformerStage:
             transformer = HunyuanVideoTransformer3DModel.from_pretrained(str(self.init))
             if transformer.config.image_condition_type is None:
                 widen_patch_embedding(transformer)
-        return FlowTrainee(transformer.train().requires_grad_(True), self.object_weight)
+        return FlowTrainee(transformer.train().requires_grad_(True))
 
     def batch(self, seed: int, step: int, samples: Sequence[int]) -> FlowBatch:
         plain = step < self.plain_steps
@@ -328,12 +295,10 @@ class TransformerStage:
                 text_mask = torch.cat([torch.ones(cache["image_tokens"].shape[1]), cache[f"text_mask.{caption}"]])
             else:
                 hidden, text, text_mask = noisy, cache[f"text.{caption}"], cache[f"text_mask.{caption}"]
-            rows.append((hidden, noise - x0, sigma * 1000.0, text, text_mask, cache[f"pooled.{caption}"],
-                         cache["object_masks"][row].float() if self.object_weight else None))
-        hidden, target, timestep, text, text_mask, pooled, masks = zip(*rows)
+            rows.append((hidden, noise - x0, sigma * 1000.0, text, text_mask, cache[f"pooled.{caption}"]))
+        hidden, target, timestep, text, text_mask, pooled = zip(*rows)
         return FlowBatch(torch.stack(hidden), torch.stack(target), torch.tensor(timestep), torch.stack(text),
-                         torch.stack(text_mask), torch.stack(pooled),
-                         torch.stack(masks) if self.object_weight else None)
+                         torch.stack(text_mask), torch.stack(pooled))
 
     def save(self, trainee: torch.nn.Module, folder: Path) -> None:
         if self.mode == "t2v":
@@ -360,7 +325,7 @@ def cache_path(cache_dir: Path, components: I2VComponents, preset: Preset, sampl
     dataset = {"samples": samples, "seed": seed, "geometry": geometry} | recipe
     # The VAE's encoder alone: a refined decoder (``train vae --refine``) leaves the latents as they were.
     key = json.dumps({"encoders": fingerprint_modules(modules), "vae_encoder": vae_encoder_fingerprint(components.vae),
-                      "contents": CACHE_CONTENTS, **dataset}, sort_keys=True)
+                      **dataset}, sort_keys=True)
     fingerprint = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir / f"{'plain' if plain else 'latents'}-{fingerprint}.safetensors", fingerprint
 

@@ -62,7 +62,7 @@ class VideoBatch:
     latents: torch.Tensor | None = None  # (B, C, T, h, w) unscaled: what the decoder reads; None: the encoder's
 
 
-def object_mask(pixels: torch.Tensor) -> torch.Tensor:
+def _object_mask(pixels: torch.Tensor) -> torch.Tensor:
     """(B, 1, ...) 1.0 where a pixel of (B, 3, ...) in [-1, 1] is the object's: the background is plain, so those
     whose channels differ from their frame's corner pixel by more than ``OBJECT_DISTANCE`` (objects never touch
     the border)."""
@@ -81,7 +81,7 @@ def _pixel_error(decoded: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
 def reconstruction_errors(decoded: torch.Tensor, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """L1 plus squared error, averaged over the object's pixels and over the background's, of images (B, 3, H, W)
     or videos (B, 3, F, H, W) in [-1, 1]."""
-    error, obj = _pixel_error(decoded, pixels), object_mask(pixels)
+    error, obj = _pixel_error(decoded, pixels), _object_mask(pixels)
     return _masked_mean(error, obj), _masked_mean(error, 1 - obj)
 
 
@@ -89,7 +89,7 @@ def refinement_errors(decoded: torch.Tensor, pixels: torch.Tensor) -> tuple[torc
     """The decoder refinement's two terms for videos (B, 3, F, H, W): the error averaged over the background
     pixels within ``RING_PIXELS`` of the object, and the mean error of the worst ``TAIL_SHARE`` of background
     pixels (each pixel's error summed over its channels)."""
-    error, obj = _pixel_error(decoded, pixels), object_mask(pixels)
+    error, obj = _pixel_error(decoded, pixels), _object_mask(pixels)
     size = 2 * RING_PIXELS + 1
     near = F.max_pool3d(obj, (1, size, size), stride=1, padding=(0, RING_PIXELS, RING_PIXELS))
     ring = _masked_mean(error, near - obj)

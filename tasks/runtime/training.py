@@ -41,7 +41,6 @@ SAMPLES = 12000  # training windows in the transformers' latent cache
 PRIOR_AUTOENCODER_STEPS = 800  # the prior's first steps train its autoencoder, the rest its UNet
 I2V_PLAIN_STEPS = 1600  # the I2V stage's first steps read plain windows (magic141.training.transformer)
 I2V_IMAGE_FRAMES = "every"  # the toy I2V teacher's image-channel layout (magic141.conditioning.IMAGE_FRAMES)
-OBJECT_WEIGHT = 1.0  # the T2V and I2V stages' object term (magic141.training.transformer.FlowTrainee)
 
 
 def check_weights_folder(option: str, folder: Path | None) -> None:
@@ -64,7 +63,6 @@ def make_stage(
     distillation: dict[str, Any] | None = None,
     plain_steps: int = I2V_PLAIN_STEPS,
     image_frames: str = I2V_IMAGE_FRAMES,
-    object_weight: float = OBJECT_WEIGHT,
     refine: Path | None = None,
     student: Path | None = None,
     on_cache: Callable[[int, int], None] | None = None,
@@ -75,8 +73,7 @@ def make_stage(
     their ``distillation`` settings (:class:`magic141.training.distill.CfgSettings` or ``Dmd2Settings`` fields);
     their cache is encoded by the teacher's VAE (or ``vae`` for a bare T2V teacher). The I2V stage's first
     ``plain_steps`` steps read a plain cache, built beside the world's (at most as many windows); it writes the
-    first-frame latent in the ``image_frames`` layout (:data:`magic141.conditioning.IMAGE_FRAMES`). Both
-    transformer stages add ``object_weight`` times the object's own error to their loss. The VAE's
+    first-frame latent in the ``image_frames`` layout (:data:`magic141.conditioning.IMAGE_FRAMES`). The VAE's
     decoder refinement (``vae-decoder``) refines the VAE of ``refine`` on the samples of ``student`` (default:
     the preset's own weights folder) from the latent cache of that VAE."""
     from magic141.presets import get_preset
@@ -143,13 +140,12 @@ def make_stage(
     if name == "dmd2":
         return DistillStage("dmd2", preset, checked, path, fingerprint, dmd2=settings)
     if name == "t2v":
-        return TransformerStage(preset, name, path, fingerprint, vae=vae, object_weight=object_weight)
+        return TransformerStage(preset, name, path, fingerprint, vae=vae)
     if not plain_steps:
-        return TransformerStage(preset, name, path, fingerprint, t2v, vae, image_frames=image_frames,
-                                object_weight=object_weight)
+        return TransformerStage(preset, name, path, fingerprint, t2v, vae, image_frames=image_frames)
     plain_samples = max(2, min(PLAIN_SAMPLES, samples))
     plain, plain_fingerprint = cache_path(cache_dir, components, preset, plain_samples, seed, plain=True)
     if not plain.is_file():
         build_cache(components, preset, plain_samples, seed, plain, on_cache, plain=True)
     return TransformerStage(preset, name, path, fingerprint, t2v, vae, plain, plain_fingerprint, plain_steps,
-                            image_frames, object_weight)
+                            image_frames)
