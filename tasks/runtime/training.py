@@ -28,7 +28,7 @@ class StageDefaults:
 
 
 DEFAULTS: dict[str, StageDefaults] = {
-    "clip": StageDefaults(6000, 64, 1e-3, "cosine", 100),
+    "clip": StageDefaults(2000, 64, 1e-3, "cosine", 100),
     "vae": StageDefaults(5000, 4, 1e-3, "cosine", 0),
     "prior": StageDefaults(3000, 16, 1e-3, "cosine", 100),
     "t2v": StageDefaults(1000, 16, 5e-4, "cosine", 100),
