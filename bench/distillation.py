@@ -341,7 +341,7 @@ def main() -> None:
                         help="run folders whose loss curves to show (default: the shipped weights' runs)")
     parser.add_argument("--videos", type=int, default=48, help="held-out cases per setting")
     parser.add_argument("--cfg-steps", type=int, default=28, help="Euler steps of the CFG comparison")
-    parser.add_argument("--guidance", type=float, default=3.0, help="guidance scale of Table 1")
+    parser.add_argument("--guidance", type=float, help="guidance scale of Table 1 (default: the toy preset's)")
     parser.add_argument("--t2v", type=Path, help="a T2V teacher (final/ of 'train t2v'): adds Figure 5")
     parser.add_argument("--figure5-budgets", type=int, nargs="+", default=[100, 200, 300],
                         help="DMD2 iterations at which Figure 5 evaluates both students")
@@ -364,7 +364,10 @@ def main() -> None:
         logging.info("\n".join(figure))
     if args.figure5_only:
         return
-    table1 = table1_lines(args.cfg, args.dmd2 or [WEIGHTS], args.videos, args.guidance)
+    from magic141.presets import get_preset
+
+    guidance = get_preset("toy").guidance_scale if args.guidance is None else args.guidance
+    table1 = table1_lines(args.cfg, args.dmd2 or [WEIGHTS], args.videos, guidance)
     write_section("distillation_table1", "\n".join(table1))
     logging.info("\n".join(table1))
     if args.table1_only:
