@@ -58,7 +58,7 @@ def train_stage(stage: str, out: str, max_steps: int, seed: int, workers: int, r
     settings = TrainSettings(
         out=folder, max_steps=max_steps, seed=seed, batch_size=defaults.batch_size,
         learning_rate=defaults.learning_rate, schedule=defaults.schedule, warmup_steps=defaults.warmup_steps,
-        resume=(folder / "run.json").is_file(), workers=workers,
+        precision=defaults.precision, resume=(folder / "run.json").is_file(), workers=workers,
     )
     cache = StageProgress(f"{stage}-cache", f"{stage}: encode training windows")
     built = make_stage(stage, vae=None if vae is None else Path(vae), t2v=None if t2v is None else Path(t2v),

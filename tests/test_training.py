@@ -112,6 +112,31 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path: Path, schedule
         with pytest.raises(TrainingError, match="holds another run \\(identity differs: max_steps 8 there, 9 here"):
             train(_stage(), _settings(tmp_path / "parts", 9, resume=True, **options))
 
+def test_a_bfloat16_run_trains_under_autocast_resumes_exactly_and_keeps_float32_weights(tmp_path: Path) -> None:
+    from magic141.presets import get_preset
+    from magic141.training.vae import VaeStage
+
+    preset = get_preset("tiny")
+    stage = VaeStage(preset.vae, preset.width, preset.height, preset.fps)
+    options = {"batch_size": 2, "checkpoint_every": 2, "precision": "bfloat16"}
+    train(stage, _settings(tmp_path / "whole", 6, **options))
+    with pytest.raises(_Killed):
+        train(stage, _settings(tmp_path / "parts", 6, **options), on_step=_die_at(3))
+    train(stage, _settings(tmp_path / "parts", 6, resume=True, **options))
+    assert read_losses(tmp_path / "parts") == read_losses(tmp_path / "whole")
+    train(stage, _settings(tmp_path / "float32", 6, batch_size=2, checkpoint_every=2))
+    bf16 = [entry["loss"] for entry in read_losses(tmp_path / "whole")]
+    fp32 = [entry["loss"] for entry in read_losses(tmp_path / "float32")]
+    # The same first step, its forward rounded to bfloat16; the runs part after it.
+    assert bf16 != fp32 and bf16[0] == pytest.approx(fp32[0], rel=0.01)
+    weights = load_file(tmp_path / "whole" / "final" / "diffusion_pytorch_model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
+    with pytest.raises(TrainingError, match="identity differs: precision 'bfloat16' there, None here"):
+        train(stage, _settings(tmp_path / "whole", 8, batch_size=2, checkpoint_every=2, resume=True))
+    with pytest.raises(TrainingError, match="unknown precision 'float16'; choose one of: float32, bfloat16"):
+        _settings(tmp_path / "other", 4, precision="float16")
+
+
 
 def test_a_stage_described_by_tuples_resumes(tmp_path: Path) -> None:
     """run.json stores a preset's tuples as lists; the resumed run must still recognise its own folder."""

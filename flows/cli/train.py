@@ -29,6 +29,9 @@ ScheduleOption = Annotated[
     str, typer.Option("--schedule", help="Learning rate: constant, or cosine down to a tenth at --max-steps.")
 ]
 WarmupOption = Annotated[int, typer.Option("--warmup-steps", help="Steps of linear learning-rate warm-up.")]
+PrecisionOption = Annotated[
+    str, typer.Option("--precision", help="float32, or bfloat16: the forward pass under autocast (weights stay float32).")
+]
 RayAddressOption = Annotated[
     str | None,
     typer.Option("--ray-address", help="Ray cluster to train on (default: $RAY_ADDRESS, else a private local instance)."),
@@ -49,7 +52,7 @@ def _command(context: typer.Context) -> list[str]:
 
 
 RUN_OPTIONS = ("out", "max_steps", "seed", "resume", "workers", "batch_size", "learning_rate", "schedule",
-               "warmup_steps")
+               "warmup_steps", "precision")
 
 
 def _run_settings(options: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +126,7 @@ def train_clip(
     learning_rate: LearningRateOption = DEFAULTS["clip"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["clip"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["clip"].warmup_steps,
+    precision: PrecisionOption = DEFAULTS["clip"].precision,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -154,6 +158,7 @@ def train_vae(
     learning_rate: LearningRateOption = DEFAULTS["vae"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["vae"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["vae"].warmup_steps,
+    precision: PrecisionOption = DEFAULTS["vae"].precision,
     refine: Annotated[
         Path | None,
         typer.Option("--refine", help="Train only the decoder of this trained VAE (final/ of 'train vae'), on the "
@@ -208,6 +213,7 @@ def train_prior(
     learning_rate: LearningRateOption = DEFAULTS["prior"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["prior"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["prior"].warmup_steps,
+    precision: PrecisionOption = DEFAULTS["prior"].precision,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -259,6 +265,7 @@ def train_t2v(
     learning_rate: LearningRateOption = DEFAULTS["t2v"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["t2v"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["t2v"].warmup_steps,
+    precision: PrecisionOption = DEFAULTS["t2v"].precision,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -285,6 +292,7 @@ def train_i2v(
     learning_rate: LearningRateOption = DEFAULTS["i2v"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["i2v"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["i2v"].warmup_steps,
+    precision: PrecisionOption = DEFAULTS["i2v"].precision,
     plain_steps: Annotated[
         int, typer.Option("--plain-steps", help="First steps on plain windows: one object moving four ways, then every object; 0: none.")
     ] = I2V_PLAIN_STEPS,
@@ -335,6 +343,7 @@ def train_cfg(
     learning_rate: LearningRateOption = DEFAULTS["cfg"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["cfg"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["cfg"].warmup_steps,
+    precision: PrecisionOption = DEFAULTS["cfg"].precision,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -394,6 +403,7 @@ def train_dmd2(
     learning_rate: LearningRateOption = DEFAULTS["dmd2"].learning_rate,
     schedule: ScheduleOption = DEFAULTS["dmd2"].schedule,
     warmup_steps: WarmupOption = DEFAULTS["dmd2"].warmup_steps,
+    precision: PrecisionOption = DEFAULTS["dmd2"].precision,
     ray_address: RayAddressOption = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -42,6 +42,7 @@ KEEP_CHECKPOINTS = 2
 PLOT_COLOURS = 64
 LOSS_PLOT_POINTS = 50  # the running mean of a loss plot spans this fraction of the logged steps
 SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("float32", "bfloat16")  # bfloat16: the forward under autocast, weights and optimizer state in float32
 StepCallback = Callable[[int, int, float], None]
 
 
@@ -64,6 +65,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     schedule: str = "constant"  # or "cosine": from the learning rate down to a tenth of it at max_steps
     warmup_steps: int = 0
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -75,6 +77,8 @@ class TrainSettings:
             (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of: {', '.join(SCHEDULES)}"),
             (self.warmup_steps >= 0, f"warm-up steps must be >= 0, got {self.warmup_steps}"),
+            (self.precision in PRECISIONS,
+             f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}"),
             (
                 self.batch_size % self.workers == 0,
                 f"the batch of {self.batch_size} does not split evenly over {self.workers} workers; "
@@ -92,6 +96,8 @@ class TrainSettings:
         if self.schedule != "constant" or self.warmup_steps:
             # A decaying schedule depends on where it ends: a resumed run keeps the total steps.
             identity |= {"schedule": self.schedule, "warmup_steps": self.warmup_steps, "max_steps": self.max_steps}
+        if self.precision != "float32":
+            identity["precision"] = self.precision
         return identity
 
     def learning_rate_at(self, step: int) -> float:
@@ -359,11 +365,15 @@ def run(
         if start:
             logger.info("resuming %s at step %d of %d from %s", stage.name, start, settings.max_steps, resume_from)
     model = wrap(trainee) if wrap is not None and world > 1 else trainee
+    device = next(trainee.parameters()).device.type
+    bfloat16 = settings.precision == "bfloat16"
     log = (settings.out / "losses.jsonl").open("a") if writer else None
     try:
         for step in range(start, settings.max_steps):
             samples = step_samples(settings.seed, step, settings.batch_size, dataset_size)[rank::world]
-            output = model(stage.batch(settings.seed, step, samples))
+            batch = stage.batch(settings.seed, step, samples)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=bfloat16):
+                output = model(batch)
             loss, extras = output if isinstance(output, tuple) else (output, {})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

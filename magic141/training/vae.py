@@ -114,7 +114,8 @@ class VaeTrainee(torch.nn.Module):
         if latents is None:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.decoder_only):
                 latents = self.vae.encode(pixels).latent_dist.mean  # (B, C, T, h, w)
-        decoded = self.vae.decode(latents).sample  # (B, 3, F, H, W)
+        decoded = self.vae.decode(latents).sample.float()  # (B, 3, F, H, W); bfloat16 under autocast
+        latents = latents.float()
         object_error, background_error = reconstruction_errors(decoded, pixels)
         mse = F.mse_loss(decoded.detach(), pixels)
         logged = {"object": object_error.item(), "background": background_error.item(),

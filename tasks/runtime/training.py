@@ -25,11 +25,12 @@ class StageDefaults:
     learning_rate: float
     schedule: str
     warmup_steps: int
+    precision: str = "float32"  # the VAE's convolutions run 1.3x faster under bfloat16 autocast (bench/training_precision.py)
 
 
 DEFAULTS: dict[str, StageDefaults] = {
     "clip": StageDefaults(2000, 64, 1e-3, "cosine", 100),
-    "vae": StageDefaults(5000, 4, 1e-3, "cosine", 0),
+    "vae": StageDefaults(5000, 4, 1e-3, "cosine", 0, "bfloat16"),
     "prior": StageDefaults(3000, 16, 1e-3, "cosine", 100),
     "t2v": StageDefaults(1000, 16, 5e-4, "cosine", 100),
     "i2v": StageDefaults(3000, 16, 1e-3, "cosine", 100),
