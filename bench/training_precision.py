@@ -60,7 +60,7 @@ def _cases() -> dict[str, tuple[Callable[[], torch.nn.Module], object]]:
     flow = FlowBatch(torch.randn(size, 2 * latent[0] + 1, *latent[1:]), torch.randn(size, *latent),
                      torch.rand(size) * 1000, torch.randn(size, 40, preset.text.llm_hidden_size), torch.ones(size, 40),
                      torch.randn(size, preset.text.clip_hidden_size))
-    clips = {f"vae, clips of {frames} frames": (lambda: vae.build(0), vae.batch(0, CLIP_FRAMES.index(frames),
+    clips = {f"vae, {frames}-frame clips": (lambda: vae.build(0), vae.batch(0, CLIP_FRAMES.index(frames),
                                                                                  range(DEFAULTS["vae"].batch_size)))
              for frames in sorted(set(CLIP_FRAMES))}
     return {
@@ -94,7 +94,7 @@ def main() -> None:
         fp32, bf16 = medians[name] = tuple(statistics.median(times[p]) for p in ("float32", "bfloat16"))
         rows.append(f"| {name} | {fp32:.3f} | {bf16:.3f} | **{fp32 / bf16:.2f}x** |")
         logger.info("%s: float32 %.3f s, bfloat16 %.3f s, %.2fx", name, fp32, bf16, fp32 / bf16)
-    cycle = [medians[f"vae, clips of {frames} frames"] for frames in CLIP_FRAMES]
+    cycle = [medians[f"vae, {frames}-frame clips"] for frames in CLIP_FRAMES]
     fp32, bf16 = (statistics.mean(step[index] for step in cycle) for index in (0, 1))
     rows.insert(len(set(CLIP_FRAMES)), f"| vae, the recipe's cycle {CLIP_FRAMES} | {fp32:.3f} | {bf16:.3f} | "
                                        f"**{fp32 / bf16:.2f}x** |")
