@@ -204,7 +204,8 @@ def sample_codenoise(
     """Co-denoise the timeline ``noise`` (1, C, L, h, w) covered by ``windows``; float32 latents.
 
     ``predict(step, timestep, [(window, latents), ...])`` returns one velocity per window, each
-    (1, C, T, h, w); window 0 carries the image condition. The result does not depend on how
+    (1, C, T, h, w); window 0 carries the image condition (later ones too where the weights' layout says so:
+    :meth:`magic141.pipeline.Magic141Pipeline.predict_window`). The result does not depend on how
     ``predict`` groups or places the windows as long as each prediction is a function of its input.
     With ``anchor`` the timeline's first latent frame is the first frame's latent (:func:`anchored`).
     """

@@ -106,3 +106,37 @@ def test_weights_declaring_every_frame_are_sampled_so_and_fingerprinted_apart(
         for frame in range(image.shape[2]):
             torch.testing.assert_close(image[:, :, frame : frame + 1], expected_image)
         assert torch.all(mask[:, :, 0] == 1) and torch.count_nonzero(mask[:, :, 1:]) == 0
+
+
+@pytest.mark.parametrize("layout", ["first", "every"])
+def test_parallel_windows_after_the_first_carry_the_image_only_in_the_every_frame_layout(
+    tiny_pipeline: Magic141Pipeline, prior_image: PIL.Image.Image, tmp_path: Path, layout: str
+):
+    """In the paper's layout the image says where a window starts (window 0 only); weights that read it in every
+    latent frame are given it in every co-denoised window."""
+    root = save_i2v_components(dataclasses.replace(tiny_pipeline.components, image_frames=layout), tmp_path / layout)
+    pipe = Magic141Pipeline.from_preset("tiny", weights=root, dtype=torch.float32)
+    channels = pipe.preset.transformer.latent_channels
+    expected_image = pipe.encode_image(pipe.image_pixels(prior_image))
+    seen: list[torch.Tensor] = []
+    hook = pipe.components.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["hidden_states"].clone()), with_kwargs=True
+    )
+    try:
+        windows = list(pipe(prior_image, "a boat", num_frames=49, seed=0, sampler=SamplerConfig(steps=1),
+                            windows="parallel", overlap=2))
+    finally:
+        hook.remove()
+    assert len(windows) == len(seen) == 2, "one forward pass per window at the one step"
+    for index, hidden in enumerate(seen):
+        image, mask = hidden[:, channels : 2 * channels], hidden[:, 2 * channels :]
+        if index and layout == "first":
+            assert torch.count_nonzero(image) == torch.count_nonzero(mask) == 0
+            continue
+        for frame in range(image.shape[2]):
+            frame_image = image[:, :, frame : frame + 1]
+            if frame and layout == "first":
+                assert torch.count_nonzero(frame_image) == 0
+            else:
+                torch.testing.assert_close(frame_image, expected_image)
+        assert torch.all(mask[:, :, 0] == 1) and torch.count_nonzero(mask[:, :, 1:]) == 0
