@@ -55,7 +55,9 @@ def _cases() -> dict[str, tuple[Callable[[], torch.nn.Module], object]]:
     preset = get_preset("toy")
     vae = VaeStage(preset.vae, preset.width, preset.height, preset.fps)
     prior = PriorStage(preset, PRIOR_AUTOENCODER_STEPS)
-    latent = (16, preset.window_latent_frames, preset.height // 4, preset.width // 4)
+    ratio = preset.vae.spatial_compression_ratio
+    latent = (preset.transformer.latent_channels, preset.window_latent_frames, preset.height // ratio,
+              preset.width // ratio)
     size = DEFAULTS["i2v"].batch_size
     flow = FlowBatch(torch.randn(size, 2 * latent[0] + 1, *latent[1:]), torch.randn(size, *latent),
                      torch.rand(size) * 1000, torch.randn(size, 40, preset.text.llm_hidden_size), torch.ones(size, 40),
