@@ -75,9 +75,10 @@ def train(
     workers and the wall time (the shipped weights' manifest is made of these).
     """
     resume_from = check_output(stage, settings)
+    commit = _commit()  # the code that runs: the checkout may move on during a long run
     started, first_step = time.monotonic(), 0 if resume_from is None else int(resume_from.name.split("-")[1])
     result = _train(stage, settings, resume_from, address, use_gpu, on_step, dataset_size)
-    session = {"command": None if command is None else list(command), "commit": _commit(), "from_step": first_step,
+    session = {"command": None if command is None else list(command), "commit": commit, "from_step": first_step,
                "to_step": settings.max_steps, "workers": settings.workers, "seed": settings.seed,
                "wall_s": round(time.monotonic() - started, 1)}
     with (settings.out / "sessions.jsonl").open("a") as log:
