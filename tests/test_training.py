@@ -133,8 +133,20 @@ def test_a_bfloat16_run_trains_under_autocast_resumes_exactly_and_keeps_float32_
     assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
     with pytest.raises(TrainingError, match="identity differs: precision 'bfloat16' there, None here"):
         train(stage, _settings(tmp_path / "whole", 8, batch_size=2, checkpoint_every=2, resume=True))
-    with pytest.raises(TrainingError, match="unknown precision 'float16'; choose one of: float32, bfloat16"):
+    with pytest.raises(TrainingError, match="unknown precision 'float16'; choose one of: float32, bfloat16, auto"):
         _settings(tmp_path / "other", 4, precision="float16")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bfloat16_only_where_the_hardware_computes_it(tmp_path: Path, monkeypatch, native: bool) -> None:
+    import magic141.training.loop as loop
+
+    # A CPU without AVX512-BF16 or AMX emulates bfloat16: a toy VAE step took 19 s there against 0.7 s in float32.
+    monkeypatch.setattr(loop, "native_bfloat16", lambda: native)
+    picked = _settings(tmp_path, 4, precision="auto")
+    explicit = _settings(tmp_path, 4, precision="bfloat16" if native else "float32")
+    assert picked.precision == explicit.precision == ("bfloat16" if native else "float32")
+    assert picked.identity() == explicit.identity(), "a run records the precision auto picked, and resumes as it"
 
 
 

@@ -30,7 +30,9 @@ ScheduleOption = Annotated[
 ]
 WarmupOption = Annotated[int, typer.Option("--warmup-steps", help="Steps of linear learning-rate warm-up.")]
 PrecisionOption = Annotated[
-    str, typer.Option("--precision", help="float32, or bfloat16: the forward pass under autocast (weights stay float32).")
+    str,
+    typer.Option("--precision", help="float32; bfloat16: the forward pass under autocast (weights stay float32); "
+                 "auto: bfloat16 where the GPU or CPU computes it natively, else float32."),
 ]
 RayAddressOption = Annotated[
     str | None,
