@@ -55,7 +55,9 @@ class TrainingError(InputError):
 
 def native_bfloat16() -> bool:
     """Whether this machine computes bfloat16 natively: a CUDA GPU, or a CPU that oneDNN runs bfloat16 on."""
-    return torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if torch.cuda.is_available():
+        return True
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @dataclass(frozen=True)
