@@ -22,6 +22,7 @@ from magic141.training.distill import (
     dmd_gradient,
     dmd_loss,
     lora_weight,
+    noised,
 )
 from magic141.training.distill_data import Condition, DistillBatch, Teacher
 from magic141.training.loop import TrainingError, TrainSettings, read_losses
@@ -230,6 +231,8 @@ def test_bad_distillation_settings_and_teachers_are_refused_before_any_compute(
         Dmd2Settings(steps=0)
     with pytest.raises(TrainingError, match="--sigmas lists 2 noise levels for 4 steps"):
         Dmd2Settings(sigmas=(1.0, 0.5))
+    with pytest.raises(TrainingError, match="--gan-critic-weight must be > 0 with a GAN term"):
+        Dmd2Settings(gan_weight=0.1, gan_critic_weight=0.0)
     with pytest.raises(TrainingError, match="is of another geometry than preset 'toy'.*num_attention_heads 2 there, 4"):
         Teacher.check(teacher_folder, get_preset("toy"))
     with pytest.raises(TrainingError, match="holds no transformer"):
@@ -269,3 +272,34 @@ def test_backward_simulation_gives_each_step_the_input_the_generators_own_euler_
     second = first + (0.5 - 0.75) * (0.5 * first + 1)
     assert torch.equal(inputs[0], noise[0])  # the first step starts from pure noise
     assert torch.allclose(inputs[1], second)
+
+
+def test_dmd2s_gan_term_trains_its_classifier_apart_from_the_generator_and_the_generator_against_it(
+    teacher_folder: Path, cache: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The classifier (a head on the fake model's features) learns real windows from generator samples; the
+    generator's GAN gradient is ``d softplus(-D(x)) / dx`` and leaves the classifier and the fake model untouched."""
+    stage = _stage("dmd2", teacher_folder, cache, lora_rank=4, fake_updates=2, gan_weight=0.05, gan_critic_weight=1.0)
+    trainee = stage.build(0)
+    batch = stage.batch(3, 0, range(4))
+    assert batch.generator_step and batch.sigmas.shape[1] == 4  # a fourth noise level: where the classifier judges
+    sample = batch.latents + 0.3 * batch.noises[:, 0]
+    gradient, gan = trainee.gan_gradient(sample.clone(), batch.noises[:, 3], batch.sigmas[:, 3], batch.cond,
+                                          batch.guidance)
+    critics = [p for group in trainee.parameter_groups()[1:] for p in group["params"]]
+    assert all(p.grad is None for p in critics)
+    probe = sample.clone().requires_grad_(True)
+    realism = trainee.realism(noised(probe, batch.noises[:, 3], batch.sigmas[:, 3]), batch.sigmas[:, 3], batch.cond,
+                              batch.guidance)
+    loss = torch.nn.functional.softplus(-realism).mean()
+    assert torch.allclose(gradient, torch.autograd.grad(loss, probe)[0]) and gan == pytest.approx(float(loss.detach()))
+    assert set(map(id, trainee.head.parameters())) <= set(map(id, critics))
+
+    result = train(stage, _settings(tmp_path / "gan", 12), dataset_size=8)
+    logged = read_losses(tmp_path / "gan")
+    margins = [entry["realism_real"] - entry["realism_fake"] for entry in logged]
+    assert sum(margins[-4:]) > sum(margins[:4])  # the classifier tells real windows from samples better
+    assert all("gan" in entry for entry in logged[::2]) and len(result.losses) == 12
+    resumed = tmp_path / "cut"
+    train(stage, _settings(resumed, 7), dataset_size=8)
+    assert train(stage, _settings(resumed, 12, resume=True), dataset_size=8).losses == result.losses

@@ -390,6 +390,17 @@ def train_dmd2(
     regression_weight: Annotated[
         float, typer.Option("--regression-weight", help="Weight of a regression on the real model's ODE solution (0: off).")
     ] = 0.0,
+    gan_weight: Annotated[
+        float, typer.Option("--gan-weight", help="Weight of the generator's GAN loss against a classifier on the fake "
+                            "model's features (DMD2's; 0: no classifier).")
+    ] = 0.0,
+    gan_critic_weight: Annotated[
+        float, typer.Option("--gan-critic-weight", help="Weight of the classifier's loss (real training windows "
+                            "against the generator's samples) beside the fake model's.")
+    ] = 0.01,
+    gan_lr_scale: Annotated[
+        float, typer.Option("--gan-lr-scale", help="The classifier head's learning rate over the generator's.")
+    ] = 50.0,
     backward_simulation: Annotated[
         bool, typer.Option("--backward-simulation/--noised-windows", help="The generator's input at a step: made by "
                            "its own earlier steps from noise (DMD2), or a training window noised to it.")
@@ -421,7 +432,8 @@ def train_dmd2(
         raise InputError(f"--sigmas {sigmas!r} is not a comma-separated list of numbers") from None
     distillation = {"steps": steps, "sigmas": levels, "fake": fake, "lora_rank": lora_rank, "real_shift": real_shift,
                     "fake_updates": fake_updates, "fake_lr_scale": fake_lr_scale, "w_min": w_min, "w_max": w_max,
-                    "regression_weight": regression_weight, "backward_simulation": backward_simulation}
+                    "regression_weight": regression_weight, "backward_simulation": backward_simulation,
+                    "gan_weight": gan_weight, "gan_critic_weight": gan_critic_weight, "gan_lr_scale": gan_lr_scale}
     _check_distillation("dmd2", distillation)
     stage = _stage("dmd2", preset, teacher=teacher, samples=samples, cache_dir=cache_dir, seed=seed,
                    distillation=distillation)

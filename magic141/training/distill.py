@@ -32,8 +32,13 @@ gradient (Eq. 4), normalised per sample as DMD2 does::
     grad = (x̂_fake - x̂_real) / mean|x_0 - x̂_real|,   L_G = ½ || x_0 - sg(x_0 - grad) ||²
 
 where ``x̂`` are the real and fake models' ``x_0`` predictions at a random noise level of the generator's
-sample. An EMA of the generator's weights is kept and is what ``final/`` holds. ``fake="full"`` instead trains
-a full copy of the teacher as the fake model beside the frozen real one, as the public distillers do (the
+sample. With ``gan_weight > 0`` DMD2's GAN term is added (off by default): a classifier head on the fake
+model's middle features (the video tokens out of its last dual-stream block, scored token by token and
+averaged) learns to tell training windows from generator samples, both noised to one unshifted level
+(``softplus(D(fake)) + softplus(-D(real))`` at weight ``gan_critic_weight``, trained with the fake model), and
+the generator follows the non-saturating ``softplus(-D(G))`` at weight ``gan_weight``: the classifier sees the
+data, which the teacher only approximates. An EMA of the generator's weights is kept and is what ``final/``
+holds. ``fake="full"`` instead trains a full copy of the teacher as the fake model beside the frozen real one, as the public distillers do (the
 memory benchmark's reference). An optional regression loss pulls the generator's prediction towards the
 real model's ODE solution from the same noisy window (off by default).
 
@@ -66,6 +71,7 @@ from magic141.training.distill_data import (
     judge_level,
     step_level,
     training_level,
+    uniform_level,
 )
 from magic141.training.loop import TrainingError
 
@@ -109,6 +115,9 @@ class Dmd2Settings:
     regression_weight: float = 0.0  # the weight of the regression on the real model's ODE solution; 0: off
     regression_steps: int = 8  # Euler steps of that ODE solution
     backward_simulation: bool = True  # the generator's input at a step made by its own earlier steps, as sampling does
+    gan_weight: float = 0.0  # the generator's GAN loss weight (DMD2's); 0: no classifier
+    gan_critic_weight: float = 0.01  # the classifier's loss weight, beside the fake model's flow matching
+    gan_lr_scale: float = 50.0  # the classifier head's learning rate, relative to the generator's
 
     def __post_init__(self) -> None:
         if self.sigmas is not None:
@@ -129,6 +138,11 @@ class Dmd2Settings:
             (self.w_min <= self.w_max, f"--w-min {self.w_min} is above --w-max {self.w_max}; swap them"),
             (self.regression_weight >= 0, f"--regression-weight must be >= 0, got {self.regression_weight}"),
             (self.regression_steps >= 1, f"--regression-steps must be >= 1, got {self.regression_steps}"),
+            (self.gan_weight >= 0, f"--gan-weight must be >= 0, got {self.gan_weight}"),
+            (self.gan_lr_scale > 0, f"--gan-lr-scale must be > 0, got {self.gan_lr_scale}"),
+            (self.gan_critic_weight > 0 or self.gan_weight == 0,
+             f"--gan-critic-weight must be > 0 with a GAN term (--gan-weight {self.gan_weight}), got "
+             f"{self.gan_critic_weight}"),
         )
         for ok, message in checks:
             if not ok:
@@ -255,6 +269,18 @@ def lora_weight(model: torch.nn.Module, weight: float) -> Iterator[None]:
             layer.set_scale("fake", 1.0)
 
 
+class RealismHead(torch.nn.Module):
+    """DMD2's classifier on the fake model's features: a logit per video token, averaged per sample (real: > 0)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.LayerNorm(width), torch.nn.Linear(width, width), torch.nn.SiLU(),
+                                          torch.nn.Linear(width, 1))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.layers(tokens).squeeze(-1).mean(dim=1)
+
+
 class Dmd2Trainee(torch.nn.Module):
     """The generator, its EMA and the critics: the LoRA-carrying base (fake at weight 1, real at ``real_shift``),
     or a full fake copy beside the frozen teacher."""
@@ -268,6 +294,10 @@ class Dmd2Trainee(torch.nn.Module):
         self.full_fake = None if full_fake is None else full_fake.requires_grad_(True)
         self.ema = EmaWeights(generator)
         self.register_buffer("schedule", schedule)
+        self.head = None
+        if settings.gan_weight > 0:
+            config = (self.full_fake if self.full_fake is not None else self.base).config
+            self.head = RealismHead(config.num_attention_heads * config.attention_head_dim)
 
     def train(self, mode: bool = True) -> Dmd2Trainee:
         super().train(mode)
@@ -276,13 +306,28 @@ class Dmd2Trainee(torch.nn.Module):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         fake = self.full_fake if self.full_fake is not None else self.base
-        return [{"params": list(self.generator.parameters()), "lr_scale": 1.0},
-                {"params": [p for p in fake.parameters() if p.requires_grad], "lr_scale": self.settings.fake_lr_scale}]
+        groups = [{"params": list(self.generator.parameters()), "lr_scale": 1.0},
+                  {"params": [p for p in fake.parameters() if p.requires_grad], "lr_scale": self.settings.fake_lr_scale}]
+        if self.head is not None:
+            groups.append({"params": list(self.head.parameters()), "lr_scale": self.settings.gan_lr_scale})
+        return groups
 
     def fake(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition, guidance: torch.Tensor) -> torch.Tensor:
         if self.full_fake is not None:
             return velocity(self.full_fake, latents, sigma, condition, guidance)
         return velocity(self.base, latents, sigma, condition, guidance)
+
+    def realism(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition,
+                guidance: torch.Tensor) -> torch.Tensor:
+        """The classifier's realism logit (B,) on the fake model's tokens out of its last dual-stream block."""
+        fake = self.full_fake if self.full_fake is not None else self.base
+        caught: list[torch.Tensor] = []
+        handle = fake.transformer_blocks[-1].register_forward_hook(lambda module, args, output: caught.append(output[0]))
+        try:
+            self.fake(latents, sigma, condition, guidance)
+        finally:
+            handle.remove()
+        return self.head(caught[0])
 
     def real(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition, guidance: torch.Tensor) -> torch.Tensor:
         if self.full_fake is not None:
@@ -292,8 +337,8 @@ class Dmd2Trainee(torch.nn.Module):
 
     def forward(self, batch: DistillBatch) -> tuple[torch.Tensor, dict[str, float]]:
         x0, cond, guidance = batch.latents, batch.cond, batch.guidance
-        step_sigma, judge_sigma, fake_sigma = batch.sigmas.unbind(1)
-        step_noise, judge_noise, fake_noise = batch.noises.unbind(1)
+        step_sigma, judge_sigma, fake_sigma = batch.sigmas.unbind(1)[:3]
+        step_noise, judge_noise, fake_noise = batch.noises.unbind(1)[:3]
         if self.settings.backward_simulation:
             inputs = self.simulate(step_noise, step_sigma, cond, guidance)
         else:
@@ -318,7 +363,32 @@ class Dmd2Trainee(torch.nn.Module):
         fake_inputs = noised(clean, fake_noise, fake_sigma)
         fake_loss = F.mse_loss(self.fake(fake_inputs, fake_sigma, cond, guidance), fake_noise - clean)
         logged["fake"] = float(fake_loss.detach())
-        return loss + fake_loss, logged
+        loss = loss + fake_loss
+        if self.head is None:
+            return loss, logged
+        gan_sigma, gan_noise = batch.sigmas[:, 3], batch.noises[:, 3]
+        realism_fake = self.realism(noised(clean, gan_noise, gan_sigma), gan_sigma, cond, guidance)
+        realism_real = self.realism(noised(x0, gan_noise, gan_sigma), gan_sigma, cond, guidance)
+        critic = F.softplus(realism_fake).mean() + F.softplus(-realism_real).mean()
+        logged.update(critic=float(critic.detach()), realism_real=float(realism_real.detach().mean()),
+                      realism_fake=float(realism_fake.detach().mean()))
+        loss = loss + self.settings.gan_critic_weight * critic
+        if batch.generator_step:
+            gan_gradient, gan = self.gan_gradient(clean, gan_noise, gan_sigma, cond, guidance)
+            logged["gan"] = gan
+            loss = loss + self.settings.gan_weight * (sample * gan_gradient).sum()
+        return loss, logged
+
+    def gan_gradient(self, sample: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, condition: Condition,
+                     guidance: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The gradient of the generator's ``softplus(-D(sample))`` with respect to its sample, and that loss: taken
+        by ``autograd.grad`` so that the classifier and the fake model, which it runs through, get none of it."""
+        probe = sample.detach().requires_grad_(True)
+        with torch.enable_grad():
+            realism = self.realism(noised(probe, noise, sigma), sigma, condition, guidance)
+            gan = F.softplus(-realism).mean()
+            (gradient,) = torch.autograd.grad(gan, probe)
+        return gradient.detach(), float(gan.detach())
 
     @torch.no_grad()
     def simulate(self, noise: torch.Tensor, sigma: torch.Tensor, condition: Condition,
@@ -402,6 +472,8 @@ class DistillStage:
                                  image_frames=self.teacher.image_frames)
         draws = [partial(step_level, self.dmd2.schedule(shift)), partial(judge_level, shift),
                  partial(training_level, shift)]
+        if self.dmd2.gan_weight > 0:
+            draws.append(uniform_level)  # where the classifier judges real windows and samples
         return distill_batch(self.cache, samples, seed, step, image_to_video=self.teacher.image_to_video,
                              w_range=(self.dmd2.w_min, self.dmd2.w_max), sigma_draws=draws,
                              generator_step=step % self.dmd2.fake_updates == 0, image_frames=self.teacher.image_frames)

@@ -160,6 +160,12 @@ def training_level(shift: float, rng: torch.Generator) -> float:
     return shifted(uniform(rng), shift)
 
 
+def uniform_level(rng: torch.Generator) -> float:
+    """A noise level, unshifted, in :data:`DMD_SIGMA_RANGE`: as many levels that keep an outline as hide it."""
+    low, high = DMD_SIGMA_RANGE
+    return low + (high - low) * uniform(rng)
+
+
 def judge_level(shift: float, rng: torch.Generator) -> float:
     """A noise level at which the real and fake models judge a generator sample."""
     low, high = DMD_SIGMA_RANGE
