@@ -38,8 +38,8 @@ averaged) learns to tell training windows from generator samples, both noised to
 (``softplus(D(fake)) + softplus(-D(real))`` at weight ``gan_critic_weight``, trained with the fake model), and
 the generator follows the non-saturating ``softplus(-D(G))`` at weight ``gan_weight``: the classifier sees the
 data, which the teacher only approximates. An EMA of the generator's weights is kept and is what ``final/``
-holds. ``fake="full"`` instead trains a full copy of the teacher as the fake model beside the frozen real one, as the public distillers do (the
-memory benchmark's reference). An optional regression loss pulls the generator's prediction towards the
+holds. ``fake="full"`` instead trains a full copy of the teacher as the fake model beside the frozen real one,
+as the public distillers do (the memory benchmark's reference). An optional regression loss pulls the generator's prediction towards the
 real model's ODE solution from the same noisy window (off by default).
 
 The teachers and the base are frozen, so checkpoints hold only what trains (the generator, its EMA, the LoRA
@@ -296,7 +296,7 @@ class Dmd2Trainee(torch.nn.Module):
         self.register_buffer("schedule", schedule)
         self.head = None
         if settings.gan_weight > 0:
-            config = (self.full_fake if self.full_fake is not None else self.base).config
+            config = self.fake_model.config
             self.head = RealismHead(config.num_attention_heads * config.attention_head_dim)
 
     def train(self, mode: bool = True) -> Dmd2Trainee:
@@ -304,25 +304,26 @@ class Dmd2Trainee(torch.nn.Module):
         self.base.eval()
         return self
 
+    @property
+    def fake_model(self) -> torch.nn.Module:
+        """The module the fake model runs: the full copy, or the LoRA-carrying base."""
+        return self.full_fake if self.full_fake is not None else self.base
+
     def parameter_groups(self) -> list[dict[str, Any]]:
-        fake = self.full_fake if self.full_fake is not None else self.base
         groups = [{"params": list(self.generator.parameters()), "lr_scale": 1.0},
-                  {"params": [p for p in fake.parameters() if p.requires_grad], "lr_scale": self.settings.fake_lr_scale}]
+                  {"params": [p for p in self.fake_model.parameters() if p.requires_grad], "lr_scale": self.settings.fake_lr_scale}]
         if self.head is not None:
             groups.append({"params": list(self.head.parameters()), "lr_scale": self.settings.gan_lr_scale})
         return groups
 
     def fake(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition, guidance: torch.Tensor) -> torch.Tensor:
-        if self.full_fake is not None:
-            return velocity(self.full_fake, latents, sigma, condition, guidance)
-        return velocity(self.base, latents, sigma, condition, guidance)
+        return velocity(self.fake_model, latents, sigma, condition, guidance)
 
     def realism(self, latents: torch.Tensor, sigma: torch.Tensor, condition: Condition,
                 guidance: torch.Tensor) -> torch.Tensor:
         """The classifier's realism logit (B,) on the fake model's tokens out of its last dual-stream block."""
-        fake = self.full_fake if self.full_fake is not None else self.base
         caught: list[torch.Tensor] = []
-        handle = fake.transformer_blocks[-1].register_forward_hook(lambda module, args, output: caught.append(output[0]))
+        handle = self.fake_model.transformer_blocks[-1].register_forward_hook(lambda module, args, output: caught.append(output[0]))
         try:
             self.fake(latents, sigma, condition, guidance)
         finally:

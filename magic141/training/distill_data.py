@@ -168,8 +168,7 @@ def uniform_level(rng: torch.Generator) -> float:
 
 def judge_level(shift: float, rng: torch.Generator) -> float:
     """A noise level at which the real and fake models judge a generator sample."""
-    low, high = DMD_SIGMA_RANGE
-    return shifted(low + (high - low) * uniform(rng), shift)
+    return shifted(uniform_level(rng), shift)
 
 
 def step_level(schedule: torch.Tensor, rng: torch.Generator) -> float:
